@@ -1,0 +1,39 @@
+# Set-up and everyday commands. Needs only Python 3.11 (or 3.10+), pip and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Pins torch for the set-up only (a CPU build on this kind of machine); the
+# package itself accepts any torch>=2.3. Override: make TORCH_CONSTRAINT=/dev/null install
+TORCH_CONSTRAINT ?= requirements/torch-cpu.txt
+EXTRAS ?= dev
+PYTEST_ARGS ?=
+
+.PHONY: install test lint format demo bench-envs clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/torch-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -c $(TORCH_CONSTRAINT) -e ".[$(EXTRAS)]"
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install lint
+	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python -m envs.play mbm/SoundMaze-v0 --expert --episodes 4 --seed 0 --gif runs/expert-demo/episodes.gif
+
+bench-envs: install
+	$(BIN)/python benchmarks/env_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

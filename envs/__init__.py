@@ -1,0 +1,64 @@
+"""Multimodal Gymnasium games that need their agents to see, read and hear.
+
+Importing this package registers every game with Gymnasium under
+``mbm/<Game>-v0``, each with an ``entry_point`` (single env) and a
+``vector_entry_point`` (natively batched numpy vector env)::
+
+    import gymnasium as gym
+    import envs
+
+    env = gym.make("mbm/GoToObject-v0")
+    vec = gym.make_vec("mbm/SoundMaze-v0", num_envs=256, vectorization_mode="vector_entry_point")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from envs.core.env import GameEnv, GameVectorEnv
+from envs.core.text import Vocabulary
+
+GAMES: dict[str, str] = {
+    "mbm/GoToObject-v0": "envs.games.goto_object:GoToObject",
+    "mbm/FindSound-v0": "envs.games.find_sound:FindSound",
+    "mbm/SoundMaze-v0": "envs.games.sound_maze:SoundMaze",
+    "mbm/ModalityProbe-v0": "envs.games.modality_probe:ModalityProbe",
+}
+ENV_IDS: tuple[str, ...] = tuple(GAMES)
+
+
+def _register() -> None:
+    for env_id, target in GAMES.items():
+        if env_id in gym.registry:
+            continue
+        gym.register(
+            id=env_id,
+            entry_point=f"{target}Env",
+            vector_entry_point=f"{target}VectorEnv",
+        )
+
+
+def check_env_id(env_id: str) -> str:
+    """Raise a helpful error for an unknown game id."""
+    if env_id not in GAMES:
+        raise gym.error.Error(f"Unknown game id {env_id!r}; the games are: {', '.join(ENV_IDS)}.")
+    return env_id
+
+
+def make(env_id: str, **kwargs: Any) -> GameEnv:
+    """A single env of one of our games, unwrapped (no Gymnasium checker wrappers)."""
+    return gym.make(check_env_id(env_id), **kwargs).unwrapped  # type: ignore[return-value]
+
+
+def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> GameVectorEnv:
+    """The natively batched vector env of one of our games."""
+    return gym.make_vec(  # type: ignore[return-value]
+        check_env_id(env_id), num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+    )
+
+
+_register()
+
+__all__ = ["ENV_IDS", "GAMES", "GameEnv", "GameVectorEnv", "Vocabulary", "check_env_id", "make", "make_vec"]

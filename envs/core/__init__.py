@@ -1,0 +1,1 @@
+"""Shared core of the games: grid mechanics, rendering, audio, text, seeding."""

@@ -1,0 +1,261 @@
+"""Gymnasium faces of a :class:`~envs.core.game.BatchedGame`.
+
+:class:`GameEnv` is the single environment (a game of one world) and
+:class:`GameVectorEnv` the natively batched vector environment; both drive the
+same game code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from numpy.typing import NDArray
+
+from envs.core.game import BatchedGame, Obs
+
+_KEY_HIGH = np.uint64(2**63)
+
+
+def draw_key(rng: np.random.Generator) -> np.uint64:
+    """One episode key from a world's generator."""
+    return np.uint64(rng.integers(0, _KEY_HIGH, dtype=np.uint64))
+
+
+def caption_frame(frame: NDArray[np.uint8], caption: str, scale: int = 4) -> NDArray[np.uint8]:
+    """Upscale a frame and write the instruction under it (what ``render()`` shows)."""
+    from PIL import Image, ImageDraw
+
+    big = np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
+    h, w, _ = big.shape
+    canvas = Image.new("RGB", (w, h + 24), (0, 0, 0))
+    canvas.paste(Image.fromarray(big), (0, 0))
+    ImageDraw.Draw(canvas).text((4, h + 6), caption, fill=(255, 255, 255))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
+    """A single env: the ``n = 1`` view of a batched game.
+
+    Subclasses set ``game_class``; keyword arguments go to the game.
+    """
+
+    game_class: ClassVar[type[BatchedGame]]
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array", "human"], "render_fps": 8}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode={render_mode!r} is not supported; use one of "
+                f"{self.metadata['render_modes']} or None."
+            )
+        self.game = self.game_class(1, **kwargs)
+        self.observation_space = self.game.observation_space
+        self.action_space = self.game.action_space
+        self.render_mode = render_mode
+        self._idx = np.zeros(1, dtype=np.intp)
+        self._window: Any = None
+
+    @property
+    def vocabulary(self) -> Any:
+        """The instruction vocabulary (None for games without text)."""
+        return self.game.vocabulary
+
+    def _obs(self, batch: Obs) -> dict[str, NDArray[Any]]:
+        return {k: v[0] for k, v in batch.items()}
+
+    def _info(self) -> dict[str, Any]:
+        return {"instruction": str(self.game.instruction[0]), "success": bool(self.game.success[0])}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        """Start a new episode; ``seed`` reseeds ``np_random`` as Gymnasium does."""
+        super().reset(seed=seed)
+        self.game.check_options(options)
+        self.game.reset_worlds(self._idx, np.array([draw_key(self.np_random)], dtype=np.uint64))
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(self.game.observe()), self._info()
+
+    def step(
+        self, action: Any
+    ) -> tuple[dict[str, NDArray[Any]], SupportsFloat, bool, bool, dict[str, Any]]:
+        """Take one action (an int in the action space)."""
+        if isinstance(action, bool | str) or np.ndim(action) != 0:
+            raise ValueError(
+                f"action must be a single integer in [0, {self.action_space.n - 1}] "
+                f"({', '.join(self.game.action_names)}), got {action!r}."
+            )
+        actions = self.game.check_actions(np.asarray([action]))
+        reward, terminated, truncated = self.game.step(actions)
+        if self.render_mode == "human":
+            self.render()
+        return (
+            self._obs(self.game.observe()),
+            float(reward[0]),
+            bool(terminated[0]),
+            bool(truncated[0]),
+            self._info(),
+        )
+
+    def expert_action(self) -> int:
+        """The oracle's action in the current state."""
+        return int(self.game.expert_actions()[0])
+
+    def render(self) -> NDArray[np.uint8] | None:
+        """The frame with the instruction under it (``rgb_array``), or show it (``human``)."""
+        frame = caption_frame(self.game.frames()[0], str(self.game.instruction[0]))
+        if self.render_mode == "human":
+            from envs.play import show_frame
+
+            self._window = show_frame(frame, self._window, self.metadata["render_fps"])
+            return None
+        return frame
+
+    def close(self) -> None:
+        """Close the human render window, if any."""
+        if self._window is not None:
+            from envs.play import close_window
+
+            close_window()
+            self._window = None
+
+
+class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArray[np.int64]]):
+    """``num_envs`` worlds stepped together in numpy.
+
+    Args:
+        num_envs: Number of worlds.
+        autoreset_mode: ``"next_step"`` (Gymnasium's default: the step after an
+            episode ends resets that world and ignores its action) or
+            ``"same_step"`` (the world resets at once; the last observation and
+            info are in ``info["final_obs"]`` / ``info["final_info"]``).
+        render_mode: ``"rgb_array"`` to get every world's frame from ``render()``.
+        **kwargs: Game arguments, as for the single env.
+
+    Slot ``i`` seeded with ``seed + i`` behaves exactly as the single env reset
+    with that seed (and then reset without a seed after each episode).
+    """
+
+    game_class: ClassVar[type[BatchedGame]]
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": ["rgb_array"],
+        "render_fps": 8,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        render_mode: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        modes = {m.value: m for m in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)}
+        mode = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
+        if mode not in modes:
+            raise ValueError(
+                f"autoreset_mode={autoreset_mode!r} is not supported; use one of {sorted(modes)}."
+            )
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r} is not supported; use 'rgb_array' or None.")
+        self.game = self.game_class(num_envs, **kwargs)
+        self.num_envs = self.game.num_worlds
+        self.autoreset_mode = modes[mode]
+        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
+        self.render_mode = render_mode
+        self.single_observation_space = self.game.observation_space
+        self.single_action_space = self.game.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._all = np.arange(self.num_envs)
+        self._rngs: list[np.random.Generator] = []
+        self._needs_reset = np.zeros(self.num_envs, dtype=bool)
+
+    @property
+    def vocabulary(self) -> Any:
+        """The instruction vocabulary (None for games without text)."""
+        return self.game.vocabulary
+
+    def _reset_worlds(self, idx: NDArray[np.intp]) -> None:
+        keys = np.array([draw_key(self._rngs[i]) for i in idx], dtype=np.uint64)
+        self.game.reset_worlds(idx, keys)
+
+    def _infos(self) -> dict[str, Any]:
+        ones = np.ones(self.num_envs, dtype=bool)
+        return {
+            "instruction": self.game.instruction.copy(),
+            "_instruction": ones,
+            "success": self.game.success.copy(),
+            "_success": ones.copy(),
+        }
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        """Reset every world. An int seed gives slot ``i`` the seed ``seed + i``."""
+        self.game.check_options(options)
+        if seed is None or isinstance(seed, int | np.integer):
+            seeds: list[int | None] = (
+                [None] * self.num_envs if seed is None else [int(seed) + i for i in range(self.num_envs)]
+            )
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed list must have num_envs={self.num_envs} entries, got {len(seeds)}.")
+        if seeds[0] is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seeds[0])
+        self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        self._reset_worlds(self._all)
+        self._needs_reset[:] = False
+        return self.game.observe(), self._infos()
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, NDArray[Any]], NDArray[np.float32], NDArray[np.bool_], NDArray[np.bool_], dict[str, Any]]:
+        """Step every world (see ``autoreset_mode`` for what happens at episode ends)."""
+        if not self._rngs:
+            raise RuntimeError("Call reset() before step().")
+        actions = self.game.check_actions(actions)
+        reward, terminated, truncated = self.game.step(actions)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            restart = np.flatnonzero(self._needs_reset)
+            if len(restart):
+                self._reset_worlds(restart)
+                reward[restart] = 0.0
+                terminated[restart] = False
+                truncated[restart] = False
+            self._needs_reset = terminated | truncated
+            return self.game.observe(), reward, terminated, truncated, self._infos()
+        obs = self.game.observe()
+        infos = self._infos()
+        done = np.flatnonzero(terminated | truncated)
+        if len(done):
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            final_info = {k: v.copy() for k, v in infos.items()}
+            for i in done:
+                final_obs[i] = {k: v[i] for k, v in obs.items()}
+            mask = np.zeros(self.num_envs, dtype=bool)
+            mask[done] = True
+            self._reset_worlds(done)
+            fresh = self.game.observe(done)
+            for k in obs:
+                obs[k][done] = fresh[k]
+            infos = self._infos()
+            infos.update(final_obs=final_obs, _final_obs=mask, final_info=final_info, _final_info=mask.copy())
+        return obs, reward, terminated, truncated, infos
+
+    def expert_actions(self) -> NDArray[np.int64]:
+        """One oracle action per world."""
+        return self.game.expert_actions()
+
+    def render(self) -> tuple[NDArray[np.uint8], ...] | None:
+        """Every world's frame (``rgb_array``)."""
+        if self.render_mode != "rgb_array":
+            return None
+        return tuple(self.game.frames())

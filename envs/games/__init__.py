@@ -1,0 +1,1 @@
+"""The games: one module each, every one a batched game with single and vector envs."""

@@ -1,0 +1,136 @@
+"""SoundMaze: read which sound to find, hear where it is, walk around walls to it."""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+from numpy.typing import NDArray
+
+from envs.core.audio import TIMBRE_NAMES, TIMBRES
+from envs.core.env import GameEnv, GameVectorEnv
+from envs.core.game import Obs
+from envs.core.grid import border_walls
+from envs.core.navigation import SPEAKER_TILE, NavigationGame, all_worlds
+from envs.games.goto_object import instruction_table
+
+TEMPLATES = (
+    "go to the one that {verb}",
+    "find the thing that {verb}",
+    "walk to the object that {verb}",
+    "which one {verb} go to it",
+    "reach the one that {verb}",
+)
+MAX_LEN = 8
+
+
+class SoundMazeGame(NavigationGame):
+    """## Description
+    A text + image + audio game. Identical objects stand in a room broken up by
+    wall segments; each object makes a different sound (distinct timbres: buzz,
+    hum, chirp, ring, whistle, click). The instruction names the sound to find
+    ("go to the one that buzzes"). The frame shows walls and objects but not
+    which sound is whose; the stereo audio tells where each timbre comes from;
+    only the text says which one is wanted, and the walls make the path matter.
+    Walking into the named object pays; into another, the episode ends.
+
+    ## Observation Space
+    A ``Dict``:
+
+    | key | space | meaning |
+    |---|---|---|
+    | `image` | `Box(0, 255, (H, W, 3), uint8)` | top-down RGB frame: walls grey, the look-alike objects beige, agent a white triangle |
+    | `text` | `Box(0, V - 1, (8,), int64)` | instruction token ids, 0 = padding |
+    | `audio` | `Box(-13.82, 12.0, (2, 32, 8), float32)` | stereo log-mel features (left, right) of the mix the agent hears |
+
+    ## Action Space
+    ``Discrete(3)``: 0 turn left, 1 turn right, 2 move forward.
+
+    ## Rewards
+    ``1 - 0.9 * t / T`` for reaching the named object at step ``t``, 0 otherwise.
+
+    ## Starting State
+    Random interior wall cells (``wall_density`` of the floor), agent and objects
+    on random free cells with the target reachable, random heading, distinct
+    random timbres, random noise level.
+
+    ## Episode End
+    Termination: the agent walks into any object. Truncation: ``max_steps`` steps.
+
+    ## Arguments
+    ``grid_size`` (9), ``n_objects`` (3, in [2, 6]), ``frame_size`` (64),
+    ``max_steps`` (default ``2 * grid_size**2``), ``wall_density`` (0.15),
+    ``noise`` (``(0.05, 0.2)``).
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    modalities = ("image", "text", "audio")
+
+    def __init__(
+        self,
+        num_worlds: int,
+        *,
+        grid_size: int = 9,
+        n_objects: int = 3,
+        frame_size: int | tuple[int, int] = 64,
+        max_steps: int | None = None,
+        wall_density: float = 0.15,
+        noise: tuple[float, float] = (0.05, 0.2),
+    ) -> None:
+        super().__init__(
+            num_worlds, grid_size=grid_size, n_objects=n_objects, frame_size=frame_size, max_steps=max_steps
+        )
+        if not isinstance(wall_density, float | int) or not 0.0 <= wall_density <= 0.3:
+            raise ValueError(f"wall_density must be a number in [0, 0.3], got {wall_density!r}.")
+        self.wall_density = float(wall_density)
+        self._init_sound(noise)
+        self.vocabulary, self._ids, self._texts = instruction_table(
+            TEMPLATES, {"verb": tuple(TIMBRES.values())}, MAX_LEN
+        )
+        h, w = self.renderer.frame_size
+        cfg = self.audio_cfg
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (h, w, 3), np.uint8),
+                "text": spaces.Box(0, len(self.vocabulary) - 1, (MAX_LEN,), np.int64),
+                "audio": spaces.Box(cfg.low, cfg.high, (2, cfg.n_mels, cfg.n_frames), np.float32),
+            }
+        )
+        self.text = np.zeros((self.num_worlds, MAX_LEN), dtype=np.int64)
+
+    def _layout_walls(self, idx: NDArray[np.intp]) -> NDArray[np.bool_]:
+        g = self.grid_size
+        walls = border_walls(len(idx), g)
+        walls[:, 1:-1, 1:-1] = self.rand.uniform(idx, (g - 2) ** 2).reshape(-1, g - 2, g - 2) < self.wall_density
+        return walls
+
+    def _assign(self, idx: NDArray[np.intp]) -> None:
+        m, k = len(idx), self.n_objects
+        timbre = self.rand.permutations(idx, len(TIMBRE_NAMES))[:, :k]
+        u = self.rand.integers(idx, k * len(TEMPLATES), 2)
+        target = u[:, 0] % k
+        template = u[:, 1] % len(TEMPLATES)
+        tt = timbre[np.arange(m), target]
+        self.target[idx] = target
+        self.obj_tile[idx] = SPEAKER_TILE
+        self.src_id[idx] = timbre
+        self.loudness[idx] = 1.0
+        self._draw_noise_level(idx)
+        self.text[idx] = self._ids[template, tt]
+        self.instruction[idx] = self._texts[template, tt]
+
+    def observe(self, idx: NDArray[np.intp] | None = None) -> Obs:
+        """Image, instruction and stereo log-mel of worlds ``idx``."""
+        idx = all_worlds(self, idx)
+        return {"image": self._image(idx), "text": self.text[idx], "audio": self._audio(idx)}
+
+
+class SoundMazeEnv(GameEnv):
+    __doc__ = SoundMazeGame.__doc__
+    game_class = SoundMazeGame
+
+
+class SoundMazeVectorEnv(GameVectorEnv):
+    __doc__ = SoundMazeGame.__doc__
+    game_class = SoundMazeGame

@@ -1,0 +1,535 @@
+"""Per-modality encoders: each turns one observation key into a flat embedding.
+
+Every encoder owns its preprocessing (dtype cast, scaling to a unit range,
+channel order, token lookup). SB3, a hand-written PPO loop and an exported model
+therefore compute the same numbers from the same observation, and the
+parameters do not depend on how the input arrives (channel-first or -last,
+token ids or one-hot, scaled or not), so weights move freely between them.
+
+The spatial encoders (:class:`ImageEncoder`, :class:`SymbolicGridEncoder`)
+accept per-block FiLM parameters so that a fusion module can condition their
+feature maps on other modalities.
+
+All ops are plain tensor ops (no ``pack_padded_sequence``, no data-dependent
+Python branches) so the modules trace for TorchScript and ONNX export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+IMAGE_ENCODERS: tuple[str, ...] = ("small", "nature")
+"""Names accepted by ``EncoderConfig.image_encoder``."""
+
+TEXT_ENCODERS: tuple[str, ...] = ("gru", "bow", "attention")
+"""Names accepted by ``EncoderConfig.text_encoder``."""
+
+FilmParams = list[tuple[Tensor, Tensor]]
+"""Per conv block ``(gamma, beta)``, each ``(B, C)``; features become ``x * (1 + gamma) + beta``."""
+
+_NATURE_MIN_SIZE = 36
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one observation key must look like when it reaches an encoder.
+
+    Attributes:
+        shape: Per-sample shape (without the batch dimension).
+        kind: ``"uint8"``, ``"int"`` (any integer dtype), ``"float"`` or ``"number"``
+            (any real dtype, bool included).
+        flexible_shape: Accept any per-sample shape with the same number of
+            elements (SB3 sometimes adds a singleton axis to Discrete keys).
+    """
+
+    shape: tuple[int, ...]
+    kind: str
+    flexible_shape: bool = False
+
+    def dummy(self, batch: int) -> Tensor:
+        """A zero batch that satisfies this spec."""
+        dtype = {
+            "uint8": torch.uint8,
+            "int": torch.int64,
+            "float": torch.float32,
+            "number": torch.float32,
+        }[self.kind]
+        return torch.zeros((batch, *self.shape), dtype=dtype)
+
+
+def dtype_matches(dtype: torch.dtype, kind: str) -> bool:
+    """Whether a tensor dtype is of the given :class:`InputSpec` kind."""
+    if kind == "uint8":
+        return dtype == torch.uint8
+    if kind == "int":
+        return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+    if kind == "float":
+        return dtype.is_floating_point
+    return not dtype.is_complex
+
+
+class ModalityEncoder(nn.Module):
+    """Base class of the per-key encoders.
+
+    Attributes:
+        output_dim: Width of the embedding ``forward`` returns.
+        input_spec: What the input must look like (checked by the caller).
+    """
+
+    output_dim: int
+    input_spec: InputSpec
+
+
+class SpatialEncoder(ModalityEncoder):
+    """A convolutional encoder whose blocks can be FiLM-conditioned.
+
+    Attributes:
+        block_channels: Number of channels after each conv block; a FiLM
+            conditioner produces one ``(gamma, beta)`` pair of that width per block.
+    """
+
+    block_channels: list[int]
+    convs: nn.ModuleList
+    head: nn.Module
+
+    def _trunk(self, x: Tensor, film: FilmParams | None) -> Tensor:
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if film is not None:
+                gamma, beta = film[i]
+                x = x * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]
+            x = F.relu(x)
+        return self.head(x)
+
+
+def _channels_last_from_flag(shape: tuple[int, ...], channels_last: bool) -> tuple[int, int, int]:
+    """(C, H, W) of a 3-D shape given its layout."""
+    if channels_last:
+        return shape[2], shape[0], shape[1]
+    return shape[0], shape[1], shape[2]
+
+
+def _flat_dim(module: nn.Module, c: int, h: int, w: int) -> int:
+    with torch.no_grad():
+        x = torch.zeros(1, c, h, w)
+        for conv in module.convs:  # type: ignore[union-attr]
+            x = conv(x)
+        return int(x[0].numel())
+
+
+class ImageEncoder(SpatialEncoder):
+    """CNN over an RGB (or grey / RGBD) frame, sized to the frame.
+
+    Architectures:
+        ``"small"`` (default): three convs with 16, 32, 32 channels; the first is a
+        non-overlapping ``s x s`` patch conv with ``s = 4`` for frames of at least
+        32 px (2 for 16-31 px, 1 below), then two 3x3 stride-2 convs. About a
+        fifth of NatureCNN's multiply-adds on 64x64 frames.
+        ``"nature"``: the DQN Nature CNN (32, 64, 64 channels, 8/4, 4/2, 3/1);
+        needs frames of at least 36 px.
+
+    Args:
+        shape: Space shape, ``(H, W, C)`` or ``(C, H, W)``.
+        channels_last: Layout of ``shape`` and of the incoming tensors.
+        scale: Multiplier taking raw values to ``[0, 1]`` (``1/255`` for uint8).
+        input_kind: :class:`InputSpec` kind of the incoming tensors.
+        arch: ``"small"`` or ``"nature"``.
+        output_dim: Embedding width.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        channels_last: bool,
+        scale: float,
+        input_kind: str,
+        arch: str = "small",
+        output_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        c, h, w = _channels_last_from_flag(shape, channels_last)
+        self.channels_last = channels_last
+        self.scale = float(scale)
+        if arch == "small":
+            stride = 4 if min(h, w) >= 32 else 2 if min(h, w) >= 16 else 1
+            first = (
+                nn.Conv2d(c, 16, kernel_size=stride, stride=stride)
+                if stride > 1
+                else nn.Conv2d(c, 16, kernel_size=3, padding=1)
+            )
+            self.convs = nn.ModuleList(
+                [
+                    first,
+                    nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1),
+                    nn.Conv2d(32, 32, kernel_size=3, stride=2, padding=1),
+                ]
+            )
+        elif arch == "nature":
+            if min(h, w) < _NATURE_MIN_SIZE:
+                raise ValueError(
+                    f'image_encoder="nature" needs frames of at least {_NATURE_MIN_SIZE}x'
+                    f'{_NATURE_MIN_SIZE} pixels, got {h}x{w}; use image_encoder="small".'
+                )
+            self.convs = nn.ModuleList(
+                [
+                    nn.Conv2d(c, 32, kernel_size=8, stride=4),
+                    nn.Conv2d(32, 64, kernel_size=4, stride=2),
+                    nn.Conv2d(64, 64, kernel_size=3, stride=1),
+                ]
+            )
+        else:
+            raise ValueError(f"Unknown image encoder {arch!r}; known: {list(IMAGE_ENCODERS)}.")
+        self.block_channels = [int(conv.out_channels) for conv in self.convs]  # type: ignore[union-attr]
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(_flat_dim(self, c, h, w), output_dim), nn.ReLU()
+        )
+        self.output_dim = output_dim
+        self.input_spec = InputSpec(tuple(int(s) for s in shape), input_kind)
+
+    def forward(self, x: Tensor, film: FilmParams | None = None) -> Tensor:
+        """Encode a batch of frames.
+
+        Args:
+            x: ``(B, *shape)`` frames in the declared layout and dtype.
+            film: Optional per-block FiLM parameters.
+
+        Returns:
+            ``(B, output_dim)`` embeddings.
+        """
+        x = x.float()
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        return self._trunk(x, film)
+
+
+class SymbolicGridEncoder(SpatialEncoder):
+    """Encoder for categorical grids such as MiniGrid's (object, colour, state) cells.
+
+    As in BabyAI, each channel value has its own learned embedding (one table,
+    offset per channel); a cell's embedding is the sum over channels. A small
+    CNN (3x3 convs, 32 then 64 channels, the second stride 2) follows.
+
+    Args:
+        shape: Space shape, ``(H, W, C)`` or ``(C, H, W)``.
+        channels_last: Layout of ``shape`` and of the incoming tensors.
+        num_values: Number of distinct values of each channel (space high + 1).
+        value_scale: Multiplier that turns the incoming numbers back into
+            integers (255 when SB3 divided the grid by 255, else 1).
+        input_kind: :class:`InputSpec` kind of the incoming tensors.
+        embed_dim: Width of the per-value embeddings.
+        output_dim: Embedding width.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        channels_last: bool,
+        num_values: list[int],
+        value_scale: float,
+        input_kind: str,
+        embed_dim: int = 16,
+        output_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        c, h, w = _channels_last_from_flag(shape, channels_last)
+        if len(num_values) != c:
+            raise ValueError(f"num_values has {len(num_values)} entries for {c} channels.")
+        self.channels_last = channels_last
+        self.value_scale = float(value_scale)
+        offsets = np.concatenate([[0], np.cumsum(num_values)[:-1]]).astype(np.int64)
+        self.register_buffer("offsets", torch.as_tensor(offsets), persistent=False)
+        self.register_buffer(
+            "max_values", torch.as_tensor(np.asarray(num_values) - 1), persistent=False
+        )
+        self.embedding = nn.Embedding(int(sum(num_values)), embed_dim)
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(embed_dim, 32, kernel_size=3, padding=1),
+                nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
+            ]
+        )
+        self.block_channels = [32, 64]
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(_flat_dim(self, embed_dim, h, w), output_dim), nn.ReLU()
+        )
+        self.output_dim = output_dim
+        self.input_spec = InputSpec(tuple(int(s) for s in shape), input_kind)
+
+    def forward(self, x: Tensor, film: FilmParams | None = None) -> Tensor:
+        """Encode a batch of grids.
+
+        Args:
+            x: ``(B, *shape)`` grids in the declared layout. Values outside the
+                space bounds are clamped.
+            film: Optional per-block FiLM parameters.
+
+        Returns:
+            ``(B, output_dim)`` embeddings.
+        """
+        if x.is_floating_point():
+            x = torch.round(x * self.value_scale)
+        idx = x.long()
+        if not self.channels_last:
+            idx = idx.permute(0, 2, 3, 1)
+        idx = torch.minimum(idx.clamp(min=0), self.max_values) + self.offsets  # (B, H, W, C)
+        emb = self.embedding(idx).sum(dim=3)  # (B, H, W, D)
+        return self._trunk(emb.permute(0, 3, 1, 2), film)
+
+
+class TextEncoder(ModalityEncoder):
+    """Encoder for instructions given as token ids (0 = padding).
+
+    Kinds:
+        ``"gru"``: word embeddings through a GRU; the state after the last
+        non-padding token is the embedding (padding after it never reaches it).
+        ``"bow"``: masked mean of word embeddings, then a linear layer.
+        ``"attention"``: one transformer layer over the words plus a summary
+        token that is never masked (so all-padding text stays finite); the
+        summary token's output is the embedding.
+
+    All-padding text yields a finite embedding (zeros for ``gru``/``bow``).
+
+    Args:
+        vocab_size: Number of token ids (max id + 1).
+        seq_len: Instruction length L.
+        kind: ``"gru"``, ``"bow"`` or ``"attention"``.
+        word_dim: Word embedding width.
+        output_dim: Embedding width.
+        one_hot: Inputs arrive one-hot, ``(B, L * vocab_size)`` (SB3's
+            preprocessing of a ``MultiDiscrete`` text space), instead of ids.
+        input_kind: :class:`InputSpec` kind of id inputs (``"int"``, or
+            ``"float"`` after SB3's preprocessing of a Box).
+        heads: Attention heads (``"attention"`` only).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        kind: str = "gru",
+        word_dim: int = 32,
+        output_dim: int = 64,
+        one_hot: bool = False,
+        input_kind: str = "int",
+        heads: int = 4,
+    ) -> None:
+        super().__init__()
+        if kind not in TEXT_ENCODERS:
+            raise ValueError(f"Unknown text encoder {kind!r}; known: {list(TEXT_ENCODERS)}.")
+        self.kind = kind
+        self.vocab_size = int(vocab_size)
+        self.seq_len = int(seq_len)
+        self.one_hot = one_hot
+        self.word_embedding = nn.Embedding(self.vocab_size, word_dim, padding_idx=0)
+        self.rnn: nn.GRU | None = None
+        self.layer: nn.TransformerEncoderLayer | None = None
+        if kind == "gru":
+            self.rnn = nn.GRU(word_dim, output_dim, batch_first=True)
+            self.proj: nn.Module = nn.Identity()
+        else:
+            if kind == "attention":
+                self.position = nn.Parameter(torch.randn(self.seq_len + 1, word_dim) * 0.02)
+                self.summary = nn.Parameter(torch.randn(word_dim) * 0.02)
+                self.layer = nn.TransformerEncoderLayer(
+                    word_dim,
+                    heads,
+                    dim_feedforward=2 * word_dim,
+                    dropout=0.0,
+                    batch_first=True,
+                    norm_first=True,
+                )
+            self.proj = nn.Sequential(nn.Linear(word_dim, output_dim), nn.ReLU())
+        self.output_dim = output_dim
+        if one_hot:
+            self.input_spec = InputSpec((self.seq_len * self.vocab_size,), "float")
+        else:
+            self.input_spec = InputSpec((self.seq_len,), input_kind)
+
+    def token_ids(self, x: Tensor) -> Tensor:
+        """Turn the incoming tensor (ids, float ids or one-hot) into ``(B, L)`` int64 ids."""
+        if self.one_hot:
+            return x.reshape(x.shape[0], self.seq_len, self.vocab_size).argmax(dim=-1)
+        if x.is_floating_point():
+            x = torch.round(x)
+        return x.long().clamp(0, self.vocab_size - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Encode a batch of instructions.
+
+        Args:
+            x: ``(B, L)`` token ids, or ``(B, L * V)`` one-hot when ``one_hot``.
+
+        Returns:
+            ``(B, output_dim)`` embeddings.
+        """
+        ids = self.token_ids(x)
+        valid = ids != 0
+        emb = self.word_embedding(ids)  # (B, L, D); padding rows are zero
+        if self.rnn is not None:
+            out, _ = self.rnn(emb)
+            positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)
+            last = (valid.long() * positions).amax(dim=1)  # 0 when all padding
+            index = (last - 1).clamp(min=0)[:, None, None].expand(-1, 1, out.shape[2])
+            h = out.gather(1, index).squeeze(1)
+            return h * (last > 0).unsqueeze(1).to(h.dtype)
+        if self.layer is not None:
+            batch = ids.shape[0]
+            tokens = torch.cat([self.summary.expand(batch, 1, -1), emb], dim=1) + self.position
+            ignore = torch.cat([torch.zeros_like(valid[:, :1]), ~valid], dim=1)
+            pooled = self.layer(tokens, src_key_padding_mask=ignore)[:, 0]
+            return self.proj(pooled)
+        count = valid.sum(dim=1, keepdim=True).clamp(min=1).to(emb.dtype)
+        return self.proj(emb.sum(dim=1) / count)
+
+
+def _bounds_affine(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element (center, inverse half range) mapping finite bounds to [-1, 1]; identity else."""
+    low = np.asarray(low, dtype=np.float64)
+    high = np.asarray(high, dtype=np.float64)
+    finite = np.isfinite(low) & np.isfinite(high) & (high > low)
+    center = np.where(finite, (low + high) / 2.0, 0.0)
+    inv_half = np.where(finite, 2.0 / np.where(finite, high - low, 1.0), 1.0)
+    return center.astype(np.float32), inv_half.astype(np.float32)
+
+
+class AudioEncoder(ModalityEncoder):
+    """Small CNN over log-mel features, microphones (stereo) as input channels.
+
+    Inputs are mapped to ``[-1, 1]`` using the space bounds when those are
+    finite (left as they are otherwise), then two 3x3 stride-2 convs (16, 32
+    channels) over mel x time and a linear layer.
+
+    Args:
+        shape: Space shape ``(channels, n_mels, n_frames)`` or ``(n_mels, n_frames)``.
+        low: Space lower bound (scalar or array).
+        high: Space upper bound (scalar or array).
+        output_dim: Embedding width.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        low: np.ndarray,
+        high: np.ndarray,
+        output_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        if len(shape) not in (2, 3):
+            raise ValueError(f"Audio needs a (channels, n_mels, n_frames) shape, got {shape}.")
+        self.add_channel = len(shape) == 2
+        chw = (1, *shape) if self.add_channel else tuple(shape)
+        lo = float(np.min(low))
+        hi = float(np.max(high))
+        center, inv_half = _bounds_affine(np.array(lo), np.array(hi))
+        self.center = float(center)
+        self.inv_half = float(inv_half)
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(chw[0], 16, kernel_size=3, stride=2, padding=1),
+                nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1),
+            ]
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(_flat_dim(self, *chw), output_dim), nn.ReLU()
+        )
+        self.output_dim = output_dim
+        self.input_spec = InputSpec(tuple(int(s) for s in shape), "float")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Encode a batch of ``(B, *shape)`` spectrograms into ``(B, output_dim)``."""
+        x = (x.float() - self.center) * self.inv_half
+        if self.add_channel:
+            x = x.unsqueeze(1)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.head(x)
+
+
+class VectorEncoder(ModalityEncoder):
+    """One-layer MLP for small vectors: Box, Discrete, MultiDiscrete, MultiBinary.
+
+    Box values are mapped to ``[-1, 1]`` per element where the bounds are
+    finite. Discrete and MultiDiscrete values are one-hot encoded, which makes
+    raw integers and SB3's one-hot inputs use the same weights.
+
+    Args:
+        space: The key's space.
+        output_dim: Embedding width.
+        sb3_preprocessed: Inputs went through SB3's ``preprocess_obs`` (floats,
+            Discrete/MultiDiscrete already one-hot).
+    """
+
+    def __init__(self, space: spaces.Space, output_dim: int = 32, sb3_preprocessed: bool = False):
+        super().__init__()
+        self.kind = type(space).__name__
+        self.sb3 = sb3_preprocessed
+        self.start = 0
+        self.nvec: list[int] = []
+        if isinstance(space, spaces.Box):
+            n_in = int(np.prod(space.shape))
+            center, inv_half = _bounds_affine(
+                np.broadcast_to(space.low, space.shape).reshape(-1),
+                np.broadcast_to(space.high, space.shape).reshape(-1),
+            )
+            self.register_buffer("center", torch.as_tensor(center), persistent=False)
+            self.register_buffer("inv_half", torch.as_tensor(inv_half), persistent=False)
+            spec = InputSpec(tuple(int(s) for s in space.shape), "number")
+        elif isinstance(space, spaces.Discrete):
+            n_in = int(space.n)
+            self.start = int(space.start)
+            spec = (
+                InputSpec((n_in,), "float", flexible_shape=True)
+                if sb3_preprocessed
+                else InputSpec((), "int", flexible_shape=True)
+            )
+        elif isinstance(space, spaces.MultiDiscrete):
+            if space.nvec.ndim != 1:
+                raise ValueError(f"Only 1-D MultiDiscrete vectors are supported, got {space}.")
+            self.nvec = [int(n) for n in space.nvec]
+            self.register_buffer(
+                "md_start", torch.as_tensor(np.asarray(space.start, dtype=np.int64)), persistent=False
+            )
+            n_in = int(sum(self.nvec))
+            spec = (
+                InputSpec((n_in,), "float")
+                if sb3_preprocessed
+                else InputSpec((len(self.nvec),), "int")
+            )
+        elif isinstance(space, spaces.MultiBinary):
+            n_in = int(np.prod(space.shape))
+            spec = InputSpec(tuple(int(s) for s in np.atleast_1d(space.shape)), "number")
+        else:
+            raise ValueError(f"VectorEncoder cannot take {space}.")
+        self.n_in = n_in
+        self.linear = nn.Linear(n_in, output_dim)
+        self.output_dim = output_dim
+        self.input_spec = spec
+
+    def features(self, x: Tensor) -> Tensor:
+        """The ``(B, n_in)`` float vector fed to the linear layer."""
+        batch = x.shape[0]
+        if self.kind == "Box":
+            return (x.reshape(batch, -1).float() - self.center) * self.inv_half
+        if self.kind == "Discrete" and not self.sb3:
+            idx = (x.reshape(batch).long() - self.start).clamp(0, self.n_in - 1)
+            return F.one_hot(idx, self.n_in).float()
+        if self.kind == "MultiDiscrete" and not self.sb3:
+            idx = x.reshape(batch, -1).long() - self.md_start
+            parts = [
+                F.one_hot(idx[:, i].clamp(0, n - 1), n).float() for i, n in enumerate(self.nvec)
+            ]
+            return torch.cat(parts, dim=1)
+        return x.reshape(batch, -1).float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Encode a batch into ``(B, output_dim)``."""
+        return F.relu(self.linear(self.features(x)))
+
