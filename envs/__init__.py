@@ -61,4 +61,13 @@ def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> GameVectorEnv:
 
 _register()
 
-__all__ = ["ENV_IDS", "GAMES", "GameEnv", "GameVectorEnv", "Vocabulary", "check_env_id", "make", "make_vec"]
+__all__ = [
+    "ENV_IDS",
+    "GAMES",
+    "GameEnv",
+    "GameVectorEnv",
+    "Vocabulary",
+    "check_env_id",
+    "make",
+    "make_vec",
+]

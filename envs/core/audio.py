@@ -80,7 +80,9 @@ def hz_to_mel(f: NDArray[np.float64]) -> NDArray[np.float64]:
     min_log_hz = 1000.0
     min_log_mel = min_log_hz / f_sp
     logstep = np.log(6.4) / 27.0
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+    return np.where(
+        f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp
+    )
 
 
 def mel_to_hz(m: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -121,7 +123,9 @@ def stft(x: NDArray[np.floating], cfg: AudioConfig) -> NDArray[np.complex128]:
 def log_mel(x: NDArray[np.floating], cfg: AudioConfig) -> NDArray[np.float32]:
     """Log-mel features of time-domain clips (the reference path, used by tests)."""
     power = np.abs(stft(x, cfg)) ** 2
-    mel = np.einsum("mf,...ft->...mt", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels), power)
+    mel = np.einsum(
+        "mf,...ft->...mt", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels), power
+    )
     return np.log(mel + LOG_EPS).astype(np.float32)
 
 
@@ -178,7 +182,10 @@ class AudioBank:
         t = np.arange(cfg.n_samples) / cfg.sample_rate
         for f in tones:
             clips.append(
-                [0.5 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for _ in range(cfg.variants)]
+                [
+                    0.5 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+                    for _ in range(cfg.variants)
+                ]
             )
         self.clips = np.asarray(clips)  # (sources, variants, samples)
         self.noise_clips = rng.standard_normal((cfg.variants, cfg.n_samples)) * 0.25
@@ -208,7 +215,9 @@ class AudioBank:
         """
         spec = self.spectra[sources, variants]  # (n, k, F, T)
         mix = np.einsum("nkc,nkft->ncft", gains.astype(np.complex64), spec)
-        mix += noise_gain.astype(np.float32)[:, None, None, None] * self.noise_spectra[noise_variants]
+        mix += (
+            noise_gain.astype(np.float32)[:, None, None, None] * self.noise_spectra[noise_variants]
+        )
         power = mix.real**2 + mix.imag**2
         mel = np.einsum("mf,ncft->ncmt", self.mel_fb, power)
         out = np.log(mel + np.float32(LOG_EPS))

@@ -163,7 +163,9 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
                 f"autoreset_mode={autoreset_mode!r} is not supported; use one of {sorted(modes)}."
             )
         if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode={render_mode!r} is not supported; use 'rgb_array' or None.")
+            raise ValueError(
+                f"render_mode={render_mode!r} is not supported; use 'rgb_array' or None."
+            )
         self.game = self.game_class(num_envs, **kwargs)
         self.num_envs = self.game.num_worlds
         self.autoreset_mode = modes[mode]
@@ -202,22 +204,38 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
         self.game.check_options(options)
         if seed is None or isinstance(seed, int | np.integer):
             seeds: list[int | None] = (
-                [None] * self.num_envs if seed is None else [int(seed) + i for i in range(self.num_envs)]
+                [None] * self.num_envs
+                if seed is None
+                else [int(seed) + i for i in range(self.num_envs)]
             )
         else:
             seeds = list(seed)
             if len(seeds) != self.num_envs:
-                raise ValueError(f"seed list must have num_envs={self.num_envs} entries, got {len(seeds)}.")
+                raise ValueError(
+                    f"seed list must have num_envs={self.num_envs} entries, got {len(seeds)}."
+                )
         if seeds[0] is not None:
             self._np_random, self._np_random_seed = seeding.np_random(seeds[0])
-        self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        if len(self._rngs) != self.num_envs:
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        else:  # unseeded slots carry on with their generators, as Gymnasium's do
+            self._rngs = [
+                seeding.np_random(s)[0] if s is not None else g
+                for s, g in zip(seeds, self._rngs, strict=True)
+            ]
         self._reset_worlds(self._all)
         self._needs_reset[:] = False
         return self.game.observe(), self._infos()
 
     def step(
         self, actions: Any
-    ) -> tuple[dict[str, NDArray[Any]], NDArray[np.float32], NDArray[np.bool_], NDArray[np.bool_], dict[str, Any]]:
+    ) -> tuple[
+        dict[str, NDArray[Any]],
+        NDArray[np.float32],
+        NDArray[np.bool_],
+        NDArray[np.bool_],
+        dict[str, Any],
+    ]:
         """Step every world (see ``autoreset_mode`` for what happens at episode ends)."""
         if not self._rngs:
             raise RuntimeError("Call reset() before step().")
@@ -247,7 +265,9 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
             for k in obs:
                 obs[k][done] = fresh[k]
             infos = self._infos()
-            infos.update(final_obs=final_obs, _final_obs=mask, final_info=final_info, _final_info=mask.copy())
+            infos.update(
+                final_obs=final_obs, _final_obs=mask, final_info=final_info, _final_info=mask.copy()
+            )
         return obs, reward, terminated, truncated, infos
 
     def expert_actions(self) -> NDArray[np.int64]:

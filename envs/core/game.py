@@ -43,7 +43,9 @@ def frame_size_arg(value: int | tuple[int, int], minimum: int) -> tuple[int, int
         raise TypeError(f"frame_size must be an int or an (H, W) pair of ints, got {value!r}.")
     h, w = int(value[0]), int(value[1])
     if min(h, w) < minimum or max(h, w) > 1024:
-        raise ValueError(f"frame_size must be between {minimum} and 1024 pixels per side, got {(h, w)}.")
+        raise ValueError(
+            f"frame_size must be between {minimum} and 1024 pixels per side, got {(h, w)}."
+        )
     return h, w
 
 
@@ -85,7 +87,9 @@ class BatchedGame(ABC):
         self.success[idx] = False
         self._generate(idx)
 
-    def step(self, actions: NDArray[np.int64]) -> tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.bool_]]:
+    def step(
+        self, actions: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.bool_]]:
         """Advance every world by one action; returns reward, terminated, truncated."""
         self.step_count += 1
         reward, terminated = self._transition(actions)
@@ -94,7 +98,9 @@ class BatchedGame(ABC):
 
     def success_reward(self, success: NDArray[np.bool_]) -> NDArray[np.float32]:
         """MiniGrid-style reward ``1 - 0.9 t / T`` where ``success`` is set, else 0."""
-        return np.where(success, 1.0 - 0.9 * (self.step_count / self.max_steps), 0.0).astype(np.float32)
+        return np.where(success, 1.0 - 0.9 * (self.step_count / self.max_steps), 0.0).astype(
+            np.float32
+        )
 
     # -- game-specific ---------------------------------------------------------
     @abstractmethod
@@ -102,7 +108,9 @@ class BatchedGame(ABC):
         """Lay out new worlds ``idx`` (state, instruction, static frame layer)."""
 
     @abstractmethod
-    def _transition(self, actions: NDArray[np.int64]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    def _transition(
+        self, actions: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         """Apply actions to all worlds; return reward and terminated, set ``self.success``."""
 
     @abstractmethod

@@ -92,7 +92,7 @@ def random_free_cells(
     Returns:
         ``(n, k, 2)`` positions.
     """
-    n, h, w = free.shape
+    n, _, w = free.shape
     score = np.where(free.reshape(n, -1), uniforms, 2.0)
     flat = np.argsort(score, axis=1, kind="stable")[:, :k]
     return np.stack([flat // w, flat % w], axis=-1).astype(np.int64)

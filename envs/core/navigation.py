@@ -56,7 +56,9 @@ def shared_bank(game: BatchedGame, tones: tuple[float, ...] = ()) -> AudioBank:
     return _BANKS[key]
 
 
-def object_tile(colour: NDArray[np.int64] | int, shape: NDArray[np.int64] | int) -> NDArray[np.int64]:
+def object_tile(
+    colour: NDArray[np.int64] | int, shape: NDArray[np.int64] | int
+) -> NDArray[np.int64]:
     """Tile id of a coloured shape."""
     return 2 + np.asarray(colour) * len(SHAPES) + np.asarray(shape)
 
@@ -157,7 +159,9 @@ class NavigationGame(BatchedGame):
         self.static[idx] = self.renderer.static_layer(tiles)
 
     # -- dynamics ----------------------------------------------------------------
-    def _transition(self, actions: NDArray[np.int64]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    def _transition(
+        self, actions: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         self.heading = (self.heading + (actions == TURN_RIGHT) - (actions == TURN_LEFT)) % 4
         ar = np.arange(self.num_worlds)
         front = self.agent_pos + DIR_VEC[self.heading]
@@ -201,11 +205,12 @@ class NavigationGame(BatchedGame):
     def _audio(self, idx: NDArray[np.intp]) -> NDArray[np.float32]:
         """Stereo log-mel of every object's sound as heard from the agent's pose."""
         variants = self.rand.integers(idx, self.audio_cfg.variants, self.n_objects + 2)
-        gains = stereo_gains(self.agent_pos[idx], self.heading[idx], self.obj_pos[idx], self.loudness[idx])
+        gains = stereo_gains(
+            self.agent_pos[idx], self.heading[idx], self.obj_pos[idx], self.loudness[idx]
+        )
         return self.bank.mix_features(
             self.src_id[idx], variants[:, :-2], gains, variants[:, -2:], self.noise_level[idx]
         )
-
 
 
 def all_worlds(game: BatchedGame, idx: NDArray[np.intp] | None) -> NDArray[np.intp]:

@@ -64,7 +64,9 @@ def solid_tile(colour: tuple[int, int, int], tile: int) -> NDArray[np.uint8]:
     return np.broadcast_to(np.array(colour, np.uint8), (tile, tile, 3)).copy()
 
 
-def sprite_tile(mask: NDArray[np.bool_], colour: tuple[int, int, int], tile: int) -> NDArray[np.uint8]:
+def sprite_tile(
+    mask: NDArray[np.bool_], colour: tuple[int, int, int], tile: int
+) -> NDArray[np.uint8]:
     """A floor tile with ``mask`` painted in ``colour``."""
     t = solid_tile(FLOOR, tile)
     t[mask] = colour
@@ -81,7 +83,9 @@ class GridRenderer:
         tiles: ``(n_tiles, tile, tile, 3)`` static tiles; tile 0 must be the floor.
     """
 
-    def __init__(self, grid_size: int, frame_size: tuple[int, int], tiles: NDArray[np.uint8]) -> None:
+    def __init__(
+        self, grid_size: int, frame_size: tuple[int, int], tiles: NDArray[np.uint8]
+    ) -> None:
         h, w = frame_size
         tile = min(h, w) // grid_size
         if tile < 3:
@@ -95,7 +99,9 @@ class GridRenderer:
         self.frame_size = (h, w)
         self.tile = tile
         self.tiles = tiles
-        self.agent_tiles = np.stack([sprite_tile(agent_mask(d, tile), AGENT, tile) for d in range(4)])
+        self.agent_tiles = np.stack(
+            [sprite_tile(agent_mask(d, tile), AGENT, tile) for d in range(4)]
+        )
         self.top = (h - tile * grid_size) // 2
         self.left = (w - tile * grid_size) // 2
         self._ar = np.arange(tile)
@@ -120,4 +126,6 @@ class GridRenderer:
         n = frames.shape[0]
         rows = self.top + pos[:, 0:1] * self.tile + self._ar[None, :]  # (n, t)
         cols = self.left + pos[:, 1:2] * self.tile + self._ar[None, :]
-        frames[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = self.agent_tiles[heading]
+        frames[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = self.agent_tiles[
+            heading
+        ]

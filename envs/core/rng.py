@@ -53,7 +53,9 @@ class WorldRandom:
         """``(len(idx), size)`` floats uniform in [0, 1)."""
         return (self.bits(idx, size) >> _S11).astype(np.float64) * _INV53
 
-    def integers(self, idx: NDArray[np.intp], high: int | NDArray[np.integer], size: int) -> NDArray[np.int64]:
+    def integers(
+        self, idx: NDArray[np.intp], high: int | NDArray[np.integer], size: int
+    ) -> NDArray[np.int64]:
         """``(len(idx), size)`` integers uniform in ``[0, high)`` (high may be per world)."""
         high_arr = np.asarray(high, dtype=np.float64)
         if high_arr.ndim == 1:

@@ -13,7 +13,9 @@ from envs.core.navigation import SPEAKER_TILE, NavigationGame, all_worlds
 
 
 class FindSoundGame(NavigationGame):
-    """## Description
+    """FindSound: go to the one object that makes a sound (audio + image).
+
+    ## Description
     An audio + image game. Identical objects stand in a room; exactly one of them
     emits a sound (a random timbre each episode) over background noise. Only
     hearing tells which: the stereo level difference depends on the source's
@@ -65,7 +67,11 @@ class FindSoundGame(NavigationGame):
         noise: tuple[float, float] = (0.05, 0.2),
     ) -> None:
         super().__init__(
-            num_worlds, grid_size=grid_size, n_objects=n_objects, frame_size=frame_size, max_steps=max_steps
+            num_worlds,
+            grid_size=grid_size,
+            n_objects=n_objects,
+            frame_size=frame_size,
+            max_steps=max_steps,
         )
         self._init_sound(noise)
         h, w = self.renderer.frame_size
@@ -96,11 +102,11 @@ class FindSoundGame(NavigationGame):
         return {"image": self._image(idx), "audio": self._audio(idx)}
 
 
-class FindSoundEnv(GameEnv):
+class FindSoundEnv(GameEnv):  # noqa: D101 - the card is the game docstring
     __doc__ = FindSoundGame.__doc__
     game_class = FindSoundGame
 
 
-class FindSoundVectorEnv(GameVectorEnv):
+class FindSoundVectorEnv(GameVectorEnv):  # noqa: D101 - the card is the game docstring
     __doc__ = FindSoundGame.__doc__
     game_class = FindSoundGame

@@ -39,7 +39,9 @@ def instruction_table(
 
 
 class GoToObjectGame(NavigationGame):
-    """## Description
+    """GoToObject: go to the object the instruction names (text + image).
+
+    ## Description
     A text + image game. Several objects that differ in colour and shape lie in a
     room; the instruction names one of them ("go to the red key", in six
     phrasings). Walking into the named object pays; walking into any other ends
@@ -90,7 +92,11 @@ class GoToObjectGame(NavigationGame):
         max_steps: int | None = None,
     ) -> None:
         super().__init__(
-            num_worlds, grid_size=grid_size, n_objects=n_objects, frame_size=frame_size, max_steps=max_steps
+            num_worlds,
+            grid_size=grid_size,
+            n_objects=n_objects,
+            frame_size=frame_size,
+            max_steps=max_steps,
         )
         self.vocabulary, self._ids, self._texts = instruction_table(
             TEMPLATES, {"colour": COLOUR_NAMES, "shape": SHAPES}, MAX_LEN
@@ -146,13 +152,11 @@ class GoToObjectGame(NavigationGame):
         return {"image": self._image(idx), "text": self.text[idx]}
 
 
-class GoToObjectEnv(GameEnv):
+class GoToObjectEnv(GameEnv):  # noqa: D101 - the card is the game docstring
     __doc__ = GoToObjectGame.__doc__
     game_class = GoToObjectGame
 
 
-class GoToObjectVectorEnv(GameVectorEnv):
+class GoToObjectVectorEnv(GameVectorEnv):  # noqa: D101 - the card is the game docstring
     __doc__ = GoToObjectGame.__doc__
     game_class = GoToObjectGame
-
-

@@ -23,7 +23,9 @@ _NOISE_FRAMES = 16
 
 
 class ModalityProbeGame(BatchedGame):
-    """## Description
+    """ModalityProbe: a one-step question answered by one chosen sense.
+
+    ## Description
     A unit test for encoders. Each episode is one step: the agent sees, reads and
     hears, then answers with one of ``n_answers`` actions. The answer is carried
     by exactly one modality, chosen by ``cue``; the other two are pure noise.
@@ -87,7 +89,10 @@ class ModalityProbeGame(BatchedGame):
         self.vocabulary = Vocabulary.from_texts(texts, max_len=MAX_LEN)
         self._answer_ids = np.array([self.vocabulary.word_id(a) for a in ANSWER_WORDS])
         self._template_ids = [self.vocabulary.encode(t.format(w="zero")) for t in TEMPLATES]
-        self._slot = [int(np.flatnonzero(ids == self.vocabulary.word_id("zero"))[0]) for ids in self._template_ids]
+        self._slot = [
+            int(np.flatnonzero(ids == self.vocabulary.word_id("zero"))[0])
+            for ids in self._template_ids
+        ]
         self.bank = shared_bank(self, TONES)
         cfg = self.audio_cfg
         self.observation_space = spaces.Dict(
@@ -117,13 +122,18 @@ class ModalityProbeGame(BatchedGame):
             table = np.stack(self._template_ids)[template]
             table[np.arange(m), np.array(self._slot)[template]] = self._answer_ids[answer]
             self.text[idx] = table
-            self.instruction[idx] = [TEMPLATES[t].format(w=ANSWER_WORDS[a]) for t, a in zip(template, answer, strict=True)]
+            self.instruction[idx] = [
+                TEMPLATES[t].format(w=ANSWER_WORDS[a])
+                for t, a in zip(template, answer, strict=True)
+            ]
         else:
             words = self.rand.integers(idx, len(self.vocabulary) - 2, MAX_LEN) + 2
             self.text[idx] = words
             self.instruction[idx] = [self.vocabulary.decode(w) for w in words]
 
-    def _transition(self, actions: NDArray[np.int64]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    def _transition(
+        self, actions: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         self.success = actions == self.answer
         return self.success.astype(np.float32), np.ones(self.num_worlds, dtype=bool)
 
@@ -132,7 +142,9 @@ class ModalityProbeGame(BatchedGame):
         idx = np.arange(self.num_worlds) if idx is None else idx
         m = len(idx)
         u = self.rand.uniform(idx, 6)
-        pick = (u[:, :3] * [_NOISE_FRAMES, self.audio_cfg.variants, self.audio_cfg.variants]).astype(np.int64)
+        pick = (
+            u[:, :3] * [_NOISE_FRAMES, self.audio_cfg.variants, self.audio_cfg.variants]
+        ).astype(np.int64)
         image = self._noise[pick[:, 0]]
         if self.cue == "image":
             h, w = self.frame_size
@@ -157,11 +169,11 @@ class ModalityProbeGame(BatchedGame):
         return self.answer.copy()
 
 
-class ModalityProbeEnv(GameEnv):
+class ModalityProbeEnv(GameEnv):  # noqa: D101 - the card is the game docstring
     __doc__ = ModalityProbeGame.__doc__
     game_class = ModalityProbeGame
 
 
-class ModalityProbeVectorEnv(GameVectorEnv):
+class ModalityProbeVectorEnv(GameVectorEnv):  # noqa: D101 - the card is the game docstring
     __doc__ = ModalityProbeGame.__doc__
     game_class = ModalityProbeGame

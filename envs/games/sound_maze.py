@@ -24,7 +24,9 @@ MAX_LEN = 8
 
 
 class SoundMazeGame(NavigationGame):
-    """## Description
+    """SoundMaze: go to the object whose sound the instruction names (text + image + audio).
+
+    ## Description
     A text + image + audio game. Identical objects stand in a room broken up by
     wall segments; each object makes a different sound (distinct timbres: buzz,
     hum, chirp, ring, whistle, click). The instruction names the sound to find
@@ -79,7 +81,11 @@ class SoundMazeGame(NavigationGame):
         noise: tuple[float, float] = (0.05, 0.2),
     ) -> None:
         super().__init__(
-            num_worlds, grid_size=grid_size, n_objects=n_objects, frame_size=frame_size, max_steps=max_steps
+            num_worlds,
+            grid_size=grid_size,
+            n_objects=n_objects,
+            frame_size=frame_size,
+            max_steps=max_steps,
         )
         if not isinstance(wall_density, float | int) or not 0.0 <= wall_density <= 0.3:
             raise ValueError(f"wall_density must be a number in [0, 0.3], got {wall_density!r}.")
@@ -102,7 +108,9 @@ class SoundMazeGame(NavigationGame):
     def _layout_walls(self, idx: NDArray[np.intp]) -> NDArray[np.bool_]:
         g = self.grid_size
         walls = border_walls(len(idx), g)
-        walls[:, 1:-1, 1:-1] = self.rand.uniform(idx, (g - 2) ** 2).reshape(-1, g - 2, g - 2) < self.wall_density
+        walls[:, 1:-1, 1:-1] = (
+            self.rand.uniform(idx, (g - 2) ** 2).reshape(-1, g - 2, g - 2) < self.wall_density
+        )
         return walls
 
     def _assign(self, idx: NDArray[np.intp]) -> None:
@@ -126,11 +134,11 @@ class SoundMazeGame(NavigationGame):
         return {"image": self._image(idx), "text": self.text[idx], "audio": self._audio(idx)}
 
 
-class SoundMazeEnv(GameEnv):
+class SoundMazeEnv(GameEnv):  # noqa: D101 - the card is the game docstring
     __doc__ = SoundMazeGame.__doc__
     game_class = SoundMazeGame
 
 
-class SoundMazeVectorEnv(GameVectorEnv):
+class SoundMazeVectorEnv(GameVectorEnv):  # noqa: D101 - the card is the game docstring
     __doc__ = SoundMazeGame.__doc__
     game_class = SoundMazeGame
