@@ -6,11 +6,12 @@ distance and pans with the source's direction relative to the agent's heading
 (interaural level difference plus a head shadow for sources behind), plus
 background noise. Features are ``log(mel(|STFT|^2) + eps)``.
 
-Because the STFT is linear, the spectrum of a mix is the same mix of the
-sources' spectra. We pre-compute the complex STFT of a bank of source and
-noise clips once, and mix in that domain: exactly the STFT of the synthesised
-waveform (``AudioBank.waveform`` rebuilds it, and a test checks both against
-librosa), without an FFT per step.
+Because the STFT is linear, the power spectrum of a mix is a quadratic form
+in the gains over pre-computable cross-spectra of the clips. We pre-compute
+those (projected on the mel bands) once for a bank of clips, so each step costs
+a few small gathers and a matmul, and equals the log-mel of the STFT of the
+synthesised waveform (``AudioBank.waveform`` rebuilds it; a test checks both
+against librosa).
 """
 
 from __future__ import annotations
@@ -167,7 +168,13 @@ def synthesise(timbre: str, rng: np.random.Generator, cfg: AudioConfig) -> NDArr
 
 
 class AudioBank:
-    """Pre-computed spectra of every timbre and of background noise.
+    """Pre-computed clips of every timbre and of background noise, and their mel Gram tensors.
+
+    Each of ``cfg.variants`` variants holds one clip per source plus a left and a
+    right noise clip. For a mix ``x = sum_i a_i s_i`` of clips of one variant, the
+    mel power is ``sum_ij a_i a_j G_ij`` with ``G_ij = mel_fb @ Re(S_i conj(S_j))``
+    (``S`` the STFT): exactly the mel power of the STFT of ``x``, computed from a
+    handful of pre-computed blocks instead of an FFT per step.
 
     Args:
         cfg: Signal parameters.
@@ -178,64 +185,84 @@ class AudioBank:
     def __init__(self, cfg: AudioConfig, tones: tuple[float, ...] = (), seed: int = 1234) -> None:
         self.cfg = cfg
         rng = np.random.default_rng(seed)
-        clips = [[synthesise(name, rng, cfg) for _ in range(cfg.variants)] for name in TIMBRE_NAMES]
         t = np.arange(cfg.n_samples) / cfg.sample_rate
-        for f in tones:
-            clips.append(
-                [
-                    0.5 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
-                    for _ in range(cfg.variants)
-                ]
-            )
-        self.clips = np.asarray(clips)  # (sources, variants, samples)
-        self.noise_clips = rng.standard_normal((cfg.variants, cfg.n_samples)) * 0.25
-        self.spectra = stft(self.clips, cfg).astype(np.complex64)  # (S, V, F, T)
-        self.noise_spectra = stft(self.noise_clips, cfg).astype(np.complex64)  # (V, F, T)
-        self.mel_fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels).astype(np.float32)
+        variants = []
+        for _ in range(cfg.variants):
+            clips = [synthesise(name, rng, cfg) for name in TIMBRE_NAMES]
+            clips += [0.5 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in tones]
+            clips += list(rng.standard_normal((2, cfg.n_samples)) * 0.25)  # left, right noise
+            variants.append(clips)
+        #: ``(variants, sources + 2, samples)``: sources, then left and right noise.
+        self.clips = np.asarray(variants)
+        self.n_sources = self.clips.shape[1] - 2
+        spec = stft(self.clips, cfg)  # (V, C, F, T)
+        cross = np.real(spec[:, :, None] * np.conj(spec[:, None, :]))  # (V, C, C, F, T)
+        fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)
+        gram = np.einsum("mf,vijft->vijmt", fb, cross)
+        #: Rows ``(variant * C + i) * C + j`` hold ``G_ij`` of that variant, flattened.
+        self.gram = np.ascontiguousarray(
+            gram.reshape(-1, cfg.n_mels * cfg.n_frames), dtype=np.float32
+        )
+        self._pairs: dict[int, tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float32]]] = {}
+
+    def _pair_index(self, m: int) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float32]]:
+        if m not in self._pairs:
+            i, j = np.triu_indices(m)
+            self._pairs[m] = (i, j, np.where(i == j, 1.0, 2.0).astype(np.float32))
+        return self._pairs[m]
 
     def mix_features(
         self,
         sources: NDArray[np.int64],
-        variants: NDArray[np.int64],
+        variant: NDArray[np.int64],
         gains: NDArray[np.float32],
-        noise_variants: NDArray[np.int64],
         noise_gain: NDArray[np.float32],
     ) -> NDArray[np.float32]:
         """Stereo log-mel features of a mix, for ``n`` worlds at once.
 
         Args:
-            sources: ``(n, k)`` source ids (rows of the bank).
-            variants: ``(n, k)`` clip variant per source.
+            sources: ``(n, k)`` source ids (timbres, then any tones).
+            variant: ``(n,)`` clip variant heard this step.
             gains: ``(n, k, 2)`` left/right gain per source (0 = silent).
-            noise_variants: ``(n, 2)`` noise clip per ear.
             noise_gain: ``(n,)`` background noise level.
 
         Returns:
             ``(n, 2, n_mels, n_frames)`` float32 features.
         """
-        spec = self.spectra[sources, variants]  # (n, k, F, T)
-        mix = np.einsum("nkc,nkft->ncft", gains.astype(np.complex64), spec)
-        mix += (
-            noise_gain.astype(np.float32)[:, None, None, None] * self.noise_spectra[noise_variants]
-        )
-        power = mix.real**2 + mix.imag**2
-        mel = np.einsum("mf,ncft->ncmt", self.mel_fb, power)
-        out = np.log(mel + np.float32(LOG_EPS))
+        n, k = sources.shape
+        c = self.n_sources + 2
+        # Clips heard per world: its k sources, then the left and right noise.
+        ids = np.empty((n, k + 2), dtype=np.intp)
+        ids[:, :k] = sources
+        ids[:, k] = self.n_sources
+        ids[:, k + 1] = self.n_sources + 1
+        # Per-ear amplitude of each clip; an ear does not hear the other ear's noise.
+        amp = np.zeros((n, 2, k + 2), dtype=np.float32)
+        amp[:, :, :k] = gains.transpose(0, 2, 1)
+        amp[:, 0, k] = amp[:, 1, k + 1] = noise_gain
+        pi, pj, mult = self._pair_index(k + 2)
+        rows = (variant[:, None] * c + ids[:, pi]) * c + ids[:, pj]  # (n, P)
+        blocks = np.take(self.gram, rows, axis=0)  # (n, P, mels * frames), shared by both ears
+        weights = amp[:, :, pi] * amp[:, :, pj] * mult  # (n, 2, P)
+        mel = np.matmul(weights, blocks)  # (n, 2, mels * frames)
+        np.maximum(mel, 0.0, out=mel)
+        mel += np.float32(LOG_EPS)
+        out = np.log(mel, out=mel)
         np.clip(out, self.cfg.low, self.cfg.high, out=out)
-        return out.astype(np.float32, copy=False)
+        return out.reshape(n, 2, self.cfg.n_mels, self.cfg.n_frames)
 
     def waveform(
         self,
         sources: NDArray[np.int64],
-        variants: NDArray[np.int64],
+        variant: NDArray[np.int64],
         gains: NDArray[np.float32],
-        noise_variants: NDArray[np.int64],
         noise_gain: NDArray[np.float32],
     ) -> NDArray[np.float64]:
         """The time-domain stereo mix ``(n, 2, n_samples)`` that :meth:`mix_features` describes."""
-        clips = self.clips[sources, variants]  # (n, k, S)
+        clips = self.clips[variant[:, None], sources]  # (n, k, S)
         mix = np.einsum("nkc,nks->ncs", gains.astype(np.float64), clips)
-        return mix + noise_gain[:, None, None] * self.noise_clips[noise_variants]
+        noise = self.clips[variant, self.n_sources :]  # (n, 2, S)
+        return mix + noise_gain[:, None, None] * noise
 
 
 def stereo_gains(
@@ -261,3 +288,41 @@ def stereo_gains(
     left = level * np.sqrt((1.0 - lateral) / 2.0)
     rght = level * np.sqrt((1.0 + lateral) / 2.0)
     return np.stack([left, rght], axis=-1).astype(np.float32)
+
+
+class GainTable:
+    """:func:`stereo_gains` tabulated over every offset of a ``size``-cell grid.
+
+    Gains depend only on the heading and the source's offset from the agent,
+    so a grid game looks them up instead of recomputing them each step.
+    """
+
+    def __init__(self, size: int) -> None:
+        r = np.arange(-(size - 1), size)
+        dy, dx = np.meshgrid(r, r, indexing="ij")
+        offsets = np.stack([dy.ravel(), dx.ravel()], axis=-1)  # (m, 2)
+        m = len(offsets)
+        table = np.stack(
+            [
+                stereo_gains(
+                    np.zeros((1, 2), np.int64),
+                    np.array([h]),
+                    offsets[None],
+                    np.ones((1, m), np.float32),
+                )[0]
+                for h in range(4)
+            ]
+        )
+        self.size = size
+        self.table = table.reshape(4, 2 * size - 1, 2 * size - 1, 2)
+
+    def __call__(
+        self,
+        agent_pos: NDArray[np.int64],
+        heading: NDArray[np.int64],
+        source_pos: NDArray[np.int64],
+        loudness: NDArray[np.float32],
+    ) -> NDArray[np.float32]:
+        """Same as :func:`stereo_gains`."""
+        off = source_pos - agent_pos[:, None, :] + (self.size - 1)
+        return self.table[heading[:, None], off[..., 0], off[..., 1]] * loudness[..., None]

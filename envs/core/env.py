@@ -86,12 +86,15 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
         self, action: Any
     ) -> tuple[dict[str, NDArray[Any]], SupportsFloat, bool, bool, dict[str, Any]]:
         """Take one action (an int in the action space)."""
-        if isinstance(action, bool | str) or np.ndim(action) != 0:
+        if type(action) is int and 0 <= action < len(self.game.action_names):
+            actions = np.array([action], dtype=np.int64)  # the common case, checked cheaply
+        elif isinstance(action, bool | str) or np.ndim(action) != 0:
             raise ValueError(
                 f"action must be a single integer in [0, {self.action_space.n - 1}] "
                 f"({', '.join(self.game.action_names)}), got {action!r}."
             )
-        actions = self.game.check_actions(np.asarray([action]))
+        else:
+            actions = self.game.check_actions(np.asarray([action]))
         reward, terminated, truncated = self.game.step(actions)
         if self.render_mode == "human":
             self.render()

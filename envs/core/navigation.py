@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from envs.core.audio import AudioBank, stereo_gains
+from envs.core.audio import AudioBank, GainTable
 from envs.core.game import BatchedGame, Obs, check_int_arg, frame_size_arg
 from envs.core.grid import (
     ACTION_NAMES,
@@ -175,14 +175,18 @@ class NavigationGame(BatchedGame):
         return self.success_reward(self.success), touch
 
     # -- observation -------------------------------------------------------------
-    def _image(self, idx: NDArray[np.intp]) -> NDArray[np.uint8]:
-        frames = self.static[idx]  # fancy indexing copies
-        self.renderer.paste_agent(frames, self.agent_pos[idx], self.heading[idx])
+    def _image(self, idx: NDArray[np.intp] | None) -> NDArray[np.uint8]:
+        if idx is None:
+            frames = self.static.copy()
+            self.renderer.paste_agent(frames, self.agent_pos, self.heading)
+        else:
+            frames = self.static[idx]  # fancy indexing copies
+            self.renderer.paste_agent(frames, self.agent_pos[idx], self.heading[idx])
         return frames
 
     def frames(self, idx: NDArray[np.intp] | None = None) -> NDArray[np.uint8]:
         """RGB frames of worlds ``idx``."""
-        return self._image(np.arange(self.num_worlds) if idx is None else idx)
+        return self._image(idx)
 
     def expert_actions(self) -> NDArray[np.int64]:
         """Shortest-path action per world towards its target."""
@@ -197,31 +201,25 @@ class NavigationGame(BatchedGame):
         self.loudness = np.zeros((n, k), dtype=np.float32)
         self.noise_level = np.zeros(n, dtype=np.float32)
         self.noise_range = noise
+        self.gains = GainTable(self.grid_size)
 
     def _draw_noise_level(self, idx: NDArray[np.intp]) -> None:
         lo, hi = self.noise_range
         self.noise_level[idx] = lo + (hi - lo) * self.rand.uniform(idx, 1)[:, 0]
 
-    def _audio(self, idx: NDArray[np.intp]) -> NDArray[np.float32]:
+    def _audio(self, idx: NDArray[np.intp] | None) -> NDArray[np.float32]:
         """Stereo log-mel of every object's sound as heard from the agent's pose."""
-        variants = self.rand.integers(idx, self.audio_cfg.variants, self.n_objects + 2)
-        gains = stereo_gains(
-            self.agent_pos[idx], self.heading[idx], self.obj_pos[idx], self.loudness[idx]
+        sel = slice(None) if idx is None else idx
+        variant = self.rand.integers(sel, self.audio_cfg.variants, 1)[:, 0]
+        gains = self.gains(
+            self.agent_pos[sel], self.heading[sel], self.obj_pos[sel], self.loudness[sel]
         )
-        return self.bank.mix_features(
-            self.src_id[idx], variants[:, :-2], gains, variants[:, -2:], self.noise_level[idx]
-        )
-
-
-def all_worlds(game: BatchedGame, idx: NDArray[np.intp] | None) -> NDArray[np.intp]:
-    """``idx``, or every world when None."""
-    return np.arange(game.num_worlds) if idx is None else idx
+        return self.bank.mix_features(self.src_id[sel], variant, gains, self.noise_level[sel])
 
 
 __all__ = [
     "SPEAKER_TILE",
     "NavigationGame",
     "Obs",
-    "all_worlds",
     "object_tile",
 ]

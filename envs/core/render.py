@@ -124,6 +124,11 @@ class GridRenderer:
     ) -> None:
         """Draw each world's agent in place (``frames`` is modified)."""
         n = frames.shape[0]
+        if n == 1:  # the single env: plain slicing beats fancy indexing
+            t, (r, c) = self.tile, pos[0]
+            r0, c0 = self.top + r * t, self.left + c * t
+            frames[0, r0 : r0 + t, c0 : c0 + t] = self.agent_tiles[heading[0]]
+            return
         rows = self.top + pos[:, 0:1] * self.tile + self._ar[None, :]  # (n, t)
         cols = self.left + pos[:, 1:2] * self.tile + self._ar[None, :]
         frames[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = self.agent_tiles[

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+Index = NDArray[np.intp] | slice
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -42,31 +44,29 @@ class WorldRandom:
         self.keys[idx] = keys
         self.counters[idx] = 0
 
-    def bits(self, idx: NDArray[np.intp], size: int) -> NDArray[np.uint64]:
+    def bits(self, idx: Index, size: int) -> NDArray[np.uint64]:
         """``(len(idx), size)`` raw 64-bit draws for worlds ``idx``; advances their counters."""
-        base = splitmix64(self.keys[idx] ^ splitmix64(self.counters[idx]))
+        base = splitmix64(self.keys[idx] + self.counters[idx] * _M1)
         self.counters[idx] += np.uint64(1)
         offs = np.arange(1, size + 1, dtype=np.uint64) * _GOLDEN
         return splitmix64(base[:, None] + offs[None, :])
 
-    def uniform(self, idx: NDArray[np.intp], size: int) -> NDArray[np.float64]:
+    def uniform(self, idx: Index, size: int) -> NDArray[np.float64]:
         """``(len(idx), size)`` floats uniform in [0, 1)."""
         return (self.bits(idx, size) >> _S11).astype(np.float64) * _INV53
 
-    def integers(
-        self, idx: NDArray[np.intp], high: int | NDArray[np.integer], size: int
-    ) -> NDArray[np.int64]:
+    def integers(self, idx: Index, high: int | NDArray[np.integer], size: int) -> NDArray[np.int64]:
         """``(len(idx), size)`` integers uniform in ``[0, high)`` (high may be per world)."""
         high_arr = np.asarray(high, dtype=np.float64)
         if high_arr.ndim == 1:
             high_arr = high_arr[:, None]
         return np.floor(self.uniform(idx, size) * high_arr).astype(np.int64)
 
-    def permutations(self, idx: NDArray[np.intp], n: int) -> NDArray[np.int64]:
+    def permutations(self, idx: Index, n: int) -> NDArray[np.int64]:
         """``(len(idx), n)`` random permutations of ``range(n)``."""
         return np.argsort(self.uniform(idx, n), axis=1, kind="stable").astype(np.int64)
 
-    def normal(self, idx: NDArray[np.intp], size: int) -> NDArray[np.float64]:
+    def normal(self, idx: Index, size: int) -> NDArray[np.float64]:
         """``(len(idx), size)`` standard normal draws (Box-Muller)."""
         u = self.uniform(idx, 2 * size)
         u1 = 1.0 - u[:, :size]

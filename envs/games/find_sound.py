@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 from envs.core.audio import TIMBRE_NAMES
 from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.game import Obs
-from envs.core.navigation import SPEAKER_TILE, NavigationGame, all_worlds
+from envs.core.navigation import SPEAKER_TILE, NavigationGame
 
 
 class FindSoundGame(NavigationGame):
@@ -98,7 +98,6 @@ class FindSoundGame(NavigationGame):
 
     def observe(self, idx: NDArray[np.intp] | None = None) -> Obs:
         """Image and stereo log-mel of worlds ``idx``."""
-        idx = all_worlds(self, idx)
         return {"image": self._image(idx), "audio": self._audio(idx)}
 
 

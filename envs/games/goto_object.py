@@ -8,7 +8,7 @@ from numpy.typing import NDArray
 
 from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.game import Obs
-from envs.core.navigation import NavigationGame, all_worlds, object_tile
+from envs.core.navigation import NavigationGame, object_tile
 from envs.core.render import COLOUR_NAMES, SHAPES
 from envs.core.text import Vocabulary
 
@@ -148,8 +148,8 @@ class GoToObjectGame(NavigationGame):
 
     def observe(self, idx: NDArray[np.intp] | None = None) -> Obs:
         """Image and instruction of worlds ``idx``."""
-        idx = all_worlds(self, idx)
-        return {"image": self._image(idx), "text": self.text[idx]}
+        sel = slice(None) if idx is None else idx
+        return {"image": self._image(idx), "text": self.text[sel].copy()}
 
 
 class GoToObjectEnv(GameEnv):  # noqa: D101 - the card is the game docstring

@@ -139,30 +139,26 @@ class ModalityProbeGame(BatchedGame):
 
     def observe(self, idx: NDArray[np.intp] | None = None) -> Obs:
         """Noisy image, text and audio of worlds ``idx``; one of them carries the answer."""
-        idx = np.arange(self.num_worlds) if idx is None else idx
-        m = len(idx)
-        u = self.rand.uniform(idx, 6)
-        pick = (
-            u[:, :3] * [_NOISE_FRAMES, self.audio_cfg.variants, self.audio_cfg.variants]
-        ).astype(np.int64)
-        image = self._noise[pick[:, 0]]
+        sel = slice(None) if idx is None else idx
+        answer = self.answer[sel]
+        m = len(answer)
+        u = self.rand.uniform(sel, 4)
+        noise_frame = (u[:, 0] * _NOISE_FRAMES).astype(np.int64)
+        image = self._noise[noise_frame]
         if self.cue == "image":
             h, w = self.frame_size
             bh, bw = h // 4, w // self.n_answers
-            rows = self.block_row[idx, None] + np.arange(bh)[None, :]
-            cols = self.answer[idx, None] * bw + np.arange(bw)[None, :]
+            rows = self.block_row[sel, None] + np.arange(bh)[None, :]
+            cols = answer[:, None] * bw + np.arange(bw)[None, :]
             image[np.arange(m)[:, None, None], rows[:, :, None], cols[:, None, :]] = 255
-        tone = len(TIMBRE_NAMES) + self.answer[idx]
-        loud = (0.3 + 0.7 * u[:, 3]) * (self.cue == "audio")
-        gains = np.repeat(loud[:, None, None], 2, axis=2).astype(np.float32)
+        loud = (0.3 + 0.7 * u[:, 1]) * (self.cue == "audio")
         audio = self.bank.mix_features(
-            tone[:, None],
-            pick[:, 1:2],
-            gains,
-            np.stack([pick[:, 2], (pick[:, 2] + 1) % self.audio_cfg.variants], axis=1),
-            (0.05 + 0.15 * u[:, 4]).astype(np.float32),
+            (len(TIMBRE_NAMES) + answer)[:, None],
+            (u[:, 2] * self.audio_cfg.variants).astype(np.int64),
+            np.repeat(loud[:, None, None], 2, axis=2).astype(np.float32),
+            (0.05 + 0.15 * u[:, 3]).astype(np.float32),
         )
-        return {"image": image, "text": self.text[idx], "audio": audio}
+        return {"image": image, "text": self.text[sel].copy(), "audio": audio}
 
     def expert_actions(self) -> NDArray[np.int64]:
         """The answer."""

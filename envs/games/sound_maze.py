@@ -10,7 +10,7 @@ from envs.core.audio import TIMBRE_NAMES, TIMBRES
 from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.game import Obs
 from envs.core.grid import border_walls
-from envs.core.navigation import SPEAKER_TILE, NavigationGame, all_worlds
+from envs.core.navigation import SPEAKER_TILE, NavigationGame
 from envs.games.goto_object import instruction_table
 
 TEMPLATES = (
@@ -130,8 +130,8 @@ class SoundMazeGame(NavigationGame):
 
     def observe(self, idx: NDArray[np.intp] | None = None) -> Obs:
         """Image, instruction and stereo log-mel of worlds ``idx``."""
-        idx = all_worlds(self, idx)
-        return {"image": self._image(idx), "text": self.text[idx], "audio": self._audio(idx)}
+        sel = slice(None) if idx is None else idx
+        return {"image": self._image(idx), "text": self.text[sel].copy(), "audio": self._audio(idx)}
 
 
 class SoundMazeEnv(GameEnv):  # noqa: D101 - the card is the game docstring
