@@ -159,9 +159,13 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
         render_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
-        modes = {m.value: m for m in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)}
-        mode = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
-        if mode not in modes:
+        modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
+        aliases = {m.value: m for m in modes.values()}  # "NextStep", "SameStep"
+        if isinstance(autoreset_mode, AutoresetMode):
+            mode = autoreset_mode
+        else:
+            mode = modes.get(autoreset_mode) or aliases.get(autoreset_mode)  # type: ignore[arg-type]
+        if mode not in modes.values():
             raise ValueError(
                 f"autoreset_mode={autoreset_mode!r} is not supported; use one of {sorted(modes)}."
             )
@@ -171,7 +175,7 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
             )
         self.game = self.game_class(num_envs, **kwargs)
         self.num_envs = self.game.num_worlds
-        self.autoreset_mode = modes[mode]
+        self.autoreset_mode = mode
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
         self.render_mode = render_mode
         self.single_observation_space = self.game.observation_space
@@ -260,7 +264,7 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
             final_obs = np.full(self.num_envs, None, dtype=object)
             final_info = {k: v.copy() for k, v in infos.items()}
             for i in done:
-                final_obs[i] = {k: v[i] for k, v in obs.items()}
+                final_obs[i] = {k: v[i].copy() for k, v in obs.items()}
             mask = np.zeros(self.num_envs, dtype=bool)
             mask[done] = True
             self._reset_worlds(done)

@@ -141,26 +141,31 @@ class BatchedGame(ABC):
 
     def check_actions(self, actions: object) -> NDArray[np.int64]:
         """Validate a batch of actions: shape ``(n,)`` of ints in the action space."""
-        arr = np.asarray(actions)
         n = self.num_worlds
+        n_act = len(self.action_names)
+        allowed = (
+            f"integers in [0, {n_act - 1}] ("
+            + ", ".join(f"{i}={a}" for i, a in enumerate(self.action_names))
+            + ")"
+        )
+        try:
+            arr = np.asarray(actions)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"actions must be {allowed}, got {actions!r}.") from exc
+        if arr.shape == (n, 1):
+            arr = arr[:, 0]
         if arr.shape != (n,):
-            if arr.size == n:
-                arr = arr.reshape(n)
-            else:
-                raise ValueError(
-                    f"actions must have shape ({n},) (one per env), got shape {arr.shape}."
-                )
+            raise ValueError(
+                f"actions must have shape ({n},) (one per env) of {allowed}, got shape {arr.shape}."
+            )
         if not np.issubdtype(arr.dtype, np.integer):
             if np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0):
                 arr = arr.astype(np.int64)
             else:
-                raise ValueError(f"actions must be integers, got dtype {arr.dtype}.")
-        n_act = len(self.action_names)
+                raise ValueError(
+                    f"actions must be {allowed}, got {arr.tolist()!r} (dtype {arr.dtype})."
+                )
         bad = (arr < 0) | (arr >= n_act)
         if bad.any():
-            allowed = ", ".join(f"{i}={a}" for i, a in enumerate(self.action_names))
-            raise ValueError(
-                f"Invalid action {arr[bad][0]!r}: the action must be an integer in [0, {n_act - 1}] "
-                f"({allowed})."
-            )
+            raise ValueError(f"Invalid action {arr[bad][0]!r}: actions must be {allowed}.")
         return arr.astype(np.int64, copy=False)

@@ -145,6 +145,8 @@ class NavigationGame(BatchedGame):
             self.dist[pending] = dist
             start = self.agent_pos[pending]
             reachable = dist[np.arange(len(pending)), start[:, 0], start[:, 1]] < UNREACHABLE
+            # Too few free cells makes random_free_cells pick walls: draw that world again.
+            reachable &= ~walls[rows, cells[..., 0], cells[..., 1]].any(axis=1)
             done = pending[reachable]
             self._draw_static(done)
             pending = pending[~reachable]
@@ -195,12 +197,21 @@ class NavigationGame(BatchedGame):
     # -- sound -------------------------------------------------------------------
     def _init_sound(self, noise: tuple[float, float]) -> None:
         """Give objects voices: per-object source id and loudness, background noise range."""
+        if (
+            not isinstance(noise, tuple | list)
+            or len(noise) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in noise)
+            or not 0.0 <= noise[0] <= noise[1] <= 1.0
+        ):
+            raise ValueError(
+                f"noise must be a (low, high) pair with 0 <= low <= high <= 1, got {noise!r}."
+            )
         n, k = self.num_worlds, self.n_objects
         self.bank = shared_bank(self)
         self.src_id = np.zeros((n, k), dtype=np.int64)
         self.loudness = np.zeros((n, k), dtype=np.float32)
         self.noise_level = np.zeros(n, dtype=np.float32)
-        self.noise_range = noise
+        self.noise_range = (float(noise[0]), float(noise[1]))
         self.gains = GainTable(self.grid_size)
 
     def _draw_noise_level(self, idx: NDArray[np.intp]) -> None:

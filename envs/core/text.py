@@ -154,7 +154,15 @@ class Vocabulary:
             raise ValueError(
                 f'Vocabulary "tokens" must be a list starting with "{PAD_TOKEN}", "{UNK_TOKEN}".'
             )
-        return cls(tokens[2:], int(data["max_len"]))
+        if len(set(tokens)) != len(tokens):
+            dup = sorted({t for t in tokens if tokens.count(t) > 1})
+            raise ValueError(
+                f"Vocabulary tokens repeat {dup}; the file is corrupt (ids would shift)."
+            )
+        max_len = data.get("max_len")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f'Vocabulary "max_len" must be an integer >= 1, got {max_len!r}.')
+        return cls(tokens[2:], max_len)
 
     def to_json(self) -> str:
         """Serialise to a JSON string."""
