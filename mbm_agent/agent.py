@@ -1,0 +1,348 @@
+"""A trained policy ready to act, saved and loaded without pickle.
+
+``save_policy`` writes a policy folder (see :mod:`mbm_agent.storage`);
+``load_agent`` rebuilds the SB3 policy from its JSON description and loads the
+weights from safetensors. Nothing on that path unpickles anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from numpy.typing import NDArray
+from stable_baselines3.common.policies import BasePolicy
+from torch import nn
+
+from envs.core.text import Vocabulary
+from mbm_agent.encoder import EncoderConfig
+from mbm_agent.sb3 import MultimodalExtractor
+from mbm_agent.storage import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelFileError,
+    atomic_save_module,
+    atomic_write_text,
+    fresh_tmp_dir,
+    load_module,
+    read_json,
+    replace_dir,
+    space_from_dict,
+    space_to_dict,
+)
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+}
+
+
+def activation_name(fn: type[nn.Module]) -> str:
+    """The config name of an activation class."""
+    for name, cls in ACTIVATIONS.items():
+        if cls is fn:
+            return name
+    raise ValueError(f"Activation {fn.__name__} cannot be saved; use one of {list(ACTIVATIONS)}.")
+
+
+def policy_class(algo: str) -> type[BasePolicy]:
+    """The SB3 policy class an algorithm trains."""
+    if algo in ("ppo", "a2c"):
+        from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+
+        return MultiInputActorCriticPolicy
+    if algo == "dqn":
+        from stable_baselines3.dqn.policies import MultiInputPolicy
+
+        return MultiInputPolicy
+    if algo == "recurrent_ppo":
+        try:
+            from sb3_contrib.common.recurrent.policies import MultiInputRecurrentActorCriticPolicy
+        except ImportError as exc:
+            raise ImportError(
+                "recurrent_ppo needs sb3-contrib: pip install 'mbm-agent[contrib]'."
+            ) from exc
+        return MultiInputRecurrentActorCriticPolicy
+    raise ModelFileError(
+        f"Unknown algorithm {algo!r} in model.json; known: ppo, a2c, dqn, recurrent_ppo."
+    )
+
+
+def policy_kwargs_for(
+    encoder: EncoderConfig, modalities: Mapping[str, str], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` using our extractor; ``extra`` is JSON-like (activation by name)."""
+    kwargs = dict(extra)
+    act = kwargs.pop("activation_fn", None)
+    if act is not None:
+        if act not in ACTIVATIONS:
+            raise ValueError(
+                f"policy_kwargs.activation_fn={act!r} is not known; use one of {list(ACTIVATIONS)}."
+            )
+        kwargs["activation_fn"] = ACTIVATIONS[act]
+    kwargs.update(
+        features_extractor_class=MultimodalExtractor,
+        features_extractor_kwargs={
+            "config": encoder.to_dict(),
+            "modalities": dict(modalities),
+            "normalize_images": False,
+        },
+        # Scaling happens inside the encoder, so every consumer (SB3, exports,
+        # plain torch code) feeds raw uint8 frames and gets the same numbers.
+        normalize_images=False,
+    )
+    return kwargs
+
+
+def policy_spec(
+    policy: BasePolicy,
+    *,
+    algo: str,
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+    encoder: EncoderConfig,
+    modalities: Mapping[str, str],
+    policy_kwargs: Mapping[str, Any],
+    vocabulary: Vocabulary | None,
+) -> dict[str, Any]:
+    """The JSON description a policy folder stores."""
+    from mbm_agent._version import __version__
+
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "mbm_agent_version": __version__,
+        "algo": algo,
+        "env_id": env_id,
+        "env_kwargs": dict(env_kwargs),
+        "observation_space": space_to_dict(policy.observation_space),
+        "action_space": space_to_dict(policy.action_space),
+        "encoder": encoder.to_dict(),
+        "modalities": dict(modalities),
+        "policy_kwargs": dict(policy_kwargs),
+        "vocabulary": vocabulary is not None,
+    }
+
+
+def save_policy(
+    policy: BasePolicy, spec: Mapping[str, Any], out_dir: Path, vocabulary: Vocabulary | None
+) -> Path:
+    """Write a policy folder atomically (a crash leaves the previous one intact)."""
+    tmp = fresh_tmp_dir(out_dir)
+    try:
+        import json
+
+        atomic_write_text(tmp / "model.json", json.dumps(spec, indent=2))
+        atomic_save_module(tmp / "model.safetensors", policy, metadata={"format": FORMAT})
+        if vocabulary is not None:
+            vocabulary.save(tmp / "vocabulary.json")
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_spec(model_dir: Path) -> dict[str, Any]:
+    """Read and check ``model.json`` of a policy folder."""
+    spec = read_json(model_dir / "model.json", "the policy")
+    if spec.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{model_dir / 'model.json'} is not an mbm-agent policy (format {spec.get('format')!r})."
+        )
+    if spec.get("version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{model_dir} was saved in policy format version {spec.get('version')!r}; this mbm-agent "
+            f"reads version {FORMAT_VERSION}. Load it with the mbm-agent version that wrote it "
+            f"({spec.get('mbm_agent_version', 'unknown')}) or retrain."
+        )
+    return spec
+
+
+def build_policy(spec: Mapping[str, Any]) -> BasePolicy:
+    """Construct an untrained policy with the architecture ``spec`` describes."""
+    try:
+        encoder = EncoderConfig.from_dict(spec["encoder"])
+        obs_space = space_from_dict(spec["observation_space"])
+        act_space = space_from_dict(spec["action_space"])
+        kwargs = policy_kwargs_for(
+            encoder, spec.get("modalities", {}), spec.get("policy_kwargs", {})
+        )
+    except (KeyError, ValueError) as exc:
+        raise ModelFileError(f"model.json does not describe a buildable policy: {exc}") from exc
+    if not isinstance(obs_space, spaces.Dict):
+        raise ModelFileError("model.json observation_space must be a Dict space.")
+    cls = policy_class(str(spec.get("algo")))
+    return cls(obs_space, act_space, lambda _: 0.0, **kwargs)
+
+
+class Agent:
+    """A policy that acts on raw (batched or single) Dict observations.
+
+    Attributes:
+        policy: The SB3 policy (a torch module).
+        spec: The model description (``model.json``).
+        vocabulary: The instruction vocabulary, if the game has text.
+    """
+
+    def __init__(
+        self, policy: BasePolicy, spec: Mapping[str, Any], vocabulary: Vocabulary | None
+    ) -> None:
+        self.policy = policy
+        self.spec = dict(spec)
+        self.vocabulary = vocabulary
+        self.policy.set_training_mode(False)
+        self.recurrent = spec.get("algo") == "recurrent_ppo"
+
+    @property
+    def extractor(self) -> MultimodalExtractor:
+        """The policy's multimodal features extractor."""
+        ext = (
+            getattr(self.policy, "features_extractor", None) or self.policy.q_net.features_extractor
+        )  # type: ignore[union-attr]
+        return ext  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def dropped(self, modalities: Sequence[str]) -> Iterator[None]:
+        """Act as if the keys of ``modalities`` (names like ``"audio"``) were missing."""
+        extractors = [m for m in self.policy.modules() if isinstance(m, MultimodalExtractor)]
+        keys = set()
+        for ext in extractors:
+            for key, modality in ext.encoder.modalities.items():
+                if key in modalities or modality in modalities:
+                    keys.add(key)
+        unknown = (
+            set(modalities)
+            - keys
+            - {m for ext in extractors for m in ext.encoder.modalities.values()}
+        )
+        if unknown:
+            known = sorted(
+                {*ext.encoder.modalities, *ext.encoder.modalities.values()}
+                for ext in extractors[:1]
+            )
+            raise ValueError(
+                f"Cannot drop {sorted(unknown)}: this policy's keys/modalities are {known}."
+            )
+        previous = [ext.drop_keys for ext in extractors]
+        try:
+            for ext in extractors:
+                ext.drop_keys = frozenset(keys)
+            yield
+        finally:
+            for ext, prev in zip(extractors, previous, strict=True):
+                ext.drop_keys = prev
+
+    def predict(
+        self,
+        observation: Mapping[str, NDArray[Any]],
+        *,
+        deterministic: bool = True,
+        state: tuple[NDArray[Any], ...] | None = None,
+        episode_start: NDArray[np.bool_] | None = None,
+    ) -> tuple[NDArray[Any], tuple[NDArray[Any], ...] | None]:
+        """Actions for a (batched or single) observation, as SB3's ``predict``."""
+        with torch.no_grad():
+            return self.policy.predict(
+                dict(observation),
+                state=state,
+                episode_start=episode_start,
+                deterministic=deterministic,
+            )
+
+    def act(
+        self, observation: Mapping[str, NDArray[Any]], deterministic: bool = True
+    ) -> NDArray[Any]:
+        """Actions only (a recurrent policy starts from a fresh state each call; see :meth:`actor`)."""
+        return self.predict(observation, deterministic=deterministic)[0]
+
+    def actor(self, deterministic: bool = True) -> Actor:
+        """A callable ``obs -> actions`` that carries a recurrent policy's state between calls."""
+        return Actor(self, deterministic)
+
+
+class Actor:
+    """Stateful action function over batched observations (``reset()`` at episode starts)."""
+
+    def __init__(self, agent: Agent, deterministic: bool) -> None:
+        self.agent = agent
+        self.deterministic = deterministic
+        self.state: tuple[NDArray[Any], ...] | None = None
+        self.episode_start: NDArray[np.bool_] | None = None
+
+    def reset(self) -> None:
+        """Forget the recurrent state (call when every slot starts a new episode)."""
+        self.state = None
+        self.episode_start = None
+
+    def __call__(self, observation: Mapping[str, NDArray[Any]]) -> NDArray[Any]:
+        """One action per slot."""
+        if not self.agent.recurrent:
+            return self.agent.act(observation, self.deterministic)
+        n = len(next(iter(observation.values())))
+        if self.episode_start is None or len(self.episode_start) != n:
+            self.episode_start = np.ones(n, dtype=bool)
+        actions, self.state = self.agent.predict(
+            observation,
+            deterministic=self.deterministic,
+            state=self.state,
+            episode_start=self.episode_start,
+        )
+        self.episode_start = np.zeros(n, dtype=bool)
+        return actions
+
+
+def resolve_model_dir(path: str | Path, which: str = "best") -> Path:
+    """A policy folder from a run folder (``best`` or ``final``) or a policy folder itself."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(
+            f"{p} does not exist: pass a run folder (runs/NAME) or a policy folder."
+        )
+    if (p / "model.json").is_file():
+        return p
+    names = {"best": ["best", "final"], "final": ["final"]}.get(which)
+    if names is None:
+        raise ValueError(f"which={which!r} is not known; use 'best' or 'final'.")
+    for name in names:
+        if (p / name / "model.json").is_file():
+            return p / name
+    raise ModelFileError(f"{p} holds no saved policy ({' or '.join(names)}/model.json is missing).")
+
+
+def load_agent(path: str | Path, which: str = "best", device: str = "cpu") -> Agent:
+    """Load a trained agent from a run folder or a policy folder, never unpickling anything.
+
+    Args:
+        path: ``runs/NAME`` (uses its ``best/`` policy, else ``final/``) or a policy folder.
+        which: ``"best"`` (best periodic evaluation, falling back to final) or ``"final"``.
+        device: Torch device.
+
+    Raises:
+        ModelFileError: Missing, corrupt or incompatible files (the message says which).
+    """
+    model_dir = resolve_model_dir(path, which)
+    spec = read_spec(model_dir)
+    vocabulary = None
+    if spec.get("vocabulary"):
+        vocab_path = model_dir / "vocabulary.json"
+        if not vocab_path.is_file():
+            raise ModelFileError(
+                f"{vocab_path} is missing; this policy reads text and needs its vocabulary."
+            )
+        try:
+            vocabulary = Vocabulary.load(vocab_path)
+        except ValueError as exc:
+            raise ModelFileError(f"{vocab_path}: {exc}") from exc
+    policy = build_policy(spec)
+    load_module(model_dir / "model.safetensors", policy)
+    return Agent(policy.to(device), spec, vocabulary)

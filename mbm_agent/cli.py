@@ -1,0 +1,306 @@
+"""The ``mbm-agent`` command: train, evaluate, compare, demo, play."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mbm_agent.config import ALGOS, ConfigError, TrainConfig
+
+EPILOG = """examples:
+  mbm-agent demo                                  # short training + evaluation into runs/
+  mbm-agent train mbm/GoToObject-v0 --steps 200000 --fusion film --seed 1
+  mbm-agent train BabyAI-GoToObj-v0 --algo ppo --steps 100000
+  mbm-agent train mbm/SoundMaze-v0 --set algo_kwargs.learning_rate=0.001 --set env_kwargs.n_objects=4
+  mbm-agent train mbm/GoToObject-v0 --resume runs/GoToObject-ppo-concat-s0
+  mbm-agent eval runs/GoToObject-ppo-concat-s0 --episodes 500 --drop-modality text
+  mbm-agent compare runs/GoToObject-ppo-*-s*
+"""
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (dotted keys nest; values parsed as YAML) into a dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(
+                f"--set {item!r}: expected KEY=VALUE, e.g. --set algo_kwargs.learning_rate=0.001."
+            )
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc}).") from exc
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is both a value and a section.")
+        node[parts[-1]] = value
+    return out
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    helps = TrainConfig.help()
+    p = sub.add_parser(
+        "train",
+        help="train an agent (writes runs/NAME)",
+        description="Train an agent on one of our games or any Dict-observation Gymnasium env. "
+        "Precedence: built-in defaults < per-env YAML < --config FILE < flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    p.add_argument("env_id", help=helps["env_id"])
+    p.add_argument("--algo", choices=ALGOS, help=helps["algo"])
+    p.add_argument("--fusion", help="fusion mode of the encoder: concat, film, attention or gated")
+    p.add_argument("--steps", type=int, help=helps["steps"])
+    p.add_argument("--seed", type=int, help=helps["seed"])
+    p.add_argument("--n-envs", type=int, help=helps["n_envs"])
+    p.add_argument("--run-name", help=helps["run_name"])
+    p.add_argument("--runs-dir", help=helps["runs_dir"])
+    p.add_argument("--device", help=helps["device"])
+    p.add_argument("--eval-every", type=int, help=helps["eval_every"])
+    p.add_argument("--eval-episodes", type=int, help=helps["eval_episodes"])
+    p.add_argument("--checkpoint-every", type=int, help=helps["checkpoint_every"])
+    p.add_argument(
+        "--config", type=Path, help="YAML file of config fields (overrides the per-env defaults)"
+    )
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN", help="continue RUN from its newest checkpoint"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any field, dotted for sections: --set algo_kwargs.n_steps=64",
+    )
+    p.add_argument("--sb3-zip", action="store_true", default=None, help=helps["sb3_zip"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mbm_agent.config import resolve_config
+    from mbm_agent.trainer import train
+
+    overrides = _parse_set(args.set)
+    flags = {
+        "algo": args.algo,
+        "fusion": args.fusion,
+        "steps": args.steps,
+        "seed": args.seed,
+        "n_envs": args.n_envs,
+        "run_name": args.run_name,
+        "runs_dir": args.runs_dir,
+        "device": args.device,
+        "eval_every": args.eval_every,
+        "eval_episodes": args.eval_episodes,
+        "checkpoint_every": args.checkpoint_every,
+        "sb3_zip": args.sb3_zip,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    cfg = resolve_config(args.env_id, config_file=args.config, overrides=overrides)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    result = train(
+        cfg, resume=args.resume, command=["mbm-agent", *sys.argv[1:]], progress=not args.no_progress
+    )
+    if result.report is not None:
+        r = result.report
+        print(f"run: {result.run_dir}")
+        print(
+            f"success {r['success']['rate']:.3f}  mean return {r['returns']['mean']:.3f}  "
+            f"({r['meta']['episodes']} held-out episodes)"
+        )
+    return 130 if result.interrupted else 0
+
+
+def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run on held-out seeds",
+        description="Evaluate a trained run on episodes with seeds never used in training; writes eval.json and eval.md into the run (or --out).",
+    )
+    p.add_argument("run", type=Path, help="run folder (runs/NAME) or policy folder")
+    p.add_argument("--episodes", type=int, default=200, help="episodes to play (default 200)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--deterministic",
+        dest="deterministic",
+        action="store_true",
+        default=True,
+        help="greedy actions (default)",
+    )
+    mode.add_argument(
+        "--stochastic",
+        dest="deterministic",
+        action="store_false",
+        help="sample actions from the policy",
+    )
+    p.add_argument(
+        "--drop-modality",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="mask a modality or key (image, text, audio, ...); repeatable",
+    )
+    p.add_argument(
+        "--which",
+        choices=("best", "final"),
+        default="best",
+        help="which saved policy of the run (default best)",
+    )
+    p.add_argument("--n-envs", type=int, default=32, help="episodes played in parallel")
+    p.add_argument("--out", type=Path, help="folder for the report (default: the run folder)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="report file name without extension (default eval, or eval-drop-NAME)",
+    )
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mbm_agent.agent import load_agent
+    from mbm_agent.evaluation import evaluate_agent, report_markdown, write_report
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}.")
+    agent = load_agent(args.run, args.which)
+    report = evaluate_agent(
+        agent,
+        agent.spec["env_id"],
+        agent.spec.get("env_kwargs", {}),
+        episodes=args.episodes,
+        n_envs=max(1, min(args.n_envs, args.episodes)),
+        deterministic=args.deterministic,
+        drop_modalities=tuple(args.drop_modality),
+        meta={"run": str(args.run), "policy": args.which},
+    )
+    name = args.name or (
+        "eval" if not args.drop_modality else "eval-drop-" + "-".join(args.drop_modality)
+    )
+    out = args.out or (args.run if (args.run / "config.json").is_file() else args.run.parent)
+    write_report(report, out, name=name)
+    print(report_markdown(report))
+    print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="aggregate runs across seeds (IQM, intervals, P(improvement))",
+        description="Group evaluated runs by config (env, algo, fusion) across seeds; write a Markdown table and a plot.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (each evaluated: eval.json)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/compare"),
+        help="output folder (default runs/compare)",
+    )
+    p.add_argument(
+        "--group-by",
+        default="env_id,algo,fusion",
+        help="comma-separated config fields (default env_id,algo,fusion)",
+    )
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from mbm_agent.compare import compare_markdown, compare_plot, compare_runs
+    from mbm_agent.storage import atomic_write_text
+
+    result = compare_runs(
+        args.runs, group_by=tuple(g.strip() for g in args.group_by.split(",") if g.strip())
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = compare_markdown(result)
+    atomic_write_text(args.out / "compare.md", md)
+    atomic_write_text(args.out / "compare.json", json.dumps(result, indent=2, default=float))
+    try:
+        compare_plot(result, args.out / "compare.png")
+    except ImportError as exc:
+        print(f"(no plot: {exc})", file=sys.stderr)
+    print(md)
+    print(f"wrote {args.out}/compare.md, compare.json, compare.png")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="short training + evaluation of a real agent into runs/ (the README's main job)",
+        description="Train an agent on mbm/GoToObject-v0 (read the instruction, find the object) to a real success bar, evaluate it on held-out seeds, and leave a complete run folder with plot and GIF.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny budget for CI smoke tests (does not reach the bar)",
+    )
+    p.add_argument("--runs-dir", default="runs", help="where the run folder goes")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mbm_agent.demo import run_demo
+
+    return run_demo(quick=args.quick, runs_dir=args.runs_dir, seed=args.seed)
+
+
+def _add_play(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "play", help="play a game from the keyboard or watch the expert", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mbm-agent``."""
+    from mbm_agent._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mbm-agent",
+        description="Train and evaluate RL agents that see, read and hear.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"mbm-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_compare(sub)
+    _add_play(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mbm-agent`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["play"]:
+        from envs.play import main as play_main
+
+        return play_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare, "demo": _cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"mbm-agent {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # ModelFileError and other bad-input errors
+        print(f"mbm-agent {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

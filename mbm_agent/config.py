@@ -1,0 +1,271 @@
+"""Typed training configuration: defaults, per-environment YAML, file and CLI overrides.
+
+Precedence (later wins): the dataclass defaults, ``configs/default.yaml``, the
+environment's own YAML (``configs/<env id with / replaced by _>.yaml``), a
+``--config FILE``, then command-line flags. The resolved config is saved with
+every run as ``config.yaml`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mbm_agent.encoder import EncoderConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ALGOS = ("ppo", "a2c", "dqn", "recurrent_ppo")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``mbm-agent train`` needs; each field has one line of help."""
+
+    env_id: str = field(
+        metadata={"help": "Gymnasium id, e.g. mbm/GoToObject-v0 or BabyAI-GoToObj-v0."}
+    )
+    algo: str = field(default="ppo", metadata={"help": f"RL algorithm: one of {', '.join(ALGOS)}."})
+    steps: int = field(default=100_000, metadata={"help": "Total environment steps to train for."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the training envs, the policy and the algorithm."}
+    )
+    n_envs: int = field(
+        default=16, metadata={"help": "Parallel environments (worlds) stepped together."}
+    )
+    run_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run folder name under runs_dir (default: <game>-<algo>-<fusion>-s<seed>)."
+        },
+    )
+    runs_dir: str = field(default="runs", metadata={"help": "Folder that holds run folders."})
+    device: str = field(
+        default="cpu", metadata={"help": f"Torch device: one of {', '.join(DEVICES)}."}
+    )
+    eval_every: int = field(
+        default=20_000,
+        metadata={"help": "Evaluate on held-out seeds every this many steps (0: only at the end)."},
+    )
+    eval_episodes: int = field(default=50, metadata={"help": "Episodes per periodic evaluation."})
+    final_eval_episodes: int = field(
+        default=200, metadata={"help": "Episodes of the evaluation at the end of training."}
+    )
+    checkpoint_every: int = field(
+        default=20_000,
+        metadata={"help": "Write a resumable checkpoint every this many steps (0: never)."},
+    )
+    keep_checkpoints: int = field(default=2, metadata={"help": "Newest checkpoints kept on disk."})
+    gif_episodes: int = field(
+        default=2, metadata={"help": "Episodes recorded into episodes.gif at the end (0: none)."}
+    )
+    sb3_zip: bool = field(
+        default=False,
+        metadata={"help": "Also save an SB3 .zip (pickle-based; for SB3 users only)."},
+    )
+    env_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Arguments of the environment."}
+    )
+    encoder: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "EncoderConfig fields (fusion, features_dim, ...)."}
+    )
+    modalities: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Per-key modality declarations, e.g. {grid: symbolic_grid}."},
+    )
+    algo_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Hyperparameters passed to the SB3 algorithm (n_steps, learning_rate, ...)."
+        },
+    )
+    policy_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Extra policy arguments (net_arch, activation_fn name, ...)."},
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def fusion(self) -> str:
+        """The encoder's fusion mode."""
+        return str(self.encoder.get("fusion", EncoderConfig().fusion))
+
+    def encoder_config(self) -> EncoderConfig:
+        """The validated :class:`EncoderConfig` of this run."""
+        try:
+            return EncoderConfig.from_dict(self.encoder)
+        except ValueError as exc:
+            raise ConfigError(f"encoder: {exc}") from exc
+
+    def default_run_name(self) -> str:
+        """``<game>-<algo>-<fusion>-s<seed>``."""
+        game = self.env_id.split("/")[-1].split("-v")[0]
+        return f"{game}-{self.algo}-{self.fusion}-s{self.seed}"
+
+    def validate(self) -> None:
+        """Check every field; raise :class:`ConfigError` naming the field and the allowed values."""
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise ConfigError(f"env_id must be a Gymnasium id string, got {self.env_id!r}.")
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo={self.algo!r} is not supported; choose one of {list(ALGOS)}.")
+        if self.device not in DEVICES:
+            raise ConfigError(
+                f"device={self.device!r} is not supported; choose one of {list(DEVICES)}."
+            )
+        for name, low in (
+            ("steps", 1),
+            ("n_envs", 1),
+            ("eval_every", 0),
+            ("eval_episodes", 1),
+            ("final_eval_episodes", 1),
+            ("checkpoint_every", 0),
+            ("keep_checkpoints", 1),
+            ("gif_episodes", 0),
+            ("seed", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
+        if not isinstance(self.sb3_zip, bool):
+            raise ConfigError(f"sb3_zip must be true or false, got {self.sb3_zip!r}.")
+        for name in ("env_kwargs", "encoder", "modalities", "algo_kwargs", "policy_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a mapping, got {getattr(self, name)!r}.")
+        if self.run_name is not None and (
+            not self.run_name or "/" in self.run_name or self.run_name in {".", ".."}
+        ):
+            raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}.")
+        self.encoder_config()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready dict (includes the derived ``fusion`` for grouping runs)."""
+        data = dataclasses.asdict(self)
+        data["fusion"] = self.fusion
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown fields are errors that suggest the closest name."""
+        data = dict(data)
+        data.pop("fusion_resolved", None)
+        if "fusion" in data:  # convenience alias of encoder.fusion
+            fusion = data.pop("fusion")
+            data["encoder"] = {**dict(data.get("encoder") or {}), "fusion": fusion}
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), [*known, "fusion"], n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(
+                f"Unknown config field(s): {', '.join(hints)}. Known fields: {[*known, 'fusion']}."
+            )
+        if "env_id" not in data:
+            raise ConfigError("env_id is required (the Gymnasium id to train on).")
+        return cls(**data)
+
+    @staticmethod
+    def help() -> dict[str, str]:
+        """One line of help per field."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file {path} must hold a mapping of fields, got {type(data).__name__}."
+        )
+    return data
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; mappings merge key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_defaults_path(env_id: str) -> Path:
+    """Where an environment's default hyperparameters live."""
+    return CONFIG_DIR / f"{env_id.replace('/', '_')}.yaml"
+
+
+def resolve_config(
+    env_id: str,
+    *,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults <- default.yaml <- env YAML <- ``config_file`` <- ``overrides``."""
+    data: dict[str, Any] = _read_yaml(CONFIG_DIR / "default.yaml")
+    env_file = env_defaults_path(env_id)
+    if env_file.is_file():
+        data = merge(data, _read_yaml(env_file))
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"--config file {path} does not exist.")
+        data = merge(data, _read_yaml(path))
+    if "fusion" in data:
+        data["encoder"] = {**dict(data.get("encoder") or {}), "fusion": data.pop("fusion")}
+    # Per-algorithm hyperparameters: hyperparams.<algo> feeds algo_kwargs.
+    hyper = data.pop("hyperparams", {}) or {}
+    algo = (overrides or {}).get("algo", data.get("algo", "ppo"))
+    if not isinstance(hyper, dict):
+        raise ConfigError("hyperparams must map an algorithm name to its hyperparameters.")
+    data["algo_kwargs"] = merge(dict(hyper.get(algo) or {}), data.get("algo_kwargs") or {})
+    overrides = dict(overrides or {})
+    if "fusion" in overrides:
+        overrides["encoder"] = {
+            **dict(overrides.get("encoder") or {}),
+            "fusion": overrides.pop("fusion"),
+        }
+    data = merge(data, overrides)
+    data["env_id"] = env_id
+    return TrainConfig.from_dict(data)
+
+
+def save_config(cfg: TrainConfig, run_dir: Path) -> None:
+    """Write ``config.yaml`` and ``config.json`` into a run folder."""
+    from mbm_agent.storage import atomic_write_text
+
+    data = cfg.to_dict()
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(run_dir / "config.json", json.dumps(data, indent=2))
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The resolved config saved in a run folder."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder: {path.name} is missing.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is corrupt ({exc}); the run's config cannot be read.") from exc
+    data.pop("fusion", None)
+    return TrainConfig.from_dict(data)

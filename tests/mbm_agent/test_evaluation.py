@@ -1,0 +1,175 @@
+"""The evaluator: exact episode counts, seeds, success, baselines, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+import envs
+from mbm_agent.evaluation import (
+    EVAL_SEED_BASE,
+    EpisodeResults,
+    build_report,
+    eval_seeds,
+    evaluate_episodes,
+    expert_baseline,
+    random_baseline,
+    report_markdown,
+    write_report,
+)
+
+GAME = "mbm/GoToObject-v0"
+EPISODES = 20  # not a multiple of the batch size: the last batch has spare slots
+
+
+def _expert_eval(num_envs: int, mode: AutoresetMode, seeds: list[int]) -> EpisodeResults:
+    venv = envs.make_vec(GAME, num_envs, autoreset_mode=mode)
+    return evaluate_episodes(
+        lambda _obs: venv.expert_actions(), venv, episodes=len(seeds), seeds=seeds
+    )
+
+
+@pytest.fixture(scope="module")
+def seeds() -> list[int]:
+    return eval_seeds(EPISODES)
+
+
+@pytest.fixture(scope="module")
+def expert(seeds: list[int]) -> EpisodeResults:
+    return expert_baseline(GAME, EPISODES, seeds, num_envs=8)
+
+
+@pytest.fixture(scope="module")
+def random(seeds: list[int]) -> EpisodeResults:
+    return random_baseline(GAME, EPISODES, seeds, num_envs=8)
+
+
+def test_eval_seeds() -> None:
+    assert eval_seeds(3) == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1, EVAL_SEED_BASE + 2]
+    assert eval_seeds(2, base=10) == [10, 11]
+    with pytest.raises(ValueError, match="positive"):
+        eval_seeds(0)
+
+
+def test_expert_succeeds_on_exactly_the_requested_episodes(seeds: list[int]) -> None:
+    results = _expert_eval(8, AutoresetMode.SAME_STEP, seeds)
+    assert len(results) == EPISODES
+    assert results.seeds.tolist() == seeds
+    assert results.success_rate >= 0.99
+    assert np.all(results.lengths >= 1) and np.all(results.returns > 0)
+    again = _expert_eval(8, AutoresetMode.SAME_STEP, seeds)
+    np.testing.assert_array_equal(again.returns, results.returns)
+    np.testing.assert_array_equal(again.lengths, results.lengths)
+    np.testing.assert_array_equal(again.successes, results.successes)
+
+
+def test_results_do_not_depend_on_batching_or_autoreset_mode(seeds: list[int]) -> None:
+    a = _expert_eval(8, AutoresetMode.SAME_STEP, seeds)
+    b = _expert_eval(3, AutoresetMode.NEXT_STEP, seeds)
+    np.testing.assert_array_equal(a.returns, b.returns)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_array_equal(a.successes, b.successes)
+
+
+def test_episode_k_is_the_single_env_reset_with_seed_k(expert: EpisodeResults) -> None:
+    env = envs.make(GAME)
+    for k in (0, 9, EPISODES - 1):
+        env.reset(seed=int(expert.seeds[k]))
+        total, steps, done, info = 0.0, 0, False, {}
+        while not done:
+            _, reward, terminated, truncated, info = env.step(env.expert_action())
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated
+        assert expert.returns[k] == pytest.approx(total)
+        assert expert.lengths[k] == steps
+        assert expert.successes[k] == info["success"]
+
+
+def test_random_baseline_is_low_and_reproducible(
+    random: EpisodeResults, expert: EpisodeResults, seeds: list[int]
+) -> None:
+    assert random.success_rate <= 0.6
+    assert random.mean_return < expert.mean_return
+    again = random_baseline(GAME, EPISODES, seeds, num_envs=8)
+    np.testing.assert_array_equal(again.returns, random.returns)
+
+
+def test_other_gymnasium_envs_via_sync_vector_env() -> None:
+    venv = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+    seeds = eval_seeds(5)
+    results = evaluate_episodes(
+        lambda obs: np.zeros(len(obs), dtype=np.int64), venv, episodes=5, seeds=seeds
+    )
+    env = gym.make("CartPole-v1")
+    for k, seed in enumerate(seeds):
+        env.reset(seed=seed)
+        steps, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(0)
+            steps += 1
+            done = terminated or truncated
+        assert results.lengths[k] == steps
+    assert results.successes.all()  # no success key: a positive return counts
+
+
+def test_seed_errors_name_the_fix() -> None:
+    venv = envs.make_vec(GAME, 2)
+    with pytest.raises(ValueError, match="eval_seeds"):
+        evaluate_episodes(lambda o: venv.expert_actions(), venv, episodes=3, seeds=[1, 2])
+    with pytest.raises(ValueError, match="distinct"):
+        evaluate_episodes(lambda o: venv.expert_actions(), venv, episodes=2, seeds=[1, 1])
+
+
+def test_episode_results_round_trip_and_checks(expert: EpisodeResults) -> None:
+    back = EpisodeResults.from_dict(json.loads(json.dumps(expert.to_dict())))
+    np.testing.assert_array_equal(back.returns, expert.returns)
+    np.testing.assert_array_equal(back.seeds, expert.seeds)
+    with pytest.raises(ValueError, match="one length"):
+        EpisodeResults(np.zeros(2), np.zeros(3), np.zeros(2), np.zeros(2))
+
+
+def test_report_normalized_score_and_files(
+    expert: EpisodeResults, random: EpisodeResults, tmp_path: Path
+) -> None:
+    meta = {
+        "env_id": GAME,
+        "run": "demo",
+        "mode": "deterministic",
+        "drop_modalities": ["audio"],
+    }
+    report = build_report(expert, random=random, expert=expert, meta=meta)
+    assert report["normalized"]["mean"] == pytest.approx(1.0)
+    assert report["success"]["rate"] == pytest.approx(expert.success_rate)
+    assert report["meta"]["episodes"] == EPISODES
+    assert report["episodes"]["seeds"] == expert.seeds.tolist()
+    assert report["baselines"]["random"]["success_rate"] == pytest.approx(random.success_rate)
+
+    json_path, md_path = write_report(report, tmp_path / "run")
+    assert json.loads(json_path.read_text()) == report
+    assert sorted(p.name for p in json_path.parent.iterdir()) == ["eval.json", "eval.md"]
+    md = md_path.read_text()
+    assert md == report_markdown(report)
+    assert GAME in md and "audio" in md and "deterministic" in md
+    assert f"| {report['success']['rate']:.3f} |" in md
+    assert f"{report['returns']['mean']:.3f}" in md
+    assert "normalised score, IQM" in md
+
+
+def test_report_without_or_with_bad_baselines(
+    expert: EpisodeResults, random: EpisodeResults
+) -> None:
+    plain = build_report(random, meta={"env_id": GAME})
+    assert plain["normalized"] is None and plain["baselines"] == {}
+    assert "normalised" not in report_markdown(plain)
+    shifted = EpisodeResults(expert.returns, expert.lengths, expert.successes, expert.seeds + 1)
+    with pytest.raises(ValueError, match="same episodes"):
+        build_report(random, expert=shifted, meta={})
+    flat = build_report(random, random=random, expert=random, meta={})
+    assert flat["normalized"] is None and "undefined" in flat["normalized_note"]
+    json.dumps(flat, allow_nan=False)
