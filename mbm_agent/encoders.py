@@ -98,9 +98,14 @@ class SpatialEncoder(ModalityEncoder):
     convs: nn.ModuleList
     head: nn.Module
 
-    def _trunk(self, x: Tensor, film: FilmParams | None) -> Tensor:
+    def _trunk(self, x: Tensor, film: FilmParams | None, scale: float = 1.0) -> Tensor:
         for i, conv in enumerate(self.convs):
-            x = conv(x)
+            if i == 0 and scale != 1.0:
+                # conv(x * s) computed as conv with weight * s: the same function and
+                # gradients, without a pass over the full-resolution input.
+                x = F.conv2d(x, conv.weight * scale, conv.bias, conv.stride, conv.padding)
+            else:
+                x = conv(x)
             if film is not None:
                 gamma, beta = film[i]
                 x = x * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]
@@ -127,10 +132,12 @@ class ImageEncoder(SpatialEncoder):
     """CNN over an RGB (or grey / RGBD) frame, sized to the frame.
 
     Architectures:
-        ``"small"`` (default): three convs with 16, 32, 32 channels; the first is a
+        ``"small"`` (default): three convs with 8, 16, 32 channels; the first is a
         non-overlapping ``s x s`` patch conv with ``s = 4`` for frames of at least
-        32 px (2 for 16-31 px, 1 below), then two 3x3 stride-2 convs. About a
-        fifth of NatureCNN's multiply-adds on 64x64 frames.
+        32 px (2 for 16-31 px, 1 below), then two 3x3 stride-2 convs. On 64x64
+        frames: a 16x16 then 8x8 then 4x4 map, about a tenth of NatureCNN's
+        multiply-adds. Few early channels matter most on CPU, where the wide
+        early activation maps (memory traffic) cost more than the arithmetic.
         ``"nature"``: the DQN Nature CNN (32, 64, 64 channels, 8/4, 4/2, 3/1);
         needs frames of at least 36 px.
 
@@ -159,15 +166,15 @@ class ImageEncoder(SpatialEncoder):
         if arch == "small":
             stride = 4 if min(h, w) >= 32 else 2 if min(h, w) >= 16 else 1
             first = (
-                nn.Conv2d(c, 16, kernel_size=stride, stride=stride)
+                nn.Conv2d(c, 8, kernel_size=stride, stride=stride)
                 if stride > 1
-                else nn.Conv2d(c, 16, kernel_size=3, padding=1)
+                else nn.Conv2d(c, 8, kernel_size=3, padding=1)
             )
             self.convs = nn.ModuleList(
                 [
                     first,
+                    nn.Conv2d(8, 16, kernel_size=3, stride=2, padding=1),
                     nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1),
-                    nn.Conv2d(32, 32, kernel_size=3, stride=2, padding=1),
                 ]
             )
         elif arch == "nature":
@@ -203,11 +210,9 @@ class ImageEncoder(SpatialEncoder):
             ``(B, output_dim)`` embeddings.
         """
         x = x.float()
-        if self.scale != 1.0:
-            x = x * self.scale
         if self.channels_last:
-            x = x.permute(0, 3, 1, 2)
-        return self._trunk(x, film)
+            x = x.permute(0, 3, 1, 2)  # a free view; convs read channel-last memory fine
+        return self._trunk(x, film, self.scale)
 
 
 class SymbolicGridEncoder(SpatialEncoder):
@@ -295,7 +300,7 @@ class TextEncoder(ModalityEncoder):
         token that is never masked (so all-padding text stays finite); the
         summary token's output is the embedding.
 
-    All-padding text yields a finite embedding (zeros for ``gru``/``bow``).
+    All-padding text yields a finite embedding (zeros for ``gru``).
 
     Args:
         vocab_size: Number of token ids (max id + 1).
@@ -404,8 +409,9 @@ class AudioEncoder(ModalityEncoder):
     """Small CNN over log-mel features, microphones (stereo) as input channels.
 
     Inputs are mapped to ``[-1, 1]`` using the space bounds when those are
-    finite (left as they are otherwise), then two 3x3 stride-2 convs (16, 32
-    channels) over mel x time and a linear layer.
+    finite (left as they are otherwise). A non-overlapping patch conv (16
+    channels; 4 mel bands x 2 frames when the input is that large) and a 3x3
+    stride-2 conv (32 channels) run over mel x time, then a linear layer.
 
     Args:
         shape: Space shape ``(channels, n_mels, n_frames)`` or ``(n_mels, n_frames)``.
@@ -431,9 +437,10 @@ class AudioEncoder(ModalityEncoder):
         center, inv_half = _bounds_affine(np.array(lo), np.array(hi))
         self.center = float(center)
         self.inv_half = float(inv_half)
+        patch = (4 if chw[1] >= 16 else 2 if chw[1] >= 4 else 1, 2 if chw[2] >= 4 else 1)
         self.convs = nn.ModuleList(
             [
-                nn.Conv2d(chw[0], 16, kernel_size=3, stride=2, padding=1),
+                nn.Conv2d(chw[0], 16, kernel_size=patch, stride=patch),
                 nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1),
             ]
         )
@@ -495,7 +502,9 @@ class VectorEncoder(ModalityEncoder):
                 raise ValueError(f"Only 1-D MultiDiscrete vectors are supported, got {space}.")
             self.nvec = [int(n) for n in space.nvec]
             self.register_buffer(
-                "md_start", torch.as_tensor(np.asarray(space.start, dtype=np.int64)), persistent=False
+                "md_start",
+                torch.as_tensor(np.asarray(space.start, dtype=np.int64)),
+                persistent=False,
             )
             n_in = int(sum(self.nvec))
             spec = (
@@ -532,4 +541,3 @@ class VectorEncoder(ModalityEncoder):
     def forward(self, x: Tensor) -> Tensor:
         """Encode a batch into ``(B, output_dim)``."""
         return F.relu(self.linear(self.features(x)))
-

@@ -1,0 +1,753 @@
+"""The multimodal encoder: per-key encoders plus a fusion mode, one feature vector out.
+
+:class:`MultimodalEncoder` is a plain ``torch.nn.Module`` that takes a dict of
+observation tensors straight from the environment (uint8 frames, int64 token
+ids, float spectrograms) and returns ``(B, features_dim)`` features. It is what
+:class:`mbm_agent.sb3.MultimodalExtractor` wraps for Stable-Baselines3 and what
+a hand-written RL loop or an exporter uses directly.
+
+Modalities are declared per key. By default the key name decides
+(``image``, ``text``, ``audio``, ``symbolic_grid``; any other small Box,
+Discrete, MultiDiscrete or MultiBinary key is a ``vector``); ``modalities=``
+overrides it per key, e.g. ``{"image": "symbolic_grid"}`` for MiniGrid or
+``{"camera": "image:chw"}`` for a channel-first frame under another name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from mbm_agent.encoders import (
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    AudioEncoder,
+    FilmParams,
+    ImageEncoder,
+    InputSpec,
+    ModalityEncoder,
+    SpatialEncoder,
+    SymbolicGridEncoder,
+    TextEncoder,
+    VectorEncoder,
+    dtype_matches,
+)
+from mbm_agent.fusion import FUSION_MODES, make_fusion
+
+MODALITIES: tuple[str, ...] = ("image", "text", "audio", "symbolic_grid", "vector", "ignore")
+"""Modality names accepted in ``modalities=`` (``image`` and ``symbolic_grid`` also take a
+``:hwc`` or ``:chw`` layout suffix)."""
+
+DEFAULT_MODALITIES: dict[str, str] = {
+    "image": "image",
+    "text": "text",
+    "audio": "audio",
+    "symbolic_grid": "symbolic_grid",
+}
+"""Modality of a key when it is not declared: by key name; other keys are vectors."""
+
+MISSING_EMBEDDINGS: tuple[str, ...] = ("learned", "zeros")
+_LAYOUTS = ("hwc", "chw")
+_SPATIAL = ("image", "symbolic_grid")
+_MAX_VOCAB = 1_000_000
+_MAX_VECTOR = 4096
+
+
+@dataclass
+class EncoderConfig:
+    """Settings of a :class:`MultimodalEncoder`; every field is checked on creation.
+
+    Attributes:
+        fusion: Fusion mode, a key of ``FUSION_MODES``.
+        features_dim: Width of the fused feature vector.
+        image_encoder: Image CNN, one of ``IMAGE_ENCODERS``.
+        image_dim: Embedding width of image and symbolic-grid encoders.
+        text_encoder: Text encoder, one of ``TEXT_ENCODERS``.
+        word_dim: Word embedding width.
+        text_dim: Text embedding width.
+        audio_dim: Audio embedding width.
+        vector_dim: Embedding width of each vector key.
+        grid_embed_dim: Per-value embedding width of symbolic grids.
+        fusion_dim: Token width (``attention``) or gated width (``gated``).
+        attention_heads: Heads of attention layers (fusion and text).
+        modality_dropout: Training-time probability of dropping each modality
+            per sample (never all of a sample's modalities).
+        missing_embedding: What replaces a missing modality's embedding.
+        check_inputs: Check keys, dtypes and shapes at every forward call.
+    """
+
+    fusion: str = field(default="concat", metadata={"help": "Fusion mode.", "choices": "fusion"})
+    features_dim: int = field(default=256, metadata={"help": "Width of the fused features."})
+    image_encoder: str = field(
+        default="small", metadata={"help": "Image CNN architecture.", "choices": "image"}
+    )
+    image_dim: int = field(default=128, metadata={"help": "Image / grid embedding width."})
+    text_encoder: str = field(
+        default="gru", metadata={"help": "Text encoder architecture.", "choices": "text"}
+    )
+    word_dim: int = field(default=32, metadata={"help": "Word embedding width."})
+    text_dim: int = field(
+        default=32,
+        metadata={"help": "Text embedding width (the GRU's hidden size; it sets its cost)."},
+    )
+    audio_dim: int = field(default=64, metadata={"help": "Audio embedding width."})
+    vector_dim: int = field(default=32, metadata={"help": "Embedding width per vector key."})
+    grid_embed_dim: int = field(
+        default=16, metadata={"help": "Per-value embedding width of symbolic grids."}
+    )
+    fusion_dim: int = field(
+        default=128, metadata={"help": "Token width (attention) or gated width (gated)."}
+    )
+    attention_heads: int = field(default=4, metadata={"help": "Heads of attention layers."})
+    modality_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Training-time per-sample probability of dropping each modality."},
+    )
+    missing_embedding: str = field(
+        default="learned",
+        metadata={"help": "Replacement for a missing modality.", "choices": "missing"},
+    )
+    check_inputs: bool = field(
+        default=True, metadata={"help": "Check keys, dtypes and shapes at every forward call."}
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @staticmethod
+    def choices() -> dict[str, tuple[str, ...]]:
+        """Allowed values of the fields that take a name."""
+        return {
+            "fusion": tuple(FUSION_MODES),
+            "image_encoder": IMAGE_ENCODERS,
+            "text_encoder": TEXT_ENCODERS,
+            "missing_embedding": MISSING_EMBEDDINGS,
+        }
+
+    @staticmethod
+    def help() -> dict[str, str]:
+        """One line of help per field."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(EncoderConfig)}
+
+    def validate(self) -> None:
+        """Check every field's type and value.
+
+        Raises:
+            ValueError: Naming the bad field, its value and what is allowed.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = f.type if isinstance(f.type, str) else f.type.__name__
+            ok = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "bool": isinstance(value, bool),
+                "str": isinstance(value, str),
+            }[expected]
+            if not ok:
+                raise ValueError(
+                    f"EncoderConfig.{f.name} must be of type {expected}, got {value!r} "
+                    f"({type(value).__name__})."
+                )
+            if expected == "int" and value < 1:
+                raise ValueError(f"EncoderConfig.{f.name} must be >= 1, got {value}.")
+        for name, allowed in self.choices().items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"EncoderConfig.{name}={getattr(self, name)!r} is not allowed; "
+                    f"choose one of {list(allowed)}."
+                )
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(
+                f"EncoderConfig.modality_dropout must be in [0, 1), got {self.modality_dropout}."
+            )
+        for name in ("fusion_dim", "word_dim"):
+            if getattr(self, name) % self.attention_heads:
+                needed = (self.fusion == "attention" and name == "fusion_dim") or (
+                    self.text_encoder == "attention" and name == "word_dim"
+                )
+                if needed:
+                    raise ValueError(
+                        f"EncoderConfig.{name}={getattr(self, name)} must be divisible by "
+                        f"attention_heads={self.attention_heads}."
+                    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
+        """Build a config from a (possibly partial) dict, e.g. parsed JSON or YAML.
+
+        Args:
+            data: Field values; missing fields keep their defaults.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: On an unknown field (with the closest known name) or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"EncoderConfig.from_dict needs a mapping, got {type(data).__name__}.")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(
+                f"Unknown EncoderConfig field(s): {', '.join(hints)}. Known fields: {known}."
+            )
+        values = dict(data)
+        if isinstance(values.get("modality_dropout"), int) and not isinstance(
+            values.get("modality_dropout"), bool
+        ):
+            values["modality_dropout"] = float(values["modality_dropout"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> EncoderConfig:
+        """A copy with some fields changed (validated like :meth:`from_dict`)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    """How one observation key is encoded (resolved from the space and the declaration)."""
+
+    key: str
+    modality: str
+    channels_last: bool | None = None
+
+
+def _parse_declaration(key: str, declared: str) -> tuple[str, str | None]:
+    if not isinstance(declared, str):
+        raise ValueError(
+            f"modalities[{key!r}] must be a string such as 'image' or 'symbolic_grid:chw', "
+            f"got {declared!r}."
+        )
+    name, _, layout = declared.partition(":")
+    if name not in MODALITIES:
+        raise ValueError(
+            f"modalities[{key!r}]={declared!r}: unknown modality {name!r}; "
+            f"choose one of {list(MODALITIES)}."
+        )
+    if layout and (name not in _SPATIAL or layout not in _LAYOUTS):
+        raise ValueError(
+            f"modalities[{key!r}]={declared!r}: a layout suffix is only allowed on "
+            f"{list(_SPATIAL)} and must be one of {list(_LAYOUTS)}."
+        )
+    return name, layout or None
+
+
+def _detect_channels_last(
+    space: spaces.Box, declared: str | None, channels: tuple[int, ...]
+) -> bool:
+    """Whether a 3-D space is channel-last.
+
+    The declared layout wins; else the only end axis whose size is a plausible
+    channel count; else SB3's rule (channel-first iff the first axis is the
+    smallest), which is the rule ``VecTransposeImage`` uses.
+    """
+    if declared is not None:
+        return declared == "hwc"
+    shape = space.shape
+    last_ok, first_ok = shape[-1] in channels, shape[0] in channels
+    if last_ok != first_ok:
+        return last_ok
+    return int(np.argmin(shape)) != 0
+
+
+def _finite_scale(space: spaces.Box) -> float:
+    high = float(np.max(space.high))
+    return 1.0 / high if np.isfinite(high) and high > 1.0 else 1.0
+
+
+def _sb3_is_image(space: spaces.Space) -> bool:
+    """SB3's ``is_image_space`` test (the spaces its ``preprocess_obs`` divides by 255)."""
+    return (
+        isinstance(space, spaces.Box)
+        and len(space.shape) == 3
+        and space.dtype == np.uint8
+        and bool(np.all(space.low == 0))
+        and bool(np.all(space.high == 255))
+    )
+
+
+def _space_error(key: str, space: spaces.Space, modality: str, why: str) -> ValueError:
+    return ValueError(
+        f"Observation key {key!r} with space {space} cannot be encoded as {modality!r}: {why} "
+        f"Declare its modality, e.g. modalities={{{key!r}: 'vector'}}, or 'ignore' to skip it "
+        f"(known modalities: {list(MODALITIES)})."
+    )
+
+
+class MultimodalEncoder(nn.Module):
+    """Encode a Dict observation into one feature vector.
+
+    Args:
+        observation_space: The environment's ``spaces.Dict``.
+        config: Architecture settings; defaults to ``EncoderConfig()``.
+        modalities: Per-key modality declarations overriding the key-name
+            defaults; values from ``MODALITIES`` (``"ignore"`` drops a key),
+            ``image``/``symbolic_grid`` optionally with ``:hwc`` or ``:chw``.
+        sb3_preprocessed: Inputs went through SB3's ``preprocess_obs`` (all
+            floats, Discrete/MultiDiscrete one-hot, uint8 images maybe divided
+            by 255). Used by the SB3 extractor; the parameters are the same
+            either way, so a state dict loads into a raw-input encoder.
+        sb3_normalize_images: With ``sb3_preprocessed``: the policy's
+            ``normalize_images`` (whether SB3 divided uint8 images by 255).
+
+    Attributes:
+        features_dim: Width of the output, measured by a dummy forward pass.
+        keys: Encoded keys, in order.
+        modalities: Resolved modality of every encoded key.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        config: EncoderConfig | None = None,
+        modalities: Mapping[str, str] | None = None,
+        *,
+        sb3_preprocessed: bool = False,
+        sb3_normalize_images: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(observation_space, spaces.Dict):
+            raise ValueError(
+                f"MultimodalEncoder needs a gymnasium.spaces.Dict observation space, got "
+                f"{observation_space}. Wrap single-array observations in a Dict, e.g. "
+                "gymnasium.wrappers.FilterObservation / TransformObservation."
+            )
+        self.config = config if config is not None else EncoderConfig()
+        if not isinstance(self.config, EncoderConfig):
+            raise ValueError(
+                f"config must be an EncoderConfig, got {type(self.config).__name__}; "
+                "use EncoderConfig.from_dict(...) for a dict."
+            )
+        self.config.validate()
+        self.sb3_preprocessed = sb3_preprocessed
+        self.sb3_normalize_images = sb3_normalize_images
+        self.check_inputs = self.config.check_inputs
+        self.observation_space = observation_space
+
+        plans = self._resolve(observation_space, dict(modalities or {}))
+        self.ignored = [p.key for p in plans if p.modality == "ignore"]
+        plans = [p for p in plans if p.modality != "ignore"]
+        if not plans:
+            raise ValueError(
+                f"No observation key left to encode in {observation_space}; every key is "
+                "declared 'ignore'."
+            )
+        self.modalities: dict[str, str] = {p.key: p.modality for p in plans}
+        self.encoders = nn.ModuleDict(
+            {p.key: self._build(p, observation_space[p.key]) for p in plans}
+        )
+        # Spatial encoders run last so FiLM can condition them on the others.
+        self.keys = [p.key for p in plans]
+        self.spatial_keys = [k for k in self.keys if isinstance(self.encoders[k], SpatialEncoder)]
+        self.flat_keys = [k for k in self.keys if k not in self.spatial_keys]
+        self._index = {k: i for i, k in enumerate(self.keys)}
+        dims = {k: self.encoders[k].output_dim for k in self.keys}
+        learned = self.config.missing_embedding == "learned"
+        self.missing = nn.ParameterDict(
+            {k: nn.Parameter(torch.zeros(d), requires_grad=learned) for k, d in dims.items()}
+        )
+        spatial = {k: list(self.encoders[k].block_channels) for k in self.spatial_keys}
+        self.fusion = make_fusion(
+            self.config.fusion,
+            dims,
+            spatial,
+            self.config.features_dim,
+            self.config.fusion_dim,
+            self.config.attention_heads,
+        )
+        self.features_dim = self._measure_features_dim()
+
+    # ------------------------------------------------------------------ building
+    @staticmethod
+    def _resolve(space: spaces.Dict, declared: dict[str, str]) -> list[KeyPlan]:
+        unknown = [k for k in declared if k not in space.spaces]
+        if unknown:
+            raise ValueError(
+                f"modalities declares key(s) {unknown} that the observation space lacks; "
+                f"its keys are {list(space.spaces)}."
+            )
+        plans = []
+        for key, sub in space.spaces.items():
+            if "." in key or not key:
+                raise ValueError(
+                    f"Observation key {key!r} cannot name a torch submodule (empty or "
+                    "contains '.'); rename it with a wrapper."
+                )
+            if key in declared:
+                modality, layout = _parse_declaration(key, declared[key])
+            elif key in DEFAULT_MODALITIES:
+                modality, layout = DEFAULT_MODALITIES[key], None
+            else:
+                modality, layout = "vector", None
+                too_big = isinstance(sub, spaces.Box) and (
+                    len(sub.shape) >= 3 or int(np.prod(sub.shape)) > _MAX_VECTOR
+                )
+                if too_big or not isinstance(
+                    sub, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+                ):
+                    hint = (
+                        " (a raw string space: turn it into token ids with "
+                        "mbm_agent.TokenizeMission and declare it 'text')"
+                        if isinstance(sub, spaces.Text) or type(sub).__name__ == "MissionSpace"
+                        else ""
+                    )
+                    raise ValueError(
+                        f"Observation key {key!r} with space {sub} has no declared modality "
+                        f"and is not a small vector{hint}. Declare it, e.g. "
+                        f"modalities={{{key!r}: 'image'}} (or 'symbolic_grid', 'audio', "
+                        f"'text', 'vector', 'ignore')."
+                    )
+            channels_last = None
+            if modality in _SPATIAL:
+                if not isinstance(sub, spaces.Box) or len(sub.shape) != 3:
+                    raise _space_error(
+                        key, sub, modality, "it needs a 3-D Box (H, W, C) or (C, H, W)."
+                    )
+                allowed = (1, 3, 4) if modality == "image" else tuple(range(1, 9))
+                channels_last = _detect_channels_last(sub, layout, allowed)
+            plans.append(KeyPlan(key, modality, channels_last))
+        return plans
+
+    def _build(self, plan: KeyPlan, space: spaces.Space) -> ModalityEncoder:
+        cfg = self.config
+        sb3 = self.sb3_preprocessed
+        key, modality = plan.key, plan.modality
+        if modality == "image":
+            assert isinstance(space, spaces.Box) and plan.channels_last is not None
+            integer = np.issubdtype(space.dtype, np.integer)
+            scale = _finite_scale(space)
+            if sb3 and self.sb3_normalize_images and _sb3_is_image(space):
+                scale = 1.0
+            kind = "float" if sb3 else ("uint8" if space.dtype == np.uint8 else "number")
+            if not integer and not np.issubdtype(space.dtype, np.floating):
+                raise _space_error(key, space, modality, "its dtype is not numeric.")
+            return ImageEncoder(
+                space.shape, plan.channels_last, scale, kind, cfg.image_encoder, cfg.image_dim
+            )
+        if modality == "symbolic_grid":
+            assert isinstance(space, spaces.Box) and plan.channels_last is not None
+            if not np.issubdtype(space.dtype, np.integer) or np.any(space.low < 0):
+                raise _space_error(
+                    key, space, modality, "a symbolic grid needs non-negative integer values."
+                )
+            high = np.broadcast_to(space.high, space.shape)
+            per_channel = high.max(axis=(0, 1)) if plan.channels_last else high.max(axis=(1, 2))
+            if np.any(per_channel >= _MAX_VOCAB):
+                raise _space_error(key, space, modality, "its upper bound is not a small integer.")
+            value_scale = (
+                255.0 if sb3 and self.sb3_normalize_images and _sb3_is_image(space) else 1.0
+            )
+            return SymbolicGridEncoder(
+                space.shape,
+                plan.channels_last,
+                [int(v) + 1 for v in per_channel],
+                value_scale,
+                "float" if sb3 else "int",
+                cfg.grid_embed_dim,
+                cfg.image_dim,
+            )
+        if modality == "text":
+            return self._build_text(key, space)
+        if modality == "audio":
+            if not isinstance(space, spaces.Box) or len(space.shape) not in (2, 3):
+                raise _space_error(
+                    key, space, modality, "audio needs a Box (channels, n_mels, n_frames)."
+                )
+            return AudioEncoder(space.shape, space.low, space.high, cfg.audio_dim)
+        try:
+            return VectorEncoder(space, cfg.vector_dim, sb3_preprocessed=sb3)
+        except ValueError as exc:
+            raise _space_error(key, space, modality, str(exc)) from None
+
+    def _build_text(self, key: str, space: spaces.Space) -> TextEncoder:
+        cfg = self.config
+        sb3 = self.sb3_preprocessed
+        common = dict(
+            kind=cfg.text_encoder,
+            word_dim=cfg.word_dim,
+            output_dim=cfg.text_dim,
+            heads=cfg.attention_heads,
+        )
+        if isinstance(space, spaces.MultiDiscrete):
+            nvec = np.asarray(space.nvec)
+            if nvec.ndim != 1 or np.any(nvec != nvec.flat[0]) or np.any(np.asarray(space.start)):
+                raise _space_error(
+                    key, space, "text", "token ids need MultiDiscrete([V] * L) with start 0."
+                )
+            return TextEncoder(int(nvec[0]), len(nvec), one_hot=sb3, input_kind="int", **common)
+        if isinstance(space, spaces.Box):
+            if len(space.shape) != 1 or not np.issubdtype(space.dtype, np.integer):
+                raise _space_error(
+                    key, space, "text", "token ids need an integer Box of shape (L,)."
+                )
+            high = int(np.max(space.high))
+            if np.any(space.low < 0) or high >= _MAX_VOCAB:
+                raise _space_error(
+                    key, space, "text", "token ids need bounds Box(0, V - 1) with a small V."
+                )
+            return TextEncoder(
+                high + 1, space.shape[0], input_kind="float" if sb3 else "int", **common
+            )
+        raise _space_error(
+            key,
+            space,
+            "text",
+            "text must be token ids (Box or MultiDiscrete); wrap raw strings with "
+            "mbm_agent.TokenizeMission.",
+        )
+
+    def _measure_features_dim(self) -> int:
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            out = self(self.dummy_observation(batch_size=2))
+        self.train(was_training)
+        if out.dim() != 2 or out.shape[0] != 2:
+            raise RuntimeError(f"Fusion returned shape {tuple(out.shape)}, expected (2, D).")
+        return int(out.shape[1])
+
+    def dummy_observation(self, batch_size: int = 1) -> dict[str, Tensor]:
+        """A zero observation batch in the format this encoder expects (e.g. for export)."""
+        return {k: self.encoders[k].input_spec.dummy(batch_size) for k in self.keys}
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, obs: Mapping[str, Tensor], mask: Mapping[str, Tensor | bool] | None = None
+    ) -> Tensor:
+        """Encode a batch of observations.
+
+        Args:
+            obs: ``(B, ...)`` tensor per key. A key may be left out when ``mask``
+                marks it missing.
+            mask: Per key, True / a ``(B,)`` bool tensor where the modality is
+                present, False where it is missing. A missing modality's
+                embedding is replaced by the learned "missing" embedding, so its
+                input has no effect on the output.
+
+        Returns:
+            ``(B, features_dim)`` features.
+        """
+        if self.check_inputs:
+            batch = self._check(obs, mask)
+        else:
+            batch = next(iter(obs.values())).shape[0] if obs else self._batch_from_mask(mask)
+        device = self.missing[self.keys[0]].device
+        present = self._presence(obs, mask, batch, device)
+        if self.training and self.config.modality_dropout > 0.0 and len(self.keys) > 1:
+            if present is None:
+                present = torch.ones(batch, len(self.keys), dtype=torch.bool, device=device)
+            present = self._drop_modalities(present)
+
+        embeddings: dict[str, Tensor] = {}
+        for key in self.flat_keys:
+            embeddings[key] = self._embed(key, obs, mask, present, batch, None)
+        film: dict[str, FilmParams] = {}
+        if self.fusion.uses_film:
+            film = self.fusion.film({k: embeddings[k] for k in self.flat_keys})
+        for key in self.spatial_keys:
+            embeddings[key] = self._embed(key, obs, mask, present, batch, film.get(key))
+        return self.fusion(embeddings, present)
+
+    def _embed(
+        self,
+        key: str,
+        obs: Mapping[str, Tensor],
+        mask: Mapping[str, Tensor | bool] | None,
+        present: Tensor | None,
+        batch: int,
+        film: FilmParams | None,
+    ) -> Tensor:
+        missing = self.missing[key]
+        if key not in obs:
+            return missing.expand(batch, -1)
+        x = obs[key]
+        if present is not None:
+            keep = present[:, self._index[key]]
+            if mask is not None and key in mask:
+                # Zero the inputs of masked samples: garbage (even NaN) there must not
+                # reach the parameter gradients through the encoder.
+                shape = (batch,) + (1,) * (x.dim() - 1)
+                x = torch.where(
+                    keep.reshape(shape), x, torch.zeros((), dtype=x.dtype, device=x.device)
+                )
+        encoder = self.encoders[key]
+        emb = encoder(x, film) if isinstance(encoder, SpatialEncoder) else encoder(x)
+        if present is not None:
+            emb = torch.where(keep[:, None], emb, missing.to(emb.dtype))
+        return emb
+
+    def _presence(
+        self,
+        obs: Mapping[str, Tensor],
+        mask: Mapping[str, Tensor | bool] | None,
+        batch: int,
+        device: torch.device,
+    ) -> Tensor | None:
+        if mask is None and all(k in obs for k in self.keys):
+            return None
+        columns = []
+        for key in self.keys:
+            value = True if mask is None else mask.get(key, True)
+            if key not in obs:
+                value = False
+            if isinstance(value, Tensor):
+                columns.append(value.reshape(batch).to(device=device, dtype=torch.bool))
+            else:
+                columns.append(torch.full((batch,), bool(value), dtype=torch.bool, device=device))
+        return torch.stack(columns, dim=1)
+
+    def _drop_modalities(self, present: Tensor) -> Tensor:
+        """Drop each present modality with probability p, keeping at least one per sample."""
+        p = self.config.modality_dropout
+        kept = present & (torch.rand(present.shape, device=present.device) >= p)
+        lost_all = present.any(dim=1) & ~kept.any(dim=1)
+        scores = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0)
+        rescue = nn.functional.one_hot(scores.argmax(dim=1), present.shape[1]).bool()
+        return kept | (rescue & lost_all[:, None])
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _batch_from_mask(mask: Mapping[str, Tensor | bool] | None) -> int:
+        for value in (mask or {}).values():
+            if isinstance(value, Tensor) and value.dim() >= 1:
+                return int(value.shape[0])
+        raise ValueError(
+            "Cannot tell the batch size: obs has no tensors. Pass at least one modality, or "
+            "per-sample mask tensors of shape (B,)."
+        )
+
+    def _check(self, obs: Mapping[str, Tensor], mask: Mapping[str, Tensor | bool] | None) -> int:
+        if not isinstance(obs, Mapping):
+            raise ValueError(
+                f"obs must be a dict of tensors keyed like the observation space, got "
+                f"{type(obs).__name__}."
+            )
+        extra = [k for k in obs if k not in self._index and k not in self.ignored]
+        if extra:
+            raise ValueError(
+                f"obs has key(s) {extra} that the encoder was not built for; it expects "
+                f"{self.keys}. Build the encoder from this observation space, or drop the keys."
+            )
+        if mask is not None:
+            bad = [k for k in mask if k not in self._index]
+            if bad:
+                raise ValueError(f"mask has unknown key(s) {bad}; encoded keys are {self.keys}.")
+        batch: int | None = None
+        for key in self.keys:
+            spec = self.encoders[key].input_spec
+            if key not in obs:
+                value = None if mask is None else mask.get(key)
+                marked_missing = value is False or (
+                    isinstance(value, Tensor) and not bool(value.any())
+                )
+                if not marked_missing:
+                    raise ValueError(
+                        f"obs lacks key {key!r} (expected a {self._describe(spec)} tensor). "
+                        f"Pass it, or mark the modality missing with mask={{{key!r}: False}}."
+                    )
+                continue
+            x = obs[key]
+            if not isinstance(x, Tensor):
+                raise ValueError(
+                    f"obs[{key!r}] is a {type(x).__name__}, expected a torch.Tensor "
+                    f"({self._describe(spec)}); convert with torch.as_tensor."
+                )
+            if not dtype_matches(x.dtype, spec.kind):
+                raise ValueError(
+                    f"obs[{key!r}] has dtype {x.dtype}, expected {self._describe(spec)}."
+                    + self._dtype_hint(key, spec)
+                )
+            sample_shape = tuple(x.shape[1:])
+            ok = (
+                x.dim() >= 1 and int(np.prod(sample_shape)) == int(np.prod(spec.shape))
+                if spec.flexible_shape
+                else sample_shape == spec.shape
+            )
+            if not ok:
+                hint = ""
+                if tuple(x.shape) == spec.shape:
+                    hint = " It lacks the batch dimension; add one with x.unsqueeze(0)."
+                elif len(sample_shape) == 3 and sorted(sample_shape) == sorted(spec.shape):
+                    hint = (
+                        " The axes look permuted (channel-first vs channel-last); build the "
+                        f"encoder from the space you feed, or declare modalities={{{key!r}: "
+                        f"'{self.modalities[key]}:hwc' or ':chw'}}."
+                    )
+                raise ValueError(
+                    f"obs[{key!r}] has shape {tuple(x.shape)}, expected (B, *{spec.shape}) "
+                    f"({self._describe(spec)}).{hint}"
+                )
+            if batch is None:
+                batch = int(x.shape[0])
+            elif x.shape[0] != batch:
+                raise ValueError(
+                    f"obs[{key!r}] has batch size {x.shape[0]} but other keys have {batch}."
+                )
+        if batch is None:
+            batch = self._batch_from_mask(mask)
+        for key, value in (mask or {}).items():
+            if isinstance(value, Tensor):
+                if value.numel() != batch or value.dtype != torch.bool:
+                    raise ValueError(
+                        f"mask[{key!r}] must be a bool tensor of shape ({batch},), got "
+                        f"{value.dtype} {tuple(value.shape)}."
+                    )
+            elif not isinstance(value, bool):
+                raise ValueError(
+                    f"mask[{key!r}] must be a bool or a (B,) bool tensor, got {value!r}."
+                )
+        return batch
+
+    def _describe(self, spec: InputSpec) -> str:
+        kinds = {
+            "uint8": "uint8",
+            "int": "integer",
+            "float": "floating-point",
+            "number": "numeric",
+        }
+        shape = (
+            "any shape with " + str(int(np.prod(spec.shape))) + " values"
+            if spec.flexible_shape
+            else f"shape (B, *{spec.shape})"
+        )
+        return f"{kinds[spec.kind]} {shape}"
+
+    def _dtype_hint(self, key: str, spec: InputSpec) -> str:
+        if spec.kind == "uint8":
+            return (
+                " Feed the raw uint8 frames: the encoder scales them itself. If your frames are "
+                "floats already in [0, 1], give the space a float dtype (Box(0, 1, shape, float32))."
+            )
+        if spec.kind == "int" and self.modalities[key] == "text":
+            return " Token ids must be integers (use Vocabulary.encode)."
+        if spec.kind == "float" and self.sb3_preprocessed:
+            return " SB3-preprocessed inputs are floats; did you skip preprocess_obs?"
+        return ""
+
+    def extra_repr(self) -> str:
+        """Modalities and output width in the module's printout."""
+        mods = ", ".join(f"{k}={m}" for k, m in self.modalities.items())
+        return f"modalities=({mods}), fusion={self.config.fusion!r}"
+
+
+def to_tensor_obs(obs: Mapping[str, Any], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Convert a dict of numpy arrays (e.g. from a vector env) into tensors, keeping dtypes."""
+    return {k: torch.as_tensor(np.asarray(v), device=device) for k, v in obs.items()}

@@ -1,0 +1,197 @@
+"""Gymnasium wrappers that put third-party observations into our contract.
+
+- :class:`TokenizeMission` turns a raw-string mission (MiniGrid / BabyAI
+  ``mission``, any ``spaces.Text``) into a ``text`` Box of token ids.
+- :class:`RenameObservationKeys` renames Dict keys (e.g. MiniGrid's ``image``
+  to ``symbolic_grid``, so the encoder's key-name defaults apply).
+- :func:`make_minigrid_env` chains them for a MiniGrid / BabyAI env id.
+
+The vocabulary is exposed as ``wrapper.vocabulary``; save it next to the model
+(``wrapper.vocabulary.save("vocab.json")``) so the same ids are used at
+evaluation and export.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.core.text import Vocabulary, tokenize
+
+BABYAI_WORDS: tuple[str, ...] = (
+    # BabyAI grammar (minigrid.envs.babyai.core.verifier): actions, connectors, locations.
+    "go", "to", "pick", "up", "open", "put", "next", "then", "after", "you", "and",
+    "the", "a", "in", "front", "of", "behind", "on", "your", "left", "right",
+    "red", "green", "blue", "purple", "yellow", "grey",
+    "door", "key", "ball", "box", "object",
+    # Missions of the other MiniGrid environments.
+    "get", "goal", "square", "avoid", "lava", "find", "opening", "use", "reach",
+    "traverse", "rooms", "matching", "at", "end", "hallway", "near", "fetch", "must",
+)  # fmt: skip
+"""Every word of BabyAI's instruction grammar plus the other MiniGrid missions."""
+
+DEFAULT_MAX_LEN = 32
+"""Instruction length of the built-in vocabulary (BabyAI's longest composite missions,
+BossLevel, can exceed it and are cut with a warning; pass ``max_len`` to keep them)."""
+
+
+def _is_string_space(space: spaces.Space) -> bool:
+    return any(cls.__name__ in ("Text", "MissionSpace") for cls in type(space).__mro__)
+
+
+class TokenizeMission(gym.ObservationWrapper):
+    """Replace a string mission key by a ``text`` Box of token ids; other keys are untouched.
+
+    Unknown words map to ``UNK_ID`` (1); shorter missions are padded with 0.
+
+    Args:
+        env: An env with a Dict observation space holding a string space
+            (``spaces.Text`` or MiniGrid's ``MissionSpace``) under ``mission_key``.
+        vocabulary: The vocabulary to use (e.g. loaded with a trained model).
+        words: Build a vocabulary from these words instead (default: BABYAI_WORDS).
+        max_len: Token length when building the vocabulary (default: DEFAULT_MAX_LEN).
+        mission_key: Key of the string observation.
+        text_key: Key of the token-id observation that replaces it.
+
+    Attributes:
+        vocabulary: The vocabulary, to save alongside the model.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        vocabulary: Vocabulary | None = None,
+        *,
+        words: Iterable[str] | None = None,
+        max_len: int | None = None,
+        mission_key: str = "mission",
+        text_key: str = "text",
+    ) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, spaces.Dict) or mission_key not in space.spaces:
+            keys = list(space.spaces) if isinstance(space, spaces.Dict) else None
+            raise ValueError(
+                f"TokenizeMission needs a Dict observation space with a {mission_key!r} key; "
+                f"got {space}" + (f" (keys {keys}); pass mission_key=..." if keys else ".")
+            )
+        if not _is_string_space(space[mission_key]):
+            raise ValueError(
+                f"observation_space[{mission_key!r}] is {space[mission_key]}, not a string "
+                "space (spaces.Text or MiniGrid's MissionSpace); it needs no tokenising."
+            )
+        if text_key != mission_key and text_key in space.spaces:
+            raise ValueError(
+                f"The observation space already has a {text_key!r} key; pass another text_key."
+            )
+        if vocabulary is not None and (words is not None or max_len is not None):
+            raise ValueError("Pass either a vocabulary or words/max_len to build one, not both.")
+        if vocabulary is None:
+            vocabulary = Vocabulary(
+                BABYAI_WORDS if words is None else words,
+                DEFAULT_MAX_LEN if max_len is None else max_len,
+            )
+        self.vocabulary = vocabulary
+        self.mission_key = mission_key
+        self.text_key = text_key
+        self._warned_long = False
+        others = {k: v for k, v in space.spaces.items() if k != mission_key}
+        others[text_key] = spaces.Box(0, len(vocabulary) - 1, (vocabulary.max_len,), dtype=np.int64)
+        self.observation_space = spaces.Dict(others)
+
+    def observation(self, observation: Mapping[str, Any]) -> dict[str, Any]:
+        """Encode the mission string into token ids."""
+        out = {k: v for k, v in observation.items() if k != self.mission_key}
+        mission = observation[self.mission_key]
+        if not self._warned_long and len(tokenize(mission)) > self.vocabulary.max_len:
+            self._warned_long = True
+            warnings.warn(
+                f"Mission {mission!r} is longer than max_len={self.vocabulary.max_len} words "
+                "and is cut (warned once). Pass a larger max_len to TokenizeMission.",
+                stacklevel=2,
+            )
+        out[self.text_key] = self.vocabulary.encode(mission, warn=False)
+        return out
+
+
+class RenameObservationKeys(gym.ObservationWrapper):
+    """Rename keys of a Dict observation, leaving values and other keys unchanged.
+
+    Args:
+        env: An env with a Dict observation space.
+        mapping: Old key to new key.
+    """
+
+    def __init__(self, env: gym.Env, mapping: Mapping[str, str]) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, spaces.Dict):
+            raise ValueError(f"RenameObservationKeys needs a Dict observation space, got {space}.")
+        missing = [k for k in mapping if k not in space.spaces]
+        if missing:
+            raise ValueError(
+                f"Cannot rename {missing}: not in the observation space (keys {list(space.spaces)})."
+            )
+        self.mapping = dict(mapping)
+        renamed = [self.mapping.get(k, k) for k in space.spaces]
+        if len(set(renamed)) != len(renamed):
+            raise ValueError(f"Renaming {self.mapping} would give duplicate keys {renamed}.")
+        self.observation_space = spaces.Dict(
+            {self.mapping.get(k, k): v for k, v in space.spaces.items()}
+        )
+
+    def observation(self, observation: Mapping[str, Any]) -> dict[str, Any]:
+        """Rename the keys."""
+        return {self.mapping.get(k, k): v for k, v in observation.items()}
+
+
+def make_minigrid_env(
+    env_id: str,
+    vocabulary: Vocabulary | None = None,
+    *,
+    max_len: int | None = None,
+    grid_key: str = "symbolic_grid",
+    keep_direction: bool = True,
+    **make_kwargs: Any,
+) -> gym.Env:
+    """Make a MiniGrid / BabyAI env whose observations the encoder takes without declarations.
+
+    The 7x7x3 (object, colour, state) grid becomes ``grid_key`` (``symbolic_grid``
+    by default), the mission becomes ``text`` token ids, and ``direction``
+    (Discrete(4)) is kept as a vector key unless ``keep_direction`` is False.
+
+    Args:
+        env_id: A registered MiniGrid id, e.g. ``"BabyAI-GoToObj-v0"``.
+        vocabulary: Vocabulary for the mission (default: built from BABYAI_WORDS).
+        max_len: Token length when the vocabulary is built here.
+        grid_key: New name of the ``image`` key. With ``"image"`` the key keeps its
+            name and must be declared: ``modalities={"image": "symbolic_grid"}``.
+        keep_direction: Keep the ``direction`` key.
+        **make_kwargs: Passed to ``gymnasium.make``.
+
+    Returns:
+        The wrapped env (its ``TokenizeMission`` layer holds ``vocabulary``).
+
+    Raises:
+        ImportError: If minigrid is not installed.
+    """
+    try:
+        import minigrid  # noqa: F401  (registers the MiniGrid / BabyAI ids)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "MiniGrid environments need the 'minigrid' package: pip install 'mbm-agent[minigrid]'."
+        ) from exc
+    env = gym.make(env_id, **make_kwargs)
+    env = TokenizeMission(env, vocabulary, max_len=max_len)
+    if grid_key != "image":
+        env = RenameObservationKeys(env, {"image": grid_key})
+    if not keep_direction:
+        env = gym.wrappers.FilterObservation(
+            env, [k for k in env.observation_space.spaces if k != "direction"]
+        )
+    return env

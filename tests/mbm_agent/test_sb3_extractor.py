@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
+from stable_baselines3.common.vec_env import DummyVecEnv, VecTransposeImage
+
+from mbm_agent import EncoderConfig, MultimodalEncoder, MultimodalExtractor, make_minigrid_env
+
+
+def _sb3_view(space: spaces.Dict) -> spaces.Dict:
+    """The space SB3's policy sees after VecTransposeImage."""
+    return spaces.Dict(
+        {
+            k: VecTransposeImage.transpose_space(v, k)
+            if is_image_space(v) and np.argmin(v.shape) != 0
+            else v
+            for k, v in space.spaces.items()
+        }
+    )
+
+
+@pytest.mark.parametrize("fusion", ["concat", "film", "attention", "gated"])
+@pytest.mark.parametrize("normalize_images", [True, False])
+@pytest.mark.parametrize("text_multidiscrete", [False, True])
+def test_extractor_equals_raw_encoder_on_env_observations(
+    space_factory, obs_factory, fusion, normalize_images, text_multidiscrete
+):
+    raw_space = space_factory(
+        ("image", "text", "audio", "direction"), text_multidiscrete=text_multidiscrete
+    )
+    # MiniGrid-like grid: Box(0, 255) uint8, so SB3 transposes it and divides it by 255.
+    raw_space = spaces.Dict(
+        {**raw_space.spaces, "symbolic_grid": spaces.Box(0, 255, (5, 5, 3), dtype=np.uint8)}
+    )
+    sb3_space = _sb3_view(raw_space)
+    assert sb3_space["image"].shape == (3, 16, 16)
+    assert sb3_space["symbolic_grid"].shape == (3, 5, 5)
+
+    extractor = MultimodalExtractor(
+        sb3_space, normalize_images=normalize_images, fusion=fusion, features_dim=32
+    )
+    raw = MultimodalEncoder(raw_space, EncoderConfig(fusion=fusion, features_dim=32))
+    raw.load_state_dict(extractor.encoder.state_dict())
+    extractor.eval()
+    raw.eval()
+
+    obs = obs_factory(raw_space, 6)
+    obs["symbolic_grid"] = obs["symbolic_grid"] % 11
+    sb3_obs = {
+        k: v.permute(0, 3, 1, 2) if k in ("image", "symbolic_grid") else v for k, v in obs.items()
+    }
+    for direction in (sb3_obs["direction"], sb3_obs["direction"][:, None]):  # rollout vs buffer
+        pre = preprocess_obs(
+            {**sb3_obs, "direction": direction}, sb3_space, normalize_images=normalize_images
+        )
+        torch.testing.assert_close(extractor(pre), raw(obs), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("normalize_images", [True, False])
+def test_normalize_images_mismatch_is_caught(space_factory, obs_factory, normalize_images):
+    space = _sb3_view(space_factory(("image", "text")))
+    extractor = MultimodalExtractor(space, normalize_images=normalize_images)
+    obs = obs_factory(space, 4)
+    # The policy did the opposite of what the extractor was told.
+    wrong = preprocess_obs(obs, space, normalize_images=not normalize_images)
+    with pytest.raises(ValueError, match="normalize_images"):
+        extractor(wrong)
+    right = preprocess_obs(obs, space, normalize_images=normalize_images)
+    assert extractor(right).shape == (4, extractor.features_dim)
+
+
+def test_extractor_kwargs_are_validated(space_factory):
+    space = space_factory(("image", "text"))
+    with pytest.raises(ValueError, match="did you mean 'fusion'"):
+        MultimodalExtractor(space, fuson="film")
+    ext = MultimodalExtractor(space, config={"features_dim": 40}, fusion="gated")
+    assert ext.features_dim == 40 and ext.encoder.config.fusion == "gated"
+
+
+def _vec_env(env_factory, n: int = 2, **kwargs) -> DummyVecEnv:
+    return DummyVecEnv([lambda: env_factory(**kwargs) for _ in range(n)])
+
+
+@pytest.mark.parametrize("fusion", ["concat", "film", "attention", "gated"])
+def test_ppo_learns_with_every_fusion(env_factory, fusion):
+    model = PPO(
+        "MultiInputPolicy",
+        _vec_env(env_factory),
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        policy_kwargs=dict(
+            features_extractor_class=MultimodalExtractor,
+            features_extractor_kwargs=dict(fusion=fusion, features_dim=32),
+        ),
+        seed=0,
+        device="cpu",
+    )
+    before = [p.detach().clone() for p in model.policy.features_extractor.parameters()]
+    model.learn(128)
+    after = list(model.policy.features_extractor.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("algo", ["A2C", "DQN", "RecurrentPPO"])
+def test_other_algorithms_learn(env_factory, algo):
+    kwargs = dict(
+        policy_kwargs=dict(
+            features_extractor_class=MultimodalExtractor,
+            features_extractor_kwargs=dict(features_dim=32, modality_dropout=0.2),
+        ),
+        seed=0,
+        device="cpu",
+    )
+    env = _vec_env(env_factory)
+    if algo == "A2C":
+        model = A2C("MultiInputPolicy", env, n_steps=8, **kwargs)
+    elif algo == "DQN":
+        model = DQN(
+            "MultiInputPolicy",
+            env,
+            buffer_size=500,
+            learning_starts=16,
+            batch_size=16,
+            train_freq=4,
+            **kwargs,
+        )
+    else:
+        sb3_contrib = pytest.importorskip("sb3_contrib")
+        model = sb3_contrib.RecurrentPPO(
+            "MultiInputLstmPolicy",
+            env,
+            n_steps=32,
+            batch_size=32,
+            n_epochs=1,
+            **kwargs,
+        )
+    model.learn(96)
+    obs = env.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    assert action.shape == (2,)
+
+
+def test_ppo_without_image_normalisation_multidiscrete_text_and_save_load(env_factory, tmp_path):
+    env = _vec_env(env_factory, text_multidiscrete=True)
+    model = PPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        policy_kwargs=dict(
+            normalize_images=False,
+            features_extractor_class=MultimodalExtractor,
+            features_extractor_kwargs=dict(normalize_images=False, fusion="film"),
+        ),
+        seed=0,
+        device="cpu",
+    )
+    model.learn(64)
+    obs = env.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "ppo")
+    loaded = PPO.load(tmp_path / "ppo", device="cpu")
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], action)
+
+
+def test_babyai_goto_obj_trains_with_ppo():
+    pytest.importorskip("minigrid")
+    env = DummyVecEnv([lambda: make_minigrid_env("BabyAI-GoToObj-v0") for _ in range(2)])
+    model = PPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=2,
+        policy_kwargs=dict(
+            features_extractor_class=MultimodalExtractor,
+            features_extractor_kwargs=dict(fusion="film", features_dim=64),
+        ),
+        seed=0,
+        device="cpu",
+    )
+    encoder = model.policy.features_extractor.encoder
+    assert encoder.modalities == {
+        "direction": "vector",
+        "symbolic_grid": "symbolic_grid",
+        "text": "text",
+    }
+    assert encoder.encoders["symbolic_grid"].value_scale == 255.0  # SB3 divides the grid
+    model.learn(256)
+    assert model.num_timesteps >= 256
