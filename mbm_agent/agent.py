@@ -64,12 +64,12 @@ def policy_class(algo: str) -> type[BasePolicy]:
         return MultiInputPolicy
     if algo == "recurrent_ppo":
         try:
-            from sb3_contrib.common.recurrent.policies import MultiInputRecurrentActorCriticPolicy
+            from sb3_contrib.common.recurrent.policies import RecurrentMultiInputActorCriticPolicy
         except ImportError as exc:
             raise ImportError(
                 "recurrent_ppo needs sb3-contrib: pip install 'mbm-agent[contrib]'."
             ) from exc
-        return MultiInputRecurrentActorCriticPolicy
+        return RecurrentMultiInputActorCriticPolicy
     raise ModelFileError(
         f"Unknown algorithm {algo!r} in model.json; known: ppo, a2c, dqn, recurrent_ppo."
     )
@@ -337,7 +337,9 @@ def load_agent(path: str | Path, which: str = "best", device: str = "cpu") -> Ag
         vocab_path = model_dir / "vocabulary.json"
         if not vocab_path.is_file():
             raise ModelFileError(
-                f"{vocab_path} is missing; this policy reads text and needs its vocabulary."
+                f"{vocab_path} is missing; this policy reads text and needs its vocabulary: "
+                "copy vocabulary.json from the run folder the policy came from "
+                "(best/, final/ or checkpoints/step-*/policy/)."
             )
         try:
             vocabulary = Vocabulary.load(vocab_path)

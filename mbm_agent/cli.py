@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -87,6 +88,27 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+def _resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The saved config of the run to resume; only ``--steps`` (a larger budget) changes it.
+
+    Resolving the defaults again would raise a small run's budget to the default
+    ``steps`` of ``default.yaml``.
+    """
+    from mbm_agent.config import load_run_config
+
+    if not args.resume.is_dir():
+        raise ConfigError(f"--resume {args.resume}: no such run folder.")
+    cfg = load_run_config(args.resume)
+    if args.env_id != cfg.env_id:
+        raise ConfigError(
+            f"--resume {args.resume} is a run on {cfg.env_id}, not {args.env_id}; "
+            f"use: mbm-agent train {cfg.env_id} --resume {args.resume}"
+        )
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    return cfg
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from mbm_agent.config import resolve_config
     from mbm_agent.trainer import train
@@ -107,12 +129,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "sb3_zip": args.sb3_zip,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = resolve_config(args.env_id, config_file=args.config, overrides=overrides)
+    if args.resume is not None:
+        cfg = _resume_config(args)
+    else:
+        cfg = resolve_config(args.env_id, config_file=args.config, overrides=overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     result = train(
-        cfg, resume=args.resume, command=["mbm-agent", *sys.argv[1:]], progress=not args.no_progress
+        cfg, resume=args.resume, command=["mbm-agent", *args.argv], progress=not args.no_progress
     )
     if result.report is not None:
         r = result.report
@@ -291,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return play_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in the run's command.txt
     handlers = {"train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare, "demo": _cmd_demo}
     try:
         return handlers[args.command](args)

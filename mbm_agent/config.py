@@ -170,6 +170,9 @@ class TrainConfig:
             hints = []
             for key in unknown:
                 close = difflib.get_close_matches(str(key), [*known, "fusion"], n=1)
+                if not close:  # e.g. learning_rate, which lives in algo_kwargs
+                    nested = _section_names()
+                    close = [nested[m] for m in difflib.get_close_matches(str(key), nested, n=1)]
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(
                 f"Unknown config field(s): {', '.join(hints)}. Known fields: {[*known, 'fusion']}."
@@ -182,6 +185,21 @@ class TrainConfig:
     def help() -> dict[str, str]:
         """One line of help per field."""
         return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+
+
+def _section_names() -> dict[str, str]:
+    """Field names that belong in a section, mapped to their dotted name (for error hints)."""
+    names: dict[str, str] = {}
+    try:
+        hyper = _read_yaml(CONFIG_DIR / "default.yaml").get("hyperparams") or {}
+    except (ConfigError, OSError):
+        hyper = {}
+    for params in hyper.values():
+        for name in params or {}:
+            names.setdefault(str(name), f"algo_kwargs.{name}")
+    for f in dataclasses.fields(EncoderConfig):
+        names.setdefault(f.name, f"encoder.{f.name}")
+    return names
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -29,14 +29,38 @@ FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "mbm-agent/checkpoint"
 
 
+#: What to do about a damaged file of a saved policy or checkpoint.
+RESTORE_HINT = (
+    "restore it from a copy, or use another saved policy or checkpoint of the run "
+    "(best/, final/, checkpoints/step-*/)"
+)
+
+
 class ModelFileError(ValueError):
     """A model or checkpoint folder is missing, corrupt or from an incompatible version."""
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Read once: ``mkstemp``/``mkdtemp`` create private (0600/0700) entries, and the
+#: atomic writes give them the permissions an ordinary ``open`` would have.
+_UMASK = _current_umask()
+
+
+def _mkstemp_beside(path: Path) -> tuple[int, str]:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    return fd, tmp
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -58,12 +82,13 @@ def atomic_save_tensors(
 ) -> None:
     """``safetensors`` save through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp_beside(path)
     os.close(fd)
     try:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
         )
+        os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors writes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,10 +100,11 @@ def atomic_save_module(
 ) -> None:
     """Save a module's weights (shared tensors stored once) through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp_beside(path)
     os.close(fd)
     try:
         save_model(module, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors writes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,39 +114,40 @@ def atomic_save_module(
 def load_module(path: Path, module: torch.nn.Module) -> None:
     """Load weights saved by :func:`atomic_save_module` into ``module`` (strict)."""
     if not path.is_file():
-        raise ModelFileError(f"{path} is missing.")
+        raise ModelFileError(f"{path} is missing; {RESTORE_HINT}.")
     try:
         load_model(module, str(path), strict=True, device="cpu")
     except (SafetensorError, OSError) as exc:
-        raise ModelFileError(
-            f"{path} is corrupt or truncated ({exc}); use an earlier checkpoint."
-        ) from exc
+        raise ModelFileError(f"{path} is corrupt or truncated ({exc}); {RESTORE_HINT}.") from exc
     except RuntimeError as exc:
-        raise ModelFileError(f"{path} does not fit the architecture in model.json: {exc}") from exc
+        raise ModelFileError(
+            f"{path} does not fit the architecture in model.json (were the files of two "
+            f"models mixed?); {RESTORE_HINT}. {exc}"
+        ) from exc
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file, turning corruption into :class:`ModelFileError`."""
     if not path.is_file():
-        raise ModelFileError(f"{path} is missing.")
+        raise ModelFileError(f"{path} is missing; {RESTORE_HINT}.")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(
-            f"{path} is corrupt or truncated ({exc}); use an earlier checkpoint."
-        ) from exc
+        raise ModelFileError(f"{path} is corrupt or truncated ({exc}); {RESTORE_HINT}.") from exc
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """Read a JSON object, with errors naming the file and what it should be."""
     if not path.is_file():
-        raise ModelFileError(f"{path} is missing: {what} cannot be loaded.")
+        raise ModelFileError(f"{path} is missing: {what} cannot be loaded; {RESTORE_HINT}.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path} is corrupt ({exc}); {what} cannot be loaded.") from exc
+        raise ModelFileError(
+            f"{path} is corrupt ({exc}); {what} cannot be loaded; {RESTORE_HINT}."
+        ) from exc
     if not isinstance(data, dict):
-        raise ModelFileError(f"{path} must hold a JSON object ({what}).")
+        raise ModelFileError(f"{path} must hold a JSON object ({what}); {RESTORE_HINT}.")
     return data
 
 
@@ -199,7 +226,11 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         if old.exists():
             shutil.rmtree(old)
         os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
+        try:
+            os.replace(tmp_dir, final_dir)
+        except BaseException:
+            os.replace(old, final_dir)  # put the previous folder back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp_dir, final_dir)
@@ -208,7 +239,9 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
 def fresh_tmp_dir(final_dir: Path) -> Path:
     """An empty temporary folder beside ``final_dir`` for writing it."""
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp"))
+    tmp = tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return Path(tmp)
 
 
 def optimizer_to_tensors(

@@ -94,7 +94,10 @@ def make_single_env(
         env = gym.make(env_id, **kwargs)
         return env, env.unwrapped.vocabulary  # type: ignore[attr-defined]
     if env_id.startswith(("MiniGrid-", "BabyAI-")):
-        env = make_minigrid_env(env_id, vocabulary, **kwargs)
+        try:
+            env = make_minigrid_env(env_id, vocabulary, **kwargs)
+        except gym.error.Error as exc:
+            raise ConfigError(f"Unknown env id {env_id!r}: {exc}") from exc
     else:
         try:
             env = gym.make(env_id, **kwargs)
@@ -356,13 +359,19 @@ class TrainerCallback(BaseCallback):
             if "episode" in info:
                 self._episodes += 1
         n = self.model.num_timesteps
-        if self._next_ckpt is not None and n >= self._next_ckpt:
-            self._next_ckpt = self._next_multiple(self.cfg.checkpoint_every)
-            self.checkpoint()
         if self._next_eval is not None and n >= self._next_eval:
             self._next_eval = self._next_multiple(self.cfg.eval_every)
             self.periodic_eval()
         return not self.stop_requested
+
+    def _on_rollout_start(self) -> None:
+        # Checkpoint here, after the update on the previous rollout: a checkpoint
+        # taken mid-rollout would count steps whose update it does not hold, and a
+        # resumed run would silently skip that update.
+        n = self.model.num_timesteps
+        if self._next_ckpt is not None and n >= self._next_ckpt:
+            self._next_ckpt = self._next_multiple(self.cfg.checkpoint_every)
+            self.checkpoint()
 
     def _recent(self) -> tuple[float, float, float]:
         buf = self.model.ep_info_buffer or []
@@ -511,15 +520,22 @@ def train(
         cfg = saved
     else:
         run_dir = _unique_run_dir(cfg)
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # Env and algorithm come first: a bad env id or hyperparameter is then an
+    # error that leaves no half-made run folder behind.
+    venv, vocab = make_train_env(cfg, cfg.seed)
+    try:
+        model = build_algorithm(cfg, venv, _tensorboard_dir(run_dir))
+    except BaseException:
+        venv.close()
+        raise
+    if resume is None:
         run_dir.mkdir(parents=True)
         save_config(cfg, run_dir)
     cmd = " ".join(shlex.quote(a) for a in (command if command is not None else sys.argv))
     with (run_dir / "command.txt").open("a", encoding="utf-8") as fh:
         fh.write(cmd + "\n")
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    venv, vocab = make_train_env(cfg, cfg.seed)
-    model = build_algorithm(cfg, venv, _tensorboard_dir(run_dir))
     state = TrainState()
     if resume is not None:
         loaded = latest_checkpoint(run_dir, model)

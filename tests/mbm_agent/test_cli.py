@@ -1,0 +1,413 @@
+"""The ``mbm-agent`` command: help, train/eval/compare smoke runs, config precedence and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from runs_helpers import (
+    ENV,
+    GIF_MAGIC,
+    PNG_MAGIC,
+    POLICY_FILES,
+    ROLLOUT,
+    TINY_FLAGS,
+    checkpoint_steps,
+    cli_run,
+    copy_tree,
+    read_metrics,
+    rollout_steps,
+    run_cli,
+    shared_path,
+    step_dir,
+)
+
+import mbm_agent.config
+from mbm_agent.cli import main
+
+
+@pytest.fixture(scope="session")
+def run0(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained by the real ``mbm-agent train`` subprocess (seed 0)."""
+    return cli_run(tmp_path_factory)
+
+
+def _train_seed1(runs_dir: Path) -> None:
+    rc = main(["train", ENV, *TINY_FLAGS, "--runs-dir", str(runs_dir), "--seed", "1"])
+    assert rc == 0
+
+
+@pytest.fixture(scope="session")
+def run1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same configuration with seed 1, trained in-process through ``main``."""
+    root = shared_path(tmp_path_factory, "cli-run-seed1", _train_seed1)
+    return root / "GoToObject-ppo-concat-s1"
+
+
+# -- help -----------------------------------------------------------------------------
+def test_top_level_help_lists_every_subcommand() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for word in ("train", "eval", "compare", "demo", "play", "--version", "examples:"):
+        assert word in result.stdout
+    assert result.stderr == ""
+
+
+def test_train_help_subprocess() -> None:
+    result = run_cli("train", "--help")
+    assert result.returncode == 0, result.stderr
+    for flag in (
+        "--algo",
+        "--fusion",
+        "--steps",
+        "--seed",
+        "--n-envs",
+        "--runs-dir",
+        "--config",
+        "--resume",
+        "--set",
+        "--print-config",
+        "--checkpoint-every",
+        "--eval-every",
+        "recurrent_ppo",
+        "Precedence",
+    ):
+        assert flag in result.stdout, flag
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("eval", ("--episodes", "--drop-modality", "--which", "--stochastic", "--out")),
+        ("compare", ("--out", "--group-by", "runs")),
+        ("demo", ("--quick", "--runs-dir", "--seed")),
+        ("play", ("--expert", "--episodes", "--gif")),
+    ],
+)
+def test_subcommand_help(
+    command: str, flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in flags:
+        assert flag in out, f"{command} --help does not mention {flag}"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from mbm_agent._version import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+# -- train: the run folder --------------------------------------------------------------
+@pytest.mark.slow
+def test_train_writes_the_run_folder(run0: Path) -> None:
+    assert run0.name == "GoToObject-ppo-concat-s0"
+    for name in (
+        "config.yaml",
+        "config.json",
+        "command.txt",
+        "metrics.csv",
+        "eval.json",
+        "eval.md",
+    ):
+        assert (run0 / name).is_file(), name
+        assert (run0 / name).stat().st_size > 0, name
+    assert list((run0 / "tb").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+    for policy in ("best", "final"):
+        for name in POLICY_FILES:
+            assert (run0 / policy / name).stat().st_size > 0, f"{policy}/{name}"
+    assert (run0 / "learning_curve.png").read_bytes().startswith(PNG_MAGIC)
+    assert (run0 / "learning_curve.png").stat().st_size > 1000
+    assert (run0 / "episodes.gif").read_bytes()[:6] in GIF_MAGIC
+    assert (run0 / "episodes.gif").stat().st_size > 1000
+    # No temporary files or folders left behind by the atomic writes.
+    leftovers = [p for p in run0.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+def test_train_records_config_and_command(run0: Path) -> None:
+    as_yaml = yaml.safe_load((run0 / "config.yaml").read_text())
+    as_json = json.loads((run0 / "config.json").read_text())
+    assert as_yaml == as_json
+    assert as_json["env_id"] == ENV
+    assert as_json["steps"] == 256
+    assert as_json["n_envs"] == 4
+    assert as_json["algo_kwargs"]["n_steps"] == 32
+    assert as_json["algo_kwargs"]["batch_size"] == 64
+    assert as_json["algo_kwargs"]["ent_coef"] == 0.01  # from default.yaml's hyperparams.ppo
+    assert as_json["fusion"] == "concat"
+    lines = (run0 / "command.txt").read_text().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("mbm-agent train mbm/GoToObject-v0 ")
+    assert "algo_kwargs.n_steps=32" in lines[0]
+
+
+@pytest.mark.slow
+def test_train_metrics_checkpoints_and_report(run0: Path) -> None:
+    rows = read_metrics(run0)
+    assert rollout_steps(rows) == [ROLLOUT, 2 * ROLLOUT]
+    evals = [int(r["timesteps"]) for r in rows if r["eval_return"]]
+    assert evals == [ROLLOUT, 2 * ROLLOUT]
+    for row in rows:
+        assert float(row["time_s"]) >= 0
+        assert float(row["fps"]) > 0
+    assert checkpoint_steps(run0) == [ROLLOUT, 2 * ROLLOUT]
+    for step in checkpoint_steps(run0):
+        ckpt = step_dir(run0, step)
+        for name in ("optimizer.safetensors", "optimizer.json", "state.json"):
+            assert (ckpt / name).is_file(), name
+        for name in POLICY_FILES:
+            assert (ckpt / "policy" / name).is_file(), name
+        assert json.loads((ckpt / "state.json").read_text())["num_timesteps"] == step
+    report = json.loads((run0 / "eval.json").read_text())
+    assert report["meta"]["episodes"] == 4
+    assert report["meta"]["policy"] == "best"
+    assert set(report["baselines"]) == {"random", "expert"}
+    assert "success rate" in (run0 / "eval.md").read_text()
+
+
+# -- eval -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_eval_subcommand(run0: Path, tmp_path: Path) -> None:
+    run = copy_tree(run0, tmp_path / "run")
+    before = (run / "eval.json").read_text()
+    result = run_cli("eval", run, "--episodes", "6", "--n-envs", "3")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run / "eval.json").read_text())
+    assert (run / "eval.json").read_text() != before
+    assert report["meta"]["episodes"] == 6
+    assert len(report["episodes"]["seeds"]) == len(set(report["episodes"]["seeds"])) == 6
+    assert report["meta"]["drop_modalities"] == []
+    assert "eval.json" in result.stdout
+    assert (run / "eval.md").is_file()
+
+
+@pytest.mark.slow
+def test_eval_drop_modality_writes_its_own_report(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process (the subprocess path is smoke-tested above; this saves a start-up).
+    run = copy_tree(run0, tmp_path / "run")
+    before = (run / "eval.json").read_bytes()
+    argv = ["eval", str(run), "--episodes", "6", "--drop-modality", "text", "--which", "final"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "eval-drop-text.json" in capsys.readouterr().out
+    report = json.loads((run / "eval-drop-text.json").read_text())
+    assert report["meta"]["drop_modalities"] == ["text"]
+    assert report["meta"]["policy"] == "final"
+    assert report["meta"]["episodes"] == 6
+    assert (run / "eval-drop-text.md").is_file()
+    assert (run / "eval.json").read_bytes() == before  # the main report is left alone
+
+
+@pytest.mark.slow
+def test_eval_unknown_modality_is_a_clear_error(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_tree(run0, tmp_path / "run")
+    assert main(["eval", str(run), "--episodes", "2", "--drop-modality", "smell"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbm-agent eval: error: ")
+    assert "smell" in err and "text" in err
+    assert not (run / "eval-drop-smell.json").exists()
+
+
+def test_eval_missing_run_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "nope" in err and "does not exist" in err
+
+
+# -- compare ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_compare_two_seeds(run0: Path, run1: Path, tmp_path: Path) -> None:
+    assert json.loads((run1 / "config.json").read_text())["seed"] == 1
+    out = tmp_path / "cmp"
+    result = run_cli("compare", run0, run1, "--out", out)
+    assert result.returncode == 0, result.stderr
+    md = (out / "compare.md").read_text()
+    assert "GoToObject" in md and "ppo" in md
+    data = json.loads((out / "compare.json").read_text())
+    assert len(data["groups"]) == 1
+    group = data["groups"][0]
+    assert group["n_runs"] == len(group["runs"]) == 2
+    assert sorted(group["seeds"]) == [0, 1]
+    assert (out / "compare.png").read_bytes().startswith(PNG_MAGIC)
+
+
+# -- config precedence ---------------------------------------------------------------
+def _print_config(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert main(["train", *argv, "--print-config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_print_config_precedence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    shutil.copy(Path(mbm_agent.config.CONFIG_DIR) / "default.yaml", configs / "default.yaml")
+    (configs / "mbm_GoToObject-v0.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "n_envs": 8,
+                "steps": 5000,
+                "seed": 1,
+                "eval_every": 1000,
+                "hyperparams": {"ppo": {"learning_rate": 0.001, "n_epochs": 7}},
+            }
+        )
+    )
+    user = tmp_path / "mine.yaml"
+    user.write_text(
+        yaml.safe_dump(
+            {
+                "steps": 7000,
+                "seed": 2,
+                "eval_every": 3000,
+                "checkpoint_every": 500,
+                "fusion": "film",
+                "algo_kwargs": {"ent_coef": 0.05, "n_epochs": 9},
+            }
+        )
+    )
+    monkeypatch.setattr(mbm_agent.config, "CONFIG_DIR", configs)
+    runs = tmp_path / "runs"
+    cfg = _print_config(
+        [
+            ENV,
+            "--config",
+            str(user),
+            "--steps",
+            "9000",
+            "--set",
+            "seed=3",
+            "--set",
+            "algo_kwargs.gamma=0.5",
+            "--runs-dir",
+            str(runs),
+        ],
+        capsys,
+    )
+    assert cfg["final_eval_episodes"] == 200  # dataclass default only
+    assert cfg["keep_checkpoints"] == 2  # dataclass default only
+    assert cfg["algo_kwargs"]["clip_range"] == 0.2  # default.yaml
+    assert cfg["n_envs"] == 8  # per-env YAML beats default.yaml
+    assert cfg["algo_kwargs"]["learning_rate"] == 0.001  # per-env hyperparams beat default.yaml
+    assert cfg["eval_every"] == 3000  # --config beats the per-env YAML
+    assert cfg["algo_kwargs"]["n_epochs"] == 9  # --config beats per-env hyperparams
+    assert cfg["algo_kwargs"]["ent_coef"] == 0.05
+    assert cfg["checkpoint_every"] == 500
+    assert cfg["fusion"] == cfg["encoder"]["fusion"] == "film"
+    assert cfg["steps"] == 9000  # a flag beats --config
+    assert cfg["seed"] == 3  # --set beats --config
+    assert cfg["algo_kwargs"]["gamma"] == 0.5
+    assert not runs.exists(), "--print-config must not create a run folder"
+
+    # Without the file, the per-env YAML shows through.
+    cfg = _print_config([ENV, "--runs-dir", str(runs)], capsys)
+    assert (cfg["steps"], cfg["seed"], cfg["eval_every"]) == (5000, 1, 1000)
+    assert cfg["algo_kwargs"]["n_epochs"] == 7
+    # A flag and --fusion override the file's fusion.
+    cfg = _print_config([ENV, "--config", str(user), "--fusion", "gated"], capsys)
+    assert cfg["encoder"]["fusion"] == "gated"
+
+
+def test_print_config_takes_the_hyperparameters_of_the_chosen_algo(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = _print_config([ENV, "--algo", "a2c"], capsys)
+    assert cfg["algo"] == "a2c"
+    assert cfg["algo_kwargs"]["n_steps"] == 8
+    assert "clip_range" not in cfg["algo_kwargs"]  # a PPO-only hyperparameter
+    cfg = _print_config([ENV, "--set", "algo=dqn"], capsys)
+    assert cfg["algo_kwargs"]["buffer_size"] == 20000
+
+
+# -- config errors ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--set", "learning_rat=1"], ("learning_rat", "algo_kwargs.learning_rate")),
+        (["--set", "stepz=10"], ("stepz", "did you mean 'steps'")),
+        (["--set", "algo=sac"], ("algo='sac'", "ppo", "recurrent_ppo")),
+        (["--steps", "-5"], ("steps", "-5", ">= 1")),
+        (["--set", "n_envs=0"], ("n_envs", ">= 1")),
+        (["--fusion", "bogus"], ("fusion", "bogus", "concat", "film", "attention", "gated")),
+        (["--device", "tpu"], ("device", "tpu", "cpu")),
+        (["--set", "steps"], ("--set", "KEY=VALUE")),
+        (["--config", "/no/such/file.yaml"], ("/no/such/file.yaml", "does not exist")),
+    ],
+    ids=lambda v: v[-1] if isinstance(v, list) else None,
+)
+def test_config_errors_are_one_line(
+    argv: list[str],
+    expected: tuple[str, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", ENV, *argv, "--runs-dir", str(runs), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("mbm-agent train: error: ")
+    assert captured.err.count("\n") == 1, captured.err
+    for text in expected:
+        assert text in captured.err, f"{text!r} not in {captured.err!r}"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("env_id", "expected"),
+    [
+        ("Nope-v0", ("Nope-v0", "mbm/GoToObject-v0")),
+        ("mbm/Nope-v0", ("mbm/Nope-v0", "mbm/GoToObject-v0")),
+        ("BabyAI-Nope-v0", ("BabyAI-Nope-v0",)),
+        ("CartPole-v1", ("CartPole-v1", "Box", "Dict")),
+    ],
+)
+def test_bad_env_is_a_clear_error_and_leaves_no_run_folder(
+    env_id: str, expected: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", env_id, "--runs-dir", str(runs), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbm-agent train: error: ")
+    assert err.count("\n") == 1, err
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    leftovers = list(runs.iterdir()) if runs.exists() else []
+    assert not leftovers, f"a failed start left {leftovers} behind"
+
+
+def test_bad_algo_choice_is_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", ENV, "--algo", "sac"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("mbm-agent train: error: argument --algo")
+    assert "'sac'" in last and "recurrent_ppo" in last
+
+
+def test_config_error_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    result = run_cli("train", ENV, "--set", "learning_rat=1", "--runs-dir", tmp_path / "runs")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("mbm-agent train: error: ")
+    assert result.stderr.count("\n") == 1
+    assert "learning_rate" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,424 @@
+"""Faults: a killed or interrupted training run, corrupt checkpoints, failing writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from runs_helpers import (
+    ENV,
+    ROLLOUT,
+    TINY_FLAGS,
+    checkpoint_steps,
+    copy_tree,
+    read_metrics,
+    rollout_steps,
+    shared_path,
+    start_cli,
+    step_dir,
+    train_tiny,
+    wait_for,
+)
+from safetensors.torch import load_file
+
+from mbm_agent.agent import load_agent, save_policy
+from mbm_agent.cli import main
+from mbm_agent.config import load_run_config
+from mbm_agent.storage import (
+    ModelFileError,
+    atomic_save_tensors,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_tensors,
+)
+from mbm_agent.trainer import (
+    TrainerCallback,
+    build_algorithm,
+    latest_checkpoint,
+    load_checkpoint,
+    make_train_env,
+    save_checkpoint,
+)
+
+
+def _model_for(run: Path) -> Any:
+    """A fresh algorithm with the run's saved configuration (no weights loaded)."""
+    cfg = load_run_config(run)
+    venv, _ = make_train_env(cfg, cfg.seed)
+    model = build_algorithm(cfg, venv, None)
+    venv.close()
+    return model
+
+
+def _optimizer_tensors(model: Any) -> dict[str, torch.Tensor]:
+    state = model.policy.optimizer.state_dict()["state"]
+    return {
+        f"{pid}.{key}": value.clone()
+        for pid, values in state.items()
+        for key, value in values.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+def _assert_same_tensors(actual: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+    assert saved, "nothing saved"
+    for name, tensor in saved.items():
+        assert name in actual, name
+        assert torch.equal(actual[name], tensor), name
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+
+
+# -- (a) SIGKILL, then --resume -------------------------------------------------------------
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_from_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steps = 6 * ROLLOUT
+    run = tmp_path / "runs" / "killed"
+    proc = start_cli(
+        "train",
+        ENV,
+        *TINY_FLAGS,
+        "--steps",
+        str(steps),
+        "--runs-dir",
+        tmp_path / "runs",
+        "--run-name",
+        "killed",
+        "--checkpoint-every",
+        str(ROLLOUT),
+        "--eval-every",
+        "0",
+        "--set",
+        "final_eval_episodes=2",
+        "--set",
+        "gif_episodes=0",
+    )
+    wait_for(lambda: step_dir(run, 2 * ROLLOUT).is_dir(), proc, what="the checkpoint at 256 steps")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "final").exists(), "the run finished before it was killed"
+
+    kept = checkpoint_steps(run)
+    newest = kept[-1]
+    assert 2 * ROLLOUT <= newest < steps
+    logged = rollout_steps(read_metrics(run))
+    n_rows_before = len(read_metrics(run))
+    # At most one checkpoint interval of progress is lost.
+    assert not logged or max(logged) - newest <= ROLLOUT
+
+    # The checkpoint holds the optimizer state: loading it restores Adam's moments.
+    saved_opt = load_tensors(step_dir(run, newest) / "optimizer.safetensors")
+    assert any(name.endswith(".exp_avg") for name in saved_opt)
+    assert any(t.abs().sum() > 0 for n, t in saved_opt.items() if n.endswith(".exp_avg"))
+    saved_weights = load_file(str(step_dir(run, newest) / "policy" / "model.safetensors"))
+    model = _model_for(run)
+    assert not model.policy.optimizer.state_dict()["state"]  # a fresh optimizer is empty
+    state = load_checkpoint(step_dir(run, newest), model)
+    assert state.num_timesteps == model.num_timesteps == newest
+    _assert_same_tensors(_optimizer_tensors(model), saved_opt)
+
+    # `mbm-agent train ENV --resume RUN` keeps the run's budget (not default.yaml's).
+    assert main(["train", ENV, "--resume", str(run), "--print-config"]) == 0
+    assert f"steps: {steps}\n" in capsys.readouterr().out
+
+    # Resume in-process, looking at the model just before training continues.
+    seen: dict[str, Any] = {}
+    original = TrainerCallback._on_training_start
+
+    def spy(self: TrainerCallback) -> None:
+        seen["num_timesteps"] = self.model.num_timesteps
+        seen["optimizer"] = _optimizer_tensors(self.model)
+        seen["weights"] = {k: v.clone() for k, v in self.model.policy.state_dict().items()}
+        original(self)
+
+    monkeypatch.setattr(TrainerCallback, "_on_training_start", spy)
+    assert main(["train", ENV, "--resume", str(run), "--no-progress"]) == 0
+    assert seen["num_timesteps"] == newest
+    _assert_same_tensors(seen["optimizer"], saved_opt)
+    _assert_same_tensors(seen["weights"], saved_weights)
+
+    resumed = rollout_steps(read_metrics(run)[n_rows_before:])
+    assert resumed == list(range(newest + ROLLOUT, steps + 1, ROLLOUT))
+    assert checkpoint_steps(run)[-1] == steps
+    final_state = json.loads((step_dir(run, steps) / "state.json").read_text())
+    assert final_state["num_timesteps"] == steps
+    n_epochs = load_run_config(run).algo_kwargs["n_epochs"]
+    assert final_state["n_updates"] == steps // ROLLOUT * n_epochs  # counters carried over
+    assert (run / "final" / "model.safetensors").is_file()
+    assert json.loads((run / "eval.json").read_text())["meta"]["episodes"] == 2
+    commands = (run / "command.txt").read_text().splitlines()
+    assert len(commands) == 2
+    assert "--resume" in commands[1]
+
+
+# -- (c) Ctrl-C ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_and_final_and_exits_130(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "ctrlc"
+    proc = start_cli(
+        "train",
+        ENV,
+        *TINY_FLAGS,
+        "--steps",
+        "100000",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--run-name",
+        "ctrlc",
+        "--checkpoint-every",
+        str(ROLLOUT),
+        "--eval-every",
+        "0",
+    )
+    wait_for(lambda: step_dir(run, ROLLOUT).is_dir(), proc, what="the first checkpoint")
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=90)
+    except Exception:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "Ctrl-C" in err
+    assert f"mbm-agent train {ENV} --resume {run}" in err
+
+    newest = checkpoint_steps(run)[-1]
+    assert ROLLOUT < newest < 100000
+    assert f"Stopped at {newest} steps" in err
+    state = json.loads((step_dir(run, newest) / "state.json").read_text())
+    assert state["num_timesteps"] == newest
+    for policy in ("final", "best"):
+        assert (run / policy / "model.safetensors").is_file()
+    assert not (run / "eval.json").exists()  # an interrupted run is not finalised
+    final = load_file(str(run / "final" / "model.safetensors"))
+    _assert_same_tensors(
+        final, load_file(str(step_dir(run, newest) / "policy" / "model.safetensors"))
+    )
+    assert load_agent(run, "final").spec["env_id"] == ENV
+
+
+# -- (b) corrupt checkpoints ---------------------------------------------------------------
+def _build_checkpointed(runs_dir: Path) -> None:
+    train_tiny(
+        runs_dir,
+        steps=3 * ROLLOUT,
+        checkpoint_every=ROLLOUT,
+        keep_checkpoints=3,
+        run_name="ckpt",
+        finalize=False,
+    )
+
+
+@pytest.fixture
+def ckpt_run(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A private copy of a run with checkpoints at 128, 256 and 384 steps."""
+    shared = shared_path(tmp_path_factory, "ckpt-run", _build_checkpointed) / "ckpt"
+    run = copy_tree(shared, tmp_path / "ckpt")
+    assert checkpoint_steps(run) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT]
+    return run
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+CORRUPTIONS = {
+    "truncated-weights": lambda c: _truncate(c / "policy" / "model.safetensors"),
+    "truncated-optimizer": lambda c: _truncate(c / "optimizer.safetensors"),
+    "corrupt-state": lambda c: (c / "state.json").write_text("{"),
+    "missing-optimizer-json": lambda c: (c / "optimizer.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(
+    corruption: str, ckpt_run: Path
+) -> None:
+    newest = step_dir(ckpt_run, 3 * ROLLOUT)
+    CORRUPTIONS[corruption](newest)
+    before = _snapshot(ckpt_run / "checkpoints")
+    model = _model_for(ckpt_run)
+    with pytest.warns(UserWarning, match=newest.name):
+        state = latest_checkpoint(ckpt_run, model)
+    assert state is not None
+    assert state.num_timesteps == model.num_timesteps == 2 * ROLLOUT
+    previous = step_dir(ckpt_run, 2 * ROLLOUT)
+    _assert_same_tensors(
+        model.policy.state_dict(), load_file(str(previous / "policy" / "model.safetensors"))
+    )
+    _assert_same_tensors(
+        _optimizer_tensors(model), load_file(str(previous / "optimizer.safetensors"))
+    )
+    # The attempt deletes and rewrites nothing: the corrupt one stays for inspection.
+    assert _snapshot(ckpt_run / "checkpoints") == before
+
+
+@pytest.mark.slow
+def test_resume_skips_a_corrupt_checkpoint(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _truncate(step_dir(ckpt_run, 3 * ROLLOUT) / "policy" / "model.safetensors")
+    n_rows = len(read_metrics(ckpt_run))
+    with pytest.warns(UserWarning, match="Skipping unreadable checkpoint"):
+        rc = main(["train", ENV, "--resume", str(ckpt_run), "--steps", "512", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert rollout_steps(read_metrics(ckpt_run)[n_rows:]) == [384, 512]
+    assert checkpoint_steps(ckpt_run) == [256, 384, 512]  # keep_checkpoints=3
+    model = _model_for(ckpt_run)
+    assert load_checkpoint(step_dir(ckpt_run, 384), model).num_timesteps == 384  # rewritten
+
+
+def test_all_checkpoints_corrupt_is_a_clear_error(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for step in checkpoint_steps(ckpt_run):
+        _truncate(step_dir(ckpt_run, step) / "policy" / "model.safetensors")
+    before = _snapshot(ckpt_run / "checkpoints")
+    model = _model_for(ckpt_run)
+    with pytest.warns(UserWarning), pytest.raises(ModelFileError) as exc:
+        latest_checkpoint(ckpt_run, model)
+    message = str(exc.value)
+    assert "No readable checkpoint" in message
+    for step in checkpoint_steps(ckpt_run):
+        assert step_dir(ckpt_run, step).name in message
+    assert _snapshot(ckpt_run / "checkpoints") == before
+
+    with pytest.warns(UserWarning):
+        assert main(["train", ENV, "--resume", str(ckpt_run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbm-agent train: error: No readable checkpoint")
+    assert _snapshot(ckpt_run / "checkpoints") == before
+
+
+def test_resume_errors(ckpt_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", ENV, "--resume", str(tmp_path / "nope")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert main(["train", "mbm/FindSound-v0", "--resume", str(ckpt_run)]) == 2
+    err = capsys.readouterr().err
+    assert ENV in err and "mbm/FindSound-v0" in err
+    (ckpt_run / "config.json").unlink()
+    assert main(["train", ENV, "--resume", str(ckpt_run)]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+# -- (d) atomic writes ------------------------------------------------------------------
+def _fail(*args: Any, **kwargs: Any) -> Any:
+    raise OSError("simulated failure (disk full)")
+
+
+@pytest.mark.parametrize("where", ["replace", "fsync", "write"])
+def test_atomic_write_failure_keeps_the_previous_file(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "config.json"
+    atomic_write_text(target, '{"steps": 1}')
+    if where == "write":
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(os, "fdopen", lambda *a, **k: _HalfWriter(real_fdopen(*a, **k)))
+    else:
+        monkeypatch.setattr(os, where, _fail)
+    with pytest.raises(OSError, match="simulated"):
+        atomic_write_text(target, '{"steps": 2}')
+    monkeypatch.undo()
+    assert target.read_text() == '{"steps": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+class _HalfWriter:
+    """Wraps a file: writes half of what it is given, then fails (a full disk)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+
+    def __enter__(self) -> _HalfWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data[: len(data) // 2])
+        self.fh.flush()
+        raise OSError("simulated failure (disk full) after a partial write")
+
+
+def test_atomic_write_creates_missing_folders(tmp_path: Path) -> None:
+    atomic_write_bytes(tmp_path / "a" / "b" / "c.bin", b"\x00\x01")
+    assert (tmp_path / "a" / "b" / "c.bin").read_bytes() == b"\x00\x01"
+
+
+def test_atomic_tensor_save_failure_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "optimizer.safetensors"
+    atomic_save_tensors(target, {"a": torch.ones(3)})
+    monkeypatch.setattr(os, "replace", _fail)
+    with pytest.raises(OSError, match="simulated"):
+        atomic_save_tensors(target, {"a": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(load_file(str(target))["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+@pytest.mark.parametrize("step", ["move-old-aside", "move-new-in"])
+def test_failed_policy_save_keeps_the_previous_policy(
+    step: str, ckpt_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    final = ckpt_run / "final"
+    before = _snapshot(final)
+    agent = load_agent(ckpt_run, "final")
+    with torch.no_grad():
+        for p in agent.policy.parameters():
+            p.add_(1.0)
+    real_replace = os.replace
+
+    def flaky(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        src = Path(src)
+        if src.is_dir():
+            moving_new_in = src.name.endswith(".tmp")
+            if moving_new_in == (step == "move-new-in"):
+                raise OSError("simulated failure (disk full)")
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError, match="simulated"):
+        save_policy(agent.policy, agent.spec, final, agent.vocabulary)
+    monkeypatch.undo()
+    assert _snapshot(final) == before, "the previous policy was damaged"
+    assert not _leftovers(ckpt_run), _leftovers(ckpt_run)
+    load_agent(ckpt_run, "final")
+
+
+def test_failed_checkpoint_write_leaves_no_partial_checkpoint(
+    ckpt_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_run_config(ckpt_run)
+    model = _model_for(ckpt_run)
+    state = load_checkpoint(step_dir(ckpt_run, 3 * ROLLOUT), model)
+    model.num_timesteps = 4 * ROLLOUT
+    before = checkpoint_steps(ckpt_run)
+    monkeypatch.setattr("mbm_agent.trainer.atomic_save_tensors", _fail)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(ckpt_run, model, cfg, None, state)
+    assert checkpoint_steps(ckpt_run) == before  # nothing half-written, nothing pruned
+    assert not _leftovers(ckpt_run)
+    monkeypatch.undo()
+    path = save_checkpoint(ckpt_run, model, cfg, None, state)
+    assert path == step_dir(ckpt_run, 4 * ROLLOUT)
+    assert checkpoint_steps(ckpt_run) == [2 * ROLLOUT, 3 * ROLLOUT, 4 * ROLLOUT]
