@@ -30,7 +30,7 @@ test: install lint
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/python -m envs.play mbm/SoundMaze-v0 --expert --episodes 4 --seed 0 --gif runs/expert-demo/episodes.gif
+	$(BIN)/mbm-agent demo
 
 bench-envs: install
 	$(BIN)/python benchmarks/env_throughput.py

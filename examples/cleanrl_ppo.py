@@ -2,14 +2,13 @@
 
 The encoder is a plain ``torch.nn.Module`` fed the raw Dict observations of a
 Gymnasium vector env (uint8 frames, int64 token ids, float spectrograms); no
-Stable-Baselines3 involved. The environment here is a synthetic contextual
-bandit, :class:`CueEnv`: each step shows a cue naming the rewarded action in
-one modality (text, image or audio, chosen at random), so a good agent must
-read, see and hear.
+Stable-Baselines3 involved. The environment is our natively batched
+``mbm/ModalityProbe-v0`` (one numpy call steps every world): each one-step
+episode asks a question whose answer only the cued sense carries.
 
 Run from the repository root (with the package installed, ``pip install -e .``)::
 
-    python examples/cleanrl_ppo.py --total-timesteps 30000 --fusion film
+    python examples/cleanrl_ppo.py --total-timesteps 8000 --cue audio --fusion film
 
 ``train()`` takes the same settings as arguments, so tests call it with a tiny
 budget. It handles both Gymnasium autoreset modes (``next_step`` and
@@ -21,7 +20,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -30,82 +28,15 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from torch import Tensor, nn
 
+import envs as games
 from mbm_agent import EncoderConfig, MultimodalEncoder
 
-N_ACTIONS = 4
 
-
-class CueEnv(gym.Env[dict[str, np.ndarray], int]):
-    """Contextual bandit whose cue is in one modality per step.
-
-    Observation Space:
-        | key   | space                              | meaning                          |
-        |-------|------------------------------------|----------------------------------|
-        | image | Box(0, 255, (24, 24, 3), uint8)    | bright square in cue's quadrant  |
-        | text  | Box(0, 9, (4,), int64)             | ``go <action>`` or ``look``      |
-        | audio | Box(-1, 1, (2, 8, 4), float32)     | loud mel band pair for the cue   |
-
-    Action Space: Discrete(4). Reward: 1 for the cued action, else 0.
-    Episode End: truncated after ``episode_len`` steps.
-
-    Args:
-        episode_len: Steps per episode.
-    """
-
-    metadata: dict[str, Any] = {"render_modes": []}
-
-    def __init__(self, episode_len: int = 8) -> None:
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, (24, 24, 3), dtype=np.uint8),
-                "text": spaces.Box(0, 9, (4,), dtype=np.int64),
-                "audio": spaces.Box(-1.0, 1.0, (2, 8, 4), dtype=np.float32),
-            }
-        )
-        self.action_space = spaces.Discrete(N_ACTIONS)
-        self.episode_len = episode_len
-        self._t = 0
-        self._target = 0
-
-    def _observe(self) -> dict[str, np.ndarray]:
-        rng = self.np_random
-        self._target = int(rng.integers(N_ACTIONS))
-        where = int(rng.integers(3))  # 0 text, 1 image, 2 audio
-        image = rng.integers(0, 60, (24, 24, 3), dtype=np.uint8)
-        text = np.zeros(4, dtype=np.int64)
-        audio = rng.uniform(-1.0, -0.5, (2, 8, 4)).astype(np.float32)
-        text[0] = 2  # "go" or "look"
-        if where == 0:
-            text[1] = 4 + self._target
-        else:
-            text[0] = 3
-        if where == 1:
-            r, c = divmod(self._target, 2)
-            image[r * 12 + 2 : r * 12 + 10, c * 12 + 2 : c * 12 + 10] = 250
-        if where == 2:
-            audio[:, 2 * self._target : 2 * self._target + 2, :] = 0.9
-        return {"image": image, "text": text, "audio": audio}
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Start an episode."""
-        super().reset(seed=seed)
-        self._t = 0
-        return self._observe(), {}
-
-    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Reward the cued action and show the next cue."""
-        reward = float(int(action) == self._target)
-        self._t += 1
-        return self._observe(), reward, False, self._t >= self.episode_len, {}
-
-
-def make_cue_vec_env(num_envs: int, seed: int = 0) -> gym.vector.VectorEnv:
-    """A synchronous vector env of :class:`CueEnv` (``next_step`` autoreset)."""
-    envs = gym.vector.SyncVectorEnv([CueEnv for _ in range(num_envs)])
-    envs.reset(seed=seed)
-    return envs
+def make_probe_vec_env(num_envs: int, seed: int = 0, cue: str = "text") -> gym.vector.VectorEnv:
+    """Our natively batched ModalityProbe (answer carried by ``cue``), same-step autoreset."""
+    venv = games.make_vec("mbm/ModalityProbe-v0", num_envs, cue=cue, autoreset_mode="same_step")
+    venv.reset(seed=seed)
+    return venv
 
 
 class Agent(nn.Module):
@@ -158,7 +89,7 @@ def train(
     vf_coef: float = 0.5,
     max_grad_norm: float = 0.5,
     seed: int = 0,
-    make_envs: Callable[[int, int], gym.vector.VectorEnv] = make_cue_vec_env,
+    make_envs: Callable[[int, int], gym.vector.VectorEnv] = make_probe_vec_env,
     verbose: bool = False,
 ) -> dict[str, float]:
     """Train PPO and report how it went.
@@ -305,6 +236,7 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=32)
     parser.add_argument("--fusion", default="concat")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cue", default="text", choices=("image", "text", "audio"))
     args = parser.parse_args()
     result = train(
         args.total_timesteps,
@@ -312,6 +244,7 @@ def main() -> None:
         num_steps=args.num_steps,
         fusion=args.fusion,
         seed=args.seed,
+        make_envs=lambda n, seed: make_probe_vec_env(n, seed, args.cue),
         verbose=True,
     )
     print({k: round(v, 3) for k, v in result.items()})

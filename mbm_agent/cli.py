@@ -264,7 +264,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
         help="short training + evaluation of a real agent into runs/ (the README's main job)",
-        description="Train an agent on mbm/GoToObject-v0 (read the instruction, find the object) to a real success bar, evaluate it on held-out seeds, and leave a complete run folder with plot and GIF.",
+        description="Train an agent on mbm/FindSound-v0 (hear which object makes a sound and walk to it) to a real success bar, evaluate it on held-out seeds, and leave a complete run folder with plot and GIF.",
     )
     p.add_argument(
         "--quick",

@@ -54,6 +54,12 @@ class TrainConfig:
     device: str = field(
         default="cpu", metadata={"help": f"Torch device: one of {', '.join(DEVICES)}."}
     )
+    torch_threads: int = field(
+        default=0,
+        metadata={
+            "help": "Torch CPU threads (0: auto, half the cores and at least 1, leaving a core to step the envs)."
+        },
+    )
     eval_every: int = field(
         default=20_000,
         metadata={"help": "Evaluate on held-out seeds every this many steps (0: only at the end)."},
@@ -135,6 +141,7 @@ class TrainConfig:
             ("keep_checkpoints", 1),
             ("gif_episodes", 0),
             ("seed", 0),
+            ("torch_threads", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

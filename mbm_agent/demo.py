@@ -12,12 +12,11 @@ from pathlib import Path
 from mbm_agent.config import resolve_config
 from mbm_agent.trainer import train
 
-DEMO_ENV = "mbm/GoToObject-v0"
+DEMO_ENV = "mbm/FindSound-v0"
 #: The success rate the full demo must reach on held-out seeds.
 DEMO_BAR = 0.90
 DEMO_OVERRIDES: dict[str, object] = {
-    "steps": 400_000,
-    "n_envs": 32,
+    "steps": 300_000,
     "eval_every": 50_000,
     "eval_episodes": 64,
     "final_eval_episodes": 200,

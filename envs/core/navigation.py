@@ -35,6 +35,7 @@ from envs.core.render import (
     SHAPES,
     SPEAKER,
     WALL,
+    EgocentricRenderer,
     GridRenderer,
     shape_mask,
     solid_tile,
@@ -42,6 +43,8 @@ from envs.core.render import (
 )
 
 FLOOR_TILE, WALL_TILE = 0, 1
+#: How the observed frame is drawn: the agent's rotated view, or the whole room from above.
+VIEWS = ("egocentric", "topdown")
 #: Tile id of the object every sound-emitting game draws (they all look alike).
 SPEAKER_TILE = 2 + len(COLOUR_NAMES) * len(SHAPES)
 
@@ -89,6 +92,8 @@ class NavigationGame(BatchedGame):
         n_objects: int,
         frame_size: int | tuple[int, int],
         max_steps: int | None,
+        view: str = "egocentric",
+        view_size: int = 7,
     ) -> None:
         g = check_int_arg("grid_size", grid_size, *self.grid_limits)
         k = check_int_arg("n_objects", n_objects, *self.object_limits)
@@ -101,8 +106,24 @@ class NavigationGame(BatchedGame):
         self.grid_size = g
         self.n_objects = k
         self.chance_level = 1.0 / k
-        h, w = frame_size_arg(frame_size, 3 * g)
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}.")
+        self.view = view
+        self.view_size = check_int_arg("view_size", view_size, 3, 15)
+        if self.view_size % 2 == 0:
+            raise ValueError(
+                f"view_size must be odd (the agent sits in the middle column), got {view_size}."
+            )
+        # The top-down renderer (what render() shows) is built whatever the view.
+        h, w = frame_size_arg(frame_size, 3 * max(g, self.view_size if view == "egocentric" else g))
         self.renderer = GridRenderer(g, (h, w), build_tiles(min(h, w) // g))
+        self.ego = (
+            EgocentricRenderer(
+                self.view_size, (h, w), build_tiles(min(h, w) // self.view_size), WALL_TILE
+            )
+            if view == "egocentric"
+            else None
+        )
         n = self.num_worlds
         self.walls = border_walls(n, g)
         self.agent_pos = np.ones((n, 2), dtype=np.int64)
@@ -113,6 +134,7 @@ class NavigationGame(BatchedGame):
         self.occupant = np.full((n, g, g), -1, dtype=np.int64)
         self.dist = np.zeros((n, g, g), dtype=np.int32)
         self.static = np.zeros((n, h, w, 3), dtype=np.uint8)
+        self.tile_map = np.zeros((n, g, g), dtype=np.int64)
 
     # -- generation --------------------------------------------------------------
     def _layout_walls(self, idx: NDArray[np.intp]) -> NDArray[np.bool_]:
@@ -158,6 +180,7 @@ class NavigationGame(BatchedGame):
         rows = np.arange(len(idx))[:, None]
         pos = self.obj_pos[idx]
         tiles[rows, pos[..., 0], pos[..., 1]] = self.obj_tile[idx]
+        self.tile_map[idx] = tiles
         self.static[idx] = self.renderer.static_layer(tiles)
 
     # -- dynamics ----------------------------------------------------------------
@@ -178,6 +201,13 @@ class NavigationGame(BatchedGame):
 
     # -- observation -------------------------------------------------------------
     def _image(self, idx: NDArray[np.intp] | None) -> NDArray[np.uint8]:
+        """The observed frames: the agent's view, or the whole room from above."""
+        if self.ego is not None:
+            sel = slice(None) if idx is None else idx
+            return self.ego.frames(self.tile_map[sel], self.agent_pos[sel], self.heading[sel])
+        return self._topdown(idx)
+
+    def _topdown(self, idx: NDArray[np.intp] | None) -> NDArray[np.uint8]:
         if idx is None:
             frames = self.static.copy()
             self.renderer.paste_agent(frames, self.agent_pos, self.heading)
@@ -188,7 +218,7 @@ class NavigationGame(BatchedGame):
 
     def frames(self, idx: NDArray[np.intp] | None = None) -> NDArray[np.uint8]:
         """RGB frames of worlds ``idx``."""
-        return self._image(idx)
+        return self._topdown(idx)
 
     def expert_actions(self) -> NDArray[np.int64]:
         """Shortest-path action per world towards its target."""

@@ -8,6 +8,7 @@ worlds at once; each step only copies that layer and pastes the agent's tile.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -24,6 +25,8 @@ FLOOR = (20, 20, 20)
 WALL = (110, 110, 110)
 AGENT = (245, 245, 245)
 SPEAKER = (200, 170, 120)  # the one look shared by sound-emitting objects
+#: (d_row, d_col) of one step forward per heading (as ``envs.core.grid.DIR_VEC``).
+DIR_VEC_RC = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]], dtype=np.int64)
 
 
 def _grid(tile: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -73,6 +76,21 @@ def sprite_tile(
     return t
 
 
+def cell_pixels(
+    frame_size: tuple[int, int], cells: int, what: str, tiles: NDArray[np.uint8]
+) -> int:
+    """Pixels per cell when ``cells`` cells span the frame; checks size and ``tiles``."""
+    tile = min(frame_size) // cells
+    if tile < 3:
+        raise ValueError(
+            f"frame_size={frame_size} is too small for a {cells}x{cells} {what}: each cell "
+            f"needs >= 3 pixels, so use frame_size >= {3 * cells}."
+        )
+    if tiles.shape[1:] != (tile, tile, 3):
+        raise ValueError(f"tiles must be (n, {tile}, {tile}, 3), got {tiles.shape}.")
+    return tile
+
+
 class GridRenderer:
     """Draws ``(n, H, W, 3)`` uint8 frames of grid worlds.
 
@@ -87,14 +105,7 @@ class GridRenderer:
         self, grid_size: int, frame_size: tuple[int, int], tiles: NDArray[np.uint8]
     ) -> None:
         h, w = frame_size
-        tile = min(h, w) // grid_size
-        if tile < 3:
-            raise ValueError(
-                f"frame_size={frame_size} is too small for a {grid_size}x{grid_size} grid: "
-                f"each cell needs >= 3 pixels, so use frame_size >= {3 * grid_size}."
-            )
-        if tiles.shape[1:] != (tile, tile, 3):
-            raise ValueError(f"tiles must be (n, {tile}, {tile}, 3), got {tiles.shape}.")
+        tile = cell_pixels(frame_size, grid_size, "grid", tiles)
         self.grid_size = grid_size
         self.frame_size = (h, w)
         self.tile = tile
@@ -134,3 +145,71 @@ class GridRenderer:
         frames[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = self.agent_tiles[
             heading
         ]
+
+
+class EgocentricRenderer:
+    """Draws what the agent sees: a ``view x view`` window rotated to its heading.
+
+    As MiniGrid's agent view: the agent sits at the bottom centre facing up and
+    sees ``view - 1`` cells ahead and ``view // 2`` to each side; cells outside the
+    world look like walls. Objects keep their look whatever the heading.
+
+    Args:
+        view: Cells per side of the window (odd).
+        frame_size: ``(H, W)`` of the frame; cells are ``min(H, W) // view`` pixels.
+        tiles: ``(n_tiles, tile, tile, 3)`` static tiles, as for :class:`GridRenderer`.
+        void_tile: Tile id drawn outside the world.
+    """
+
+    def __init__(
+        self, view: int, frame_size: tuple[int, int], tiles: NDArray[np.uint8], void_tile: int
+    ) -> None:
+        h, w = frame_size
+        tile = cell_pixels(frame_size, view, "view", tiles)
+        self.view = view
+        self.frame_size = (h, w)
+        self.tile = tile
+        agent = sprite_tile(agent_mask(3, tile), AGENT, tile)  # always facing up
+        self.agent_id = len(tiles)
+        self.tiles = np.concatenate([tiles, agent[None]])
+        self._tile_rows = np.ascontiguousarray(self.tiles.reshape(len(self.tiles), tile, tile * 3))
+        self.void_tile = void_tile
+        i, j = np.meshgrid(np.arange(view), np.arange(view), indexing="ij")
+        self._ahead = (view - 1) - i  # cells in front of the agent
+        self._lateral = j - view // 2  # cells to its right
+        self.top = (h - tile * view) // 2
+        self.left = (w - tile * view) // 2
+
+    def frames(
+        self, tile_map: NDArray[np.integer], pos: NDArray[np.int64], heading: NDArray[np.int64]
+    ) -> NDArray[np.uint8]:
+        """``(n, H, W, 3)`` views of worlds with static tiles ``tile_map`` ``(n, G, G)``."""
+        n, g, _ = tile_map.shape
+        fwd = DIR_VEC_RC[heading]  # (n, 2)
+        right = DIR_VEC_RC[(heading + 1) % 4]
+        rows = (
+            pos[:, 0, None, None]
+            + self._ahead * fwd[:, 0, None, None]
+            + self._lateral * right[:, 0, None, None]
+        )
+        cols = (
+            pos[:, 1, None, None]
+            + self._ahead * fwd[:, 1, None, None]
+            + self._lateral * right[:, 1, None, None]
+        )
+        inside = (rows >= 0) & (rows < g) & (cols >= 0) & (cols < g)
+        ids = tile_map[
+            np.arange(n)[:, None, None], np.clip(rows, 0, g - 1), np.clip(cols, 0, g - 1)
+        ]
+        ids = np.where(inside, ids, self.void_tile)
+        ids[:, self.view - 1, self.view // 2] = self.agent_id
+        v, t = self.view, self.tile
+        h, w = self.frame_size
+        out = np.zeros((n, h, w, 3), dtype=np.uint8)
+        board = out[:, self.top : self.top + v * t, self.left : self.left + v * t]
+        s = board.strides
+        # Write the gathered tile rows straight into the frame through a
+        # (world, view row, pixel row, view col, pixel row bytes) view: one copy.
+        cells = as_strided(board, (n, v, t, v, t * 3), (s[0], t * s[1], s[1], t * s[2], s[3]))
+        cells[...] = np.take(self._tile_rows, ids, axis=0).transpose(0, 1, 3, 2, 4)
+        return out

@@ -29,7 +29,7 @@ class FindSoundGame(NavigationGame):
 
     | key | space | meaning |
     |---|---|---|
-    | `image` | `Box(0, 255, (H, W, 3), uint8)` | top-down RGB frame: walls grey, the look-alike objects beige, agent a white triangle pointing where it faces |
+    | `image` | `Box(0, 255, (H, W, 3), uint8)` | RGB frame of what the agent sees (see `view`): walls grey, the look-alike objects beige, agent a white triangle pointing where it faces |
     | `audio` | `Box(-13.82, 12.0, (2, 32, 8), float32)` | stereo log-mel features (left, right) of what the agent hears this step |
 
     ## Action Space
@@ -48,7 +48,14 @@ class FindSoundGame(NavigationGame):
     ## Arguments
     ``grid_size`` (8), ``n_objects`` (3, in [2, 6]), ``frame_size`` (64),
     ``max_steps`` (default ``2 * grid_size**2``), ``noise`` (background noise
-    level range, default ``(0.05, 0.2)``).
+    level range, default ``(0.05, 0.2)``),
+    ``view`` (``"egocentric"``, the default: the agent's own ``view_size x view_size``
+    window rotated to its heading, agent at the bottom centre facing up, cells outside
+    the world drawn as wall; or ``"topdown"``: the whole room from above),
+    ``view_size`` (7, odd, in [3, 15]; cells per side of the egocentric window: the agent
+    sees ``view_size - 1`` cells ahead and ``view_size // 2`` to each side). ``frame_size``
+    must be at least ``3 * max(grid_size, view_size)`` (``3 * grid_size`` top-down);
+    ``render()`` always shows the top-down room.
 
     ## Version History
     * v0: initial version.
@@ -64,6 +71,8 @@ class FindSoundGame(NavigationGame):
         n_objects: int = 3,
         frame_size: int | tuple[int, int] = 64,
         max_steps: int | None = None,
+        view: str = "egocentric",
+        view_size: int = 7,
         noise: tuple[float, float] = (0.05, 0.2),
     ) -> None:
         super().__init__(
@@ -72,6 +81,8 @@ class FindSoundGame(NavigationGame):
             n_objects=n_objects,
             frame_size=frame_size,
             max_steps=max_steps,
+            view=view,
+            view_size=view_size,
         )
         self._init_sound(noise)
         h, w = self.renderer.frame_size

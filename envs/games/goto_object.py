@@ -55,7 +55,7 @@ class GoToObjectGame(NavigationGame):
 
     | key | space | meaning |
     |---|---|---|
-    | `image` | `Box(0, 255, (H, W, 3), uint8)` | top-down RGB frame: walls grey, objects coloured shapes, agent a white triangle pointing where it faces |
+    | `image` | `Box(0, 255, (H, W, 3), uint8)` | RGB frame of what the agent sees (see `view`): walls grey, objects coloured shapes, agent a white triangle pointing where it faces |
     | `text` | `Box(0, V - 1, (8,), int64)` | instruction token ids, 0 = padding; `env.unwrapped.vocabulary` decodes them |
 
     ## Action Space
@@ -73,7 +73,14 @@ class GoToObjectGame(NavigationGame):
 
     ## Arguments
     ``grid_size`` (8, walls included), ``n_objects`` (3, in [2, 6]), ``frame_size``
-    (64 or ``(H, W)``), ``max_steps`` (default ``2 * grid_size**2``).
+    (64 or ``(H, W)``), ``max_steps`` (default ``2 * grid_size**2``),
+    ``view`` (``"egocentric"``, the default: the agent's own ``view_size x view_size``
+    window rotated to its heading, agent at the bottom centre facing up, cells outside
+    the world drawn as wall; or ``"topdown"``: the whole room from above),
+    ``view_size`` (7, odd, in [3, 15]; cells per side of the egocentric window: the agent
+    sees ``view_size - 1`` cells ahead and ``view_size // 2`` to each side). ``frame_size``
+    must be at least ``3 * max(grid_size, view_size)`` (``3 * grid_size`` top-down);
+    ``render()`` always shows the top-down room.
     ``info["instruction"]`` holds the raw instruction, ``info["success"]`` whether it was reached.
 
     ## Version History
@@ -90,6 +97,8 @@ class GoToObjectGame(NavigationGame):
         n_objects: int = 3,
         frame_size: int | tuple[int, int] = 64,
         max_steps: int | None = None,
+        view: str = "egocentric",
+        view_size: int = 7,
     ) -> None:
         super().__init__(
             num_worlds,
@@ -97,6 +106,8 @@ class GoToObjectGame(NavigationGame):
             n_objects=n_objects,
             frame_size=frame_size,
             max_steps=max_steps,
+            view=view,
+            view_size=view_size,
         )
         self.vocabulary, self._ids, self._texts = instruction_table(
             TEMPLATES, {"colour": COLOUR_NAMES, "shape": SHAPES}, MAX_LEN

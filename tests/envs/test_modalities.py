@@ -9,7 +9,7 @@ from scipy.stats import chi2_contingency, chisquare
 import envs
 from envs.core.audio import TIMBRE_NAMES, TIMBRES, AudioConfig, mel_filterbank
 from envs.core.grid import DIR_VEC
-from envs.core.navigation import NavigationGame
+from envs.core.navigation import SPEAKER_TILE, NavigationGame
 from envs.core.render import COLOUR_NAMES, COLOURS, SHAPES
 from envs.core.text import Vocabulary
 from envs.games.modality_probe import ANSWER_WORDS, TONES
@@ -17,9 +17,22 @@ from envs.games.modality_probe import ANSWER_WORDS, TONES
 P_MIN = 1e-3  # significance floor for the uniformity / independence tests (fixed seeds)
 
 
-def tile_crop(image: np.ndarray, game: NavigationGame, pos: np.ndarray) -> np.ndarray:
-    r = game.renderer
-    top, left, t = r.top + pos[0] * r.tile, r.left + pos[1] * r.tile, r.tile
+def tile_crop(
+    image: np.ndarray, game: NavigationGame, i: int, pos: np.ndarray
+) -> np.ndarray | None:
+    """Pixels of world cell ``pos`` in world ``i``'s observed frame; None if out of view."""
+    if game.view == "topdown":
+        r = game.renderer
+        top, left, t = r.top + pos[0] * r.tile, r.left + pos[1] * r.tile, r.tile
+        return image[top : top + t, left : left + t]
+    # Egocentric: the agent at the bottom centre facing up, its right to the right.
+    d = np.asarray(pos) - game.agent_pos[i]
+    ahead = int(d @ DIR_VEC[game.heading[i]])
+    lateral = int(d @ DIR_VEC[(game.heading[i] + 1) % 4])
+    v, e = game.view_size, game.ego
+    if not (0 <= ahead < v and abs(lateral) <= v // 2):
+        return None
+    top, left, t = e.top + (v - 1 - ahead) * e.tile, e.left + (v // 2 + lateral) * e.tile, e.tile
     return image[top : top + t, left : left + t]
 
 
@@ -42,12 +55,14 @@ def test_goto_target_is_uniform() -> None:
     assert chisquare(np.bincount(shape, minlength=len(SHAPES))).pvalue > P_MIN
 
 
+@pytest.mark.parametrize("view", ["egocentric", "topdown"])
 @pytest.mark.parametrize("n_objects", [2, 3, 6])
-def test_goto_instruction_names_the_target_and_only_it(n_objects: int) -> None:
+def test_goto_instruction_names_the_target_and_only_it(n_objects: int, view: str) -> None:
     n = 300
-    vec = envs.make_vec("mbm/GoToObject-v0", n, n_objects=n_objects)
+    vec = envs.make_vec("mbm/GoToObject-v0", n, n_objects=n_objects, view=view)
     obs, info = vec.reset(seed=1)
     game = vec.unwrapped.game
+    seen = 0
     for i in range(n):
         words = info["instruction"][i].split()
         colours = [w for w in words if w in COLOUR_NAMES]
@@ -61,10 +76,15 @@ def test_goto_instruction_names_the_target_and_only_it(n_objects: int) -> None:
         for j, (c, s) in enumerate(looks):
             if j != game.target[i]:
                 assert (c == named[0]) != (s == named[1]), (looks, named)
-        # The frame shows each object in its colour at its cell.
+        # The frame shows each object in view in its colour at its cell.
         for j, (c, _) in enumerate(looks):
-            crop = tile_crop(obs["image"][i], game, game.obj_pos[i, j])
+            crop = tile_crop(obs["image"][i], game, i, game.obj_pos[i, j])
+            if crop is None:
+                continue
+            seen += 1
             assert (crop == np.array(COLOURS[COLOUR_NAMES[c]], np.uint8)).all(-1).any()
+    # Top-down every object is in view; egocentric, many are (the view is 7x7 of an 8x8 room).
+    assert seen == n * n_objects if view == "topdown" else seen > n * n_objects // 4
     # Both kinds of distractor occur when there is room for both.
     if n_objects >= 3:
         same_colour = game.obj_colour == game.obj_colour[np.arange(n), game.target][:, None]
@@ -72,17 +92,22 @@ def test_goto_instruction_names_the_target_and_only_it(n_objects: int) -> None:
 
 
 # -- FindSound -----------------------------------------------------------------------
-def test_findsound_objects_look_alike() -> None:
-    vec = envs.make_vec("mbm/FindSound-v0", 50, n_objects=4)
+@pytest.mark.parametrize("view", ["egocentric", "topdown"])
+def test_findsound_objects_look_alike(view: str) -> None:
+    vec = envs.make_vec("mbm/FindSound-v0", 50, n_objects=4, view=view)
     obs, _ = vec.reset(seed=2)
     game = vec.unwrapped.game
-    reference = tile_crop(obs["image"][0], game, game.obj_pos[0, 0])
+    renderer = game.renderer if view == "topdown" else game.ego
+    reference = renderer.tiles[SPEAKER_TILE]
     assert (reference != reference[0, 0]).any(), "the object tile is blank"
+    seen = 0
     for i in range(50):
         for j in range(4):
-            np.testing.assert_array_equal(
-                tile_crop(obs["image"][i], game, game.obj_pos[i, j]), reference
-            )
+            crop = tile_crop(obs["image"][i], game, i, game.obj_pos[i, j])
+            if crop is not None:
+                seen += 1
+                np.testing.assert_array_equal(crop, reference)
+    assert seen == 200 if view == "topdown" else seen > 50
     # Only the target sounds.
     loud = game.loudness > 0
     np.testing.assert_array_equal(loud.argmax(1), game.target)

@@ -14,7 +14,9 @@ import envs
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("mbm/GoToObject-v0", {}),
-    ("mbm/GoToObject-v0", {"grid_size": 5, "n_objects": 3, "frame_size": 15}),
+    # The smallest frames: 3 pixels per cell of the room (top-down) or of the view.
+    ("mbm/GoToObject-v0", {"grid_size": 5, "n_objects": 3, "frame_size": 15, "view": "topdown"}),
+    ("mbm/GoToObject-v0", {"grid_size": 5, "n_objects": 3, "frame_size": 15, "view_size": 5}),
     ("mbm/FindSound-v0", {"n_objects": 6, "noise": (0.0, 1.0)}),
     ("mbm/SoundMaze-v0", {}),
     ("mbm/SoundMaze-v0", {"grid_size": 6, "wall_density": 0.3, "n_objects": 2}),
@@ -131,13 +133,29 @@ def test_frame_size_sets_image_shape(
     frame = env.render()
     assert frame is not None and frame.dtype == np.uint8 and frame.ndim == 3
     if env_id != "mbm/ModalityProbe-v0":
-        # The whole board is drawn: the wall colour reaches the board's edges.
         game = env.game
+        # The top-down room (what people see) draws the whole board: the wall colour
+        # reaches the board's edges.
+        room = game.frames()[0]
+        assert room.shape == shape
         g, t = game.grid_size, game.renderer.tile
         top, left = game.renderer.top, game.renderer.left
         wall = np.array([110, 110, 110], dtype=np.uint8)
-        assert (obs["image"][top, left] == wall).all()
-        assert (obs["image"][top + g * t - 1, left + g * t - 1] == wall).all()
+        assert (room[top, left] == wall).all()
+        assert (room[top + g * t - 1, left + g * t - 1] == wall).all()
+        # The observed egocentric view is the largest view x view board that fits,
+        # centred on a black margin, with the agent at its bottom centre.
+        ego = game.ego
+        v, t = ego.view, ego.tile
+        assert v * t <= min(shape[:2]) < v * (t + 1)
+        top, left = ego.top, ego.left
+        board = np.zeros(shape[:2], dtype=bool)
+        board[top : top + v * t, left : left + v * t] = True
+        assert (obs["image"][~board] == 0).all()
+        r0, c0 = top + (v - 1) * t, left + (v // 2) * t
+        np.testing.assert_array_equal(
+            obs["image"][r0 : r0 + t, c0 : c0 + t], ego.tiles[ego.agent_id]
+        )
 
 
 @pytest.mark.parametrize("env_id", ["mbm/GoToObject-v0", "mbm/SoundMaze-v0"])

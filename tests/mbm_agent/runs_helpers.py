@@ -60,6 +60,24 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GIF_MAGIC = (b"GIF87a", b"GIF89a")
 
 
+def env_fusion(env_id: str = ENV) -> str:
+    """The fusion mode a run of ``env_id`` gets without ``--fusion``.
+
+    Read from the environment's own YAML file (``fusion`` or ``encoder.fusion``),
+    falling back to the encoder's default, so tests follow the per-env defaults
+    instead of copying them.
+    """
+    import yaml
+
+    from mbm_agent.config import env_defaults_path
+    from mbm_agent.encoder import EncoderConfig
+
+    path = env_defaults_path(env_id)
+    data = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    fusion = data.get("fusion", (data.get("encoder") or {}).get("fusion"))
+    return str(fusion or EncoderConfig().fusion)
+
+
 def cli_command() -> list[str]:
     """The ``mbm-agent`` console script of this interpreter's environment."""
     script = Path(sys.executable).parent / "mbm-agent"

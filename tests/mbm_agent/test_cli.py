@@ -19,6 +19,8 @@ from runs_helpers import (
     checkpoint_steps,
     cli_run,
     copy_tree,
+    env_fusion,
+    only_run,
     read_metrics,
     rollout_steps,
     run_cli,
@@ -44,8 +46,9 @@ def _train_seed1(runs_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def run1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same configuration with seed 1, trained in-process through ``main``."""
-    root = shared_path(tmp_path_factory, "cli-run-seed1", _train_seed1)
-    return root / "GoToObject-ppo-concat-s1"
+    run = only_run(shared_path(tmp_path_factory, "cli-run-seed1", _train_seed1))
+    assert run.name == f"GoToObject-ppo-{env_fusion()}-s1"
+    return run
 
 
 # -- help -----------------------------------------------------------------------------
@@ -111,7 +114,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 # -- train: the run folder --------------------------------------------------------------
 @pytest.mark.slow
 def test_train_writes_the_run_folder(run0: Path) -> None:
-    assert run0.name == "GoToObject-ppo-concat-s0"
+    # The default name carries the fusion mode of the env's YAML (mbm_GoToObject-v0.yaml).
+    assert run0.name == f"GoToObject-ppo-{env_fusion()}-s0"
     for name in (
         "config.yaml",
         "config.json",
@@ -146,7 +150,7 @@ def test_train_records_config_and_command(run0: Path) -> None:
     assert as_json["algo_kwargs"]["n_steps"] == 32
     assert as_json["algo_kwargs"]["batch_size"] == 64
     assert as_json["algo_kwargs"]["ent_coef"] == 0.01  # from default.yaml's hyperparams.ppo
-    assert as_json["fusion"] == "concat"
+    assert as_json["fusion"] == as_json["encoder"]["fusion"] == env_fusion()  # the env's YAML
     lines = (run0 / "command.txt").read_text().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("mbm-agent train mbm/GoToObject-v0 ")

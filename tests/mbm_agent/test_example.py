@@ -7,7 +7,8 @@ from types import ModuleType
 
 import gymnasium as gym
 import pytest
-from gymnasium.vector import AutoresetMode
+
+import envs
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cleanrl_ppo.py"
 
@@ -21,27 +22,32 @@ def example() -> ModuleType:
     return module
 
 
-def test_cue_env_passes_the_gymnasium_checker(example):
-    from gymnasium.utils.env_checker import check_env
-
-    check_env(example.CueEnv(), skip_render_check=True)
+def test_example_runs_on_our_native_vector_env(example):
+    venv = example.make_probe_vec_env(4, seed=0, cue="audio")
+    assert isinstance(venv.unwrapped, envs.GameVectorEnv)
+    assert venv.num_envs == 4
 
 
 @pytest.mark.slow
-def test_hand_written_ppo_learns_to_read_see_and_hear(example):
-    result = example.train(4096, num_envs=16, num_steps=16, seed=0)
+@pytest.mark.parametrize("cue", ["image", "text", "audio"])
+def test_hand_written_ppo_learns_each_cue(example, cue):
+    result = example.train(
+        4096,
+        num_envs=16,
+        num_steps=16,
+        seed=0,
+        make_envs=lambda n, s: example.make_probe_vec_env(n, s, cue),
+    )
     assert result["first_reward_rate"] < 0.4  # chance is 0.25
-    # Above 2/3 only if the cue is read from at least two modalities.
-    assert result["reward_rate"] > 0.6, result
+    assert result["reward_rate"] > 0.9, result  # measured 0.99-1.0 for every cue
 
 
-@pytest.mark.parametrize("fusion", ["film", "attention"])
-def test_same_step_autoreset_and_other_fusions_run(example, fusion):
+@pytest.mark.parametrize("fusion", ["film", "attention", "gated"])
+def test_next_step_autoreset_and_other_fusions_run(example, fusion):
     def make_envs(n: int, seed: int) -> gym.vector.VectorEnv:
-        return gym.vector.SyncVectorEnv(
-            [lambda: example.CueEnv(episode_len=3) for _ in range(n)],
-            autoreset_mode=AutoresetMode.SAME_STEP,
-        )
+        venv = envs.make_vec("mbm/ModalityProbe-v0", n, cue="text", autoreset_mode="next_step")
+        venv.reset(seed=seed)
+        return venv
 
     result = example.train(64, num_envs=4, num_steps=8, fusion=fusion, make_envs=make_envs)
     assert result["updates"] == 2

@@ -19,6 +19,7 @@ from runs_helpers import (
     POLICY_FILES,
     cli_run,
     copy_tree,
+    env_fusion,
     evil_pickle,
     evil_zip,
     run_cli,
@@ -146,7 +147,7 @@ def test_model_json_describes_the_policy(ppo_folder: Path) -> None:
     assert spec["env_id"] == ENV
     assert set(spec["observation_space"]["spaces"]) == {"image", "text"}
     assert spec["action_space"] == {"type": "Discrete", "n": 3, "start": 0}
-    assert spec["encoder"]["fusion"] == "concat"
+    assert spec["encoder"]["fusion"] == env_fusion()  # what the env's YAML trains with
     assert spec["vocabulary"] is True
 
 
@@ -277,6 +278,14 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _swap_fusion(folder: Path) -> None:
+    """Claim another fusion mode than the weights were trained with (another architecture)."""
+    spec = json.loads((folder / "model.json").read_text())
+    other = "concat" if spec["encoder"]["fusion"] == "film" else "film"
+    spec["encoder"] = {"fusion": other}
+    (folder / "model.json").write_text(json.dumps(spec))
+
+
 def _edit_spec(**changes: Any) -> Callable[[Path], None]:
     def edit(folder: Path) -> None:
         spec = json.loads((folder / "model.json").read_text())
@@ -326,7 +335,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...]]] = {
     "other-format": (_edit_spec(format="someone-else/model"), "model.json", ("not an mbm-agent",)),
     "unknown-algo": (_edit_spec(algo="__import__('os')"), "model.json", ("Unknown algorithm",)),
     "wrong-architecture": (
-        _edit_spec(encoder={"fusion": "film"}),
+        _swap_fusion,
         "model.safetensors",
         ("does not fit", "model.json"),
     ),

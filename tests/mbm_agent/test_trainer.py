@@ -17,6 +17,7 @@ from runs_helpers import (
     POLICY_FILES,
     ROLLOUT,
     checkpoint_steps,
+    env_fusion,
     read_metrics,
     step_dir,
 )
@@ -94,7 +95,7 @@ def test_every_algorithm_trains_saves_loads_and_evaluates(algo: str, tmp_path: P
     run = result.run_dir
     assert not result.interrupted
     assert result.num_timesteps == 256
-    assert run.name == f"GoToObject-{algo}-concat-s0"
+    assert run.name == f"GoToObject-{algo}-{env_fusion()}-s0"
     assert result.report is not None
     assert result.report["meta"]["algo"] == algo
     assert result.report["meta"]["episodes"] == 2
@@ -191,12 +192,18 @@ def test_metrics_rows_follow_the_rollouts(tmp_path: Path) -> None:
 
 def test_run_names_are_unique_unless_given(tmp_path: Path) -> None:
     cfg = resolve_config(ENV, overrides={"runs_dir": str(tmp_path)})
+    base = f"GoToObject-ppo-{env_fusion()}-s0"  # the fusion of the env's YAML
     first = _unique_run_dir(cfg)
-    assert first == tmp_path / "GoToObject-ppo-concat-s0"
+    assert first == tmp_path / base
     first.mkdir()
-    assert _unique_run_dir(cfg) == tmp_path / "GoToObject-ppo-concat-s0-2"
-    (tmp_path / "GoToObject-ppo-concat-s0-2").mkdir()
-    assert _unique_run_dir(cfg) == tmp_path / "GoToObject-ppo-concat-s0-3"
+    assert _unique_run_dir(cfg) == tmp_path / f"{base}-2"
+    (tmp_path / f"{base}-2").mkdir()
+    assert _unique_run_dir(cfg) == tmp_path / f"{base}-3"
+    # --fusion (and --seed, --algo) change the default name.
+    other = resolve_config(
+        ENV, overrides={"runs_dir": str(tmp_path), "fusion": "gated", "seed": 4, "algo": "a2c"}
+    )
+    assert _unique_run_dir(other) == tmp_path / "GoToObject-a2c-gated-s4"
     named = resolve_config(ENV, overrides={"runs_dir": str(tmp_path), "run_name": "mine"})
     (tmp_path / "mine").mkdir()
     with pytest.raises(ConfigError, match="--resume"):
