@@ -205,7 +205,9 @@ def test_num_envs(num_envs: int) -> None:
 
 @pytest.mark.parametrize("mode", ["bogus", "reset", AutoresetMode.DISABLED])
 def test_autoreset_mode_rejected(mode: Any) -> None:
-    with pytest.raises(ValueError, match=r"autoreset_mode=.*is not supported; use one of.*next_step"):
+    with pytest.raises(
+        ValueError, match=r"autoreset_mode=.*is not supported; use one of.*next_step"
+    ):
         envs.make_vec("mbm/GoToObject-v0", 2, autoreset_mode=mode)
 
 
