@@ -31,8 +31,8 @@ def check_int_arg(name: str, value: object, low: int, high: int | None = None) -
     return int(value)
 
 
-def frame_size_arg(value: int | tuple[int, int], minimum: int) -> tuple[int, int]:
-    """Normalise ``frame_size`` (int or ``(H, W)``) and check it against ``minimum``."""
+def frame_size_arg(value: int | tuple[int, int], minimum: int, why: str = "") -> tuple[int, int]:
+    """Normalise ``frame_size`` (int or ``(H, W)``) and check it against ``minimum`` (``why`` explains it)."""
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
         value = (int(value), int(value))
     if (
@@ -44,7 +44,7 @@ def frame_size_arg(value: int | tuple[int, int], minimum: int) -> tuple[int, int
     h, w = int(value[0]), int(value[1])
     if min(h, w) < minimum or max(h, w) > 1024:
         raise ValueError(
-            f"frame_size must be between {minimum} and 1024 pixels per side, got {(h, w)}."
+            f"frame_size must be between {minimum} and 1024 pixels per side{why}, got {(h, w)}."
         )
     return h, w
 

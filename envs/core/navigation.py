@@ -112,10 +112,15 @@ class NavigationGame(BatchedGame):
         self.view_size = check_int_arg("view_size", view_size, 3, 15)
         if self.view_size % 2 == 0:
             raise ValueError(
-                f"view_size must be odd (the agent sits in the middle column), got {view_size}."
+                f"view_size must be odd, in [3, 15] (the agent sits in the middle column), got {view_size}."
             )
         # The top-down renderer (what render() shows) is built whatever the view.
-        h, w = frame_size_arg(frame_size, 3 * max(g, self.view_size if view == "egocentric" else g))
+        cells, what = (
+            (g, f"grid_size={g}")
+            if view == "topdown" or g >= self.view_size
+            else (self.view_size, f"view_size={self.view_size}")
+        )
+        h, w = frame_size_arg(frame_size, 3 * cells, f" (3 per cell of the {what})")
         self.renderer = GridRenderer(g, (h, w), build_tiles(min(h, w) // g))
         self.ego = (
             EgocentricRenderer(
