@@ -140,6 +140,9 @@ class NavigationGame(BatchedGame):
         self.dist = np.zeros((n, g, g), dtype=np.int32)
         self.static = np.zeros((n, h, w, 3), dtype=np.uint8)
         self.tile_map = np.zeros((n, g, g), dtype=np.int64)
+        #: The tile map framed by void cells, so the egocentric view never indexes outside it.
+        pad = 2 * self.view_size if self.ego is not None else 0
+        self.view_map = np.zeros((n, g + pad, g + pad), dtype=np.int64)
 
     # -- generation --------------------------------------------------------------
     def _layout_walls(self, idx: NDArray[np.intp]) -> NDArray[np.bool_]:
@@ -186,6 +189,8 @@ class NavigationGame(BatchedGame):
         pos = self.obj_pos[idx]
         tiles[rows, pos[..., 0], pos[..., 1]] = self.obj_tile[idx]
         self.tile_map[idx] = tiles
+        if self.ego is not None:
+            self.view_map[idx] = self.ego.pad(tiles)
         self.static[idx] = self.renderer.static_layer(tiles)
 
     # -- dynamics ----------------------------------------------------------------
@@ -209,7 +214,7 @@ class NavigationGame(BatchedGame):
         """The observed frames: the agent's view, or the whole room from above."""
         if self.ego is not None:
             sel = slice(None) if idx is None else idx
-            return self.ego.frames(self.tile_map[sel], self.agent_pos[sel], self.heading[sel])
+            return self.ego.frames(self.view_map[sel], self.agent_pos[sel], self.heading[sel])
         return self._topdown(idx)
 
     def _topdown(self, idx: NDArray[np.intp] | None) -> NDArray[np.uint8]:

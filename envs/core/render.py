@@ -175,33 +175,30 @@ class EgocentricRenderer:
         self._tile_rows = np.ascontiguousarray(self.tiles.reshape(len(self.tiles), tile, tile * 3))
         self.void_tile = void_tile
         i, j = np.meshgrid(np.arange(view), np.arange(view), indexing="ij")
-        self._ahead = (view - 1) - i  # cells in front of the agent
-        self._lateral = j - view // 2  # cells to its right
+        ahead = (view - 1) - i  # cells in front of the agent
+        lateral = j - view // 2  # cells to its right
+        fwd, right = DIR_VEC_RC, np.roll(DIR_VEC_RC, -1, axis=0)
+        #: World offset (per heading) of each view cell from the agent.
+        self._row_offsets = ahead * fwd[:, 0, None, None] + lateral * right[:, 0, None, None]
+        self._col_offsets = ahead * fwd[:, 1, None, None] + lateral * right[:, 1, None, None]
         self.top = (h - tile * view) // 2
         self.left = (w - tile * view) // 2
 
+    def pad(self, tile_map: NDArray[np.integer]) -> NDArray[np.int64]:
+        """``tile_map`` ``(n, G, G)`` framed by ``view`` cells of the void tile, as :meth:`frames` takes it."""
+        v = self.view
+        return np.pad(
+            tile_map.astype(np.int64), ((0, 0), (v, v), (v, v)), constant_values=self.void_tile
+        )
+
     def frames(
-        self, tile_map: NDArray[np.integer], pos: NDArray[np.int64], heading: NDArray[np.int64]
+        self, padded_map: NDArray[np.integer], pos: NDArray[np.int64], heading: NDArray[np.int64]
     ) -> NDArray[np.uint8]:
-        """``(n, H, W, 3)`` views of worlds with static tiles ``tile_map`` ``(n, G, G)``."""
-        n, g, _ = tile_map.shape
-        fwd = DIR_VEC_RC[heading]  # (n, 2)
-        right = DIR_VEC_RC[(heading + 1) % 4]
-        rows = (
-            pos[:, 0, None, None]
-            + self._ahead * fwd[:, 0, None, None]
-            + self._lateral * right[:, 0, None, None]
-        )
-        cols = (
-            pos[:, 1, None, None]
-            + self._ahead * fwd[:, 1, None, None]
-            + self._lateral * right[:, 1, None, None]
-        )
-        inside = (rows >= 0) & (rows < g) & (cols >= 0) & (cols < g)
-        ids = tile_map[
-            np.arange(n)[:, None, None], np.clip(rows, 0, g - 1), np.clip(cols, 0, g - 1)
-        ]
-        ids = np.where(inside, ids, self.void_tile)
+        """``(n, H, W, 3)`` views of worlds whose :meth:`pad`-ded tile maps are ``padded_map``."""
+        n = len(padded_map)
+        rows = (pos[:, 0] + self.view)[:, None, None] + self._row_offsets[heading]
+        cols = (pos[:, 1] + self.view)[:, None, None] + self._col_offsets[heading]
+        ids = padded_map[np.arange(n)[:, None, None], rows, cols]
         ids[:, self.view - 1, self.view // 2] = self.agent_id
         v, t = self.view, self.tile
         h, w = self.frame_size

@@ -38,6 +38,7 @@ class WorldRandom:
     def __init__(self, n: int) -> None:
         self.keys = np.zeros(n, dtype=np.uint64)
         self.counters = np.zeros(n, dtype=np.uint64)
+        self._offsets: dict[int, NDArray[np.uint64]] = {}
 
     def rekey(self, idx: NDArray[np.intp], keys: NDArray[np.uint64]) -> None:
         """Start fresh streams for worlds ``idx``."""
@@ -46,10 +47,14 @@ class WorldRandom:
 
     def bits(self, idx: Index, size: int) -> NDArray[np.uint64]:
         """``(len(idx), size)`` raw 64-bit draws for worlds ``idx``; advances their counters."""
-        base = splitmix64(self.keys[idx] + self.counters[idx] * _M1)
+        # SplitMix64 over the sequence key + counter * M1 + j * GOLDEN: the mixer is a
+        # bijection, and distinct (counter, j) never meet for any realistic counter.
+        base = self.keys[idx] + self.counters[idx] * _M1
         self.counters[idx] += np.uint64(1)
-        offs = np.arange(1, size + 1, dtype=np.uint64) * _GOLDEN
-        return splitmix64(base[:, None] + offs[None, :])
+        offs = self._offsets.get(size)
+        if offs is None:
+            offs = self._offsets[size] = np.arange(1, size + 1, dtype=np.uint64) * _GOLDEN
+        return splitmix64(base[:, None] + offs)
 
     def uniform(self, idx: Index, size: int) -> NDArray[np.float64]:
         """``(len(idx), size)`` floats uniform in [0, 1)."""
