@@ -53,6 +53,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4096)
     parser.add_argument("--n-envs", type=int, default=32)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--encoder",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="EncoderConfig overrides (strings), e.g. text_encoder=bow",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -69,7 +76,9 @@ def main() -> None:
     ours = PPO(
         "MultiInputPolicy",
         ours_env,
-        policy_kwargs=policy_kwargs_for(EncoderConfig(), {}, {"net_arch": [64]}),
+        policy_kwargs=policy_kwargs_for(
+            EncoderConfig(**dict(kv.split("=") for kv in args.encoder)), {}, {"net_arch": [64]}
+        ),
         **hyper,
     )
     sb3_env: VecEnv = VecMonitor(
