@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
@@ -52,7 +53,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16384, help="timed steps per pipeline")
     parser.add_argument("--warmup", type=int, default=4096)
     parser.add_argument("--n-envs", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) // 2),
+        help="torch threads (default: as mbm-agent train, half the cores)",
+    )
     parser.add_argument(
         "--encoder",
         nargs="*",
