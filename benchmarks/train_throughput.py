@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import warnings
 
@@ -56,8 +55,8 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=max(1, (os.cpu_count() or 2) // 2),
-        help="torch threads (default: as mbm-agent train, half the cores)",
+        default=torch.get_num_threads(),
+        help="torch threads (default: torch's, as mbm-agent train)",
     )
     parser.add_argument(
         "--encoder",

@@ -57,7 +57,7 @@ class TrainConfig:
     torch_threads: int = field(
         default=0,
         metadata={
-            "help": "Torch CPU threads (0: auto, half the cores and at least 1, leaving a core to step the envs)."
+            "help": "Torch CPU threads (0: torch's default, all cores; use 1 when other work shares the cores)."
         },
     )
     eval_every: int = field(
