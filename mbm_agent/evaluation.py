@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import VectorEnv
 from numpy.typing import NDArray
 
 from mbm_agent.stats import normalized_score, success_interval, summarize
@@ -239,9 +239,10 @@ def evaluate_episodes(
 
 
 def _game_venv(env_id: str, num_envs: int, env_kwargs: dict[str, Any]) -> Any:
-    import envs
+    """Our game's same-step vector env (the one the trainer evaluates on)."""
+    from mbm_agent.trainer import make_eval_env
 
-    return envs.make_vec(env_id, num_envs, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs)
+    return make_eval_env(env_id, env_kwargs, num_envs, None)
 
 
 def expert_baseline(
