@@ -87,10 +87,7 @@ class SB3VecEnv(VecEnv):
                     "TimeLimit.truncated": bool(truncated[i]),
                     "is_success": bool(game.success[i]),
                 }
-            self.venv._reset_worlds(done_idx)
-            fresh = game.observe(done_idx)
-            for k, v in fresh.items():
-                obs[k][done_idx] = v
+            self.venv.restart(done_idx, obs)
         return obs, reward, dones, infos
 
     def expert_actions(self) -> NDArray[np.int64]:

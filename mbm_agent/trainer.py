@@ -634,7 +634,6 @@ def finalize_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 def record_gif(agent: Agent, cfg: TrainConfig, path: Path, episodes: int) -> Path:
     """Play ``episodes`` evaluation episodes with the agent and save them as a GIF."""
-    from envs.core.env import caption_frame
     from envs.play import save_gif
 
     env, _ = make_single_env(cfg.env_id, cfg.env_kwargs, agent.vocabulary, render_mode="rgb_array")
@@ -655,6 +654,4 @@ def record_gif(agent: Agent, cfg: TrainConfig, path: Path, episodes: int) -> Pat
     env.close()
     if not frames:
         raise RuntimeError(f"{cfg.env_id} rendered no frames; cannot write {path}.")
-    if frames[0].ndim == 3 and not is_our_game(cfg.env_id):
-        frames = [caption_frame(f, "", scale=1) for f in frames]
     return save_gif(frames, path)

@@ -195,6 +195,12 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
         keys = np.array([draw_key(self._rngs[i]) for i in idx], dtype=np.uint64)
         self.game.reset_worlds(idx, keys)
 
+    def restart(self, idx: NDArray[np.intp], obs: dict[str, NDArray[Any]]) -> None:
+        """Start new episodes in worlds ``idx`` and write their first observations into ``obs``."""
+        self._reset_worlds(idx)
+        for k, v in self.game.observe(idx).items():
+            obs[k][idx] = v
+
     def _infos(self) -> dict[str, Any]:
         ones = np.ones(self.num_envs, dtype=bool)
         return {
@@ -267,10 +273,7 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
                 final_obs[i] = {k: v[i].copy() for k, v in obs.items()}
             mask = np.zeros(self.num_envs, dtype=bool)
             mask[done] = True
-            self._reset_worlds(done)
-            fresh = self.game.observe(done)
-            for k in obs:
-                obs[k][done] = fresh[k]
+            self.restart(done, obs)
             infos = self._infos()
             infos.update(
                 final_obs=final_obs, _final_obs=mask, final_info=final_info, _final_info=mask.copy()
