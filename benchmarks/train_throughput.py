@@ -4,8 +4,9 @@ Both train PPO on the same game with the same hyperparameters, in this process,
 one after the other, and report environment steps per second of ``learn()``
 (rollouts and updates included):
 
-(a) ours: the native batched vector env (``envs.sb3.SB3VecEnv``) and the default
-    ``MultimodalExtractor`` (images scaled inside the encoder);
+(a) ours, as ``mbm-agent train`` runs it: the native batched vector env
+    (``envs.sb3.SB3VecEnv``), frames left channel-last (``KeepChannelsLast``)
+    and the default ``MultimodalExtractor`` (images scaled inside the encoder);
 (b) SB3's default: ``MultiInputPolicy`` with ``CombinedExtractor`` (NatureCNN on
     the frame, everything else flattened) over a ``DummyVecEnv`` of single envs.
 
@@ -31,6 +32,7 @@ import envs
 from envs.sb3 import SB3VecEnv
 from mbm_agent.agent import policy_kwargs_for
 from mbm_agent.encoder import EncoderConfig
+from mbm_agent.sb3 import KeepChannelsLast
 
 TARGET = 3.0
 
@@ -77,7 +79,7 @@ def main() -> None:
         "device": "cpu",
     }
 
-    ours_env: VecEnv = VecMonitor(SB3VecEnv(args.env, args.n_envs))
+    ours_env: VecEnv = KeepChannelsLast(VecMonitor(SB3VecEnv(args.env, args.n_envs)))
     ours = PPO(
         "MultiInputPolicy",
         ours_env,

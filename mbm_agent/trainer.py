@@ -43,6 +43,7 @@ from envs.core.text import Vocabulary
 from mbm_agent.agent import Agent, policy_kwargs_for, policy_spec, save_policy
 from mbm_agent.config import ConfigError, TrainConfig, save_config
 from mbm_agent.evaluation import EVAL_SEED_BASE
+from mbm_agent.sb3 import KeepChannelsLast
 from mbm_agent.storage import (
     CHECKPOINT_FORMAT,
     ModelFileError,
@@ -140,7 +141,8 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
             ]
         )
     venv.seed(seed)
-    return VecMonitor(venv, info_keywords=("is_success",)), vocab
+    # Our extractor reads channel-last frames: spare SB3's per-step transpose copy.
+    return KeepChannelsLast(VecMonitor(venv, info_keywords=("is_success",))), vocab
 
 
 def make_eval_env(
