@@ -1,4 +1,4 @@
-"""The ``mbm-agent`` command: train, evaluate, compare, demo, play."""
+"""The ``mbm-agent`` command: train, eval, compare, demo, demos, bc, export, play."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ EPILOG = """examples:
   mbm-agent train mbm/GoToObject-v0 --resume runs/GoToObject-ppo-concat-s0
   mbm-agent eval runs/GoToObject-ppo-concat-s0 --episodes 500 --drop-modality text
   mbm-agent compare runs/GoToObject-ppo-*-s*
+  mbm-agent demos mbm/FindSound-v0 --episodes 5000 --out demos/findsound.npz
+  mbm-agent bc demos/findsound.npz --backend keras --epochs 8
+  mbm-agent train mbm/FindSound-v0 --init-from runs/FindSound-bc-torch-concat-s0
+  mbm-agent export runs/FindSound-bc-torch-concat-s0 --format onnx --format tflite
 """
 
 
@@ -83,6 +87,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="KEY=VALUE",
         help="override any field, dotted for sections: --set algo_kwargs.n_steps=64",
     )
+    p.add_argument("--init-from", metavar="RUN", help=helps["init_from"])
     p.add_argument("--sb3-zip", action="store_true", default=None, help=helps["sb3_zip"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -127,6 +132,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "eval_episodes": args.eval_episodes,
         "checkpoint_every": args.checkpoint_every,
         "sb3_zip": args.sb3_zip,
+        "init_from": args.init_from,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.resume is not None:
@@ -213,7 +219,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     name = args.name or (
         "eval" if not args.drop_modality else "eval-drop-" + "-".join(args.drop_modality)
     )
-    out = args.out or (args.run if (args.run / "config.json").is_file() else args.run.parent)
+    # A policy folder (best/, final/) reports into its run folder.
+    out = args.out or (args.run.parent if (args.run / "model.json").is_file() else args.run)
     write_report(report, out, name=name)
     print(report_markdown(report))
     print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
@@ -281,6 +288,159 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(quick=args.quick, runs_dir=args.runs_dir, seed=args.seed)
 
 
+def _add_demos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demos",
+        help="record expert demonstrations of one of our games (.npz, no pickle)",
+        description="Play the game's shortest-path expert over many worlds and save whole "
+        "episodes (observations, expert actions, rewards) to one .npz file that loads with "
+        "numpy.load(..., allow_pickle=False).",
+    )
+    p.add_argument("env_id", help="one of our games, e.g. mbm/FindSound-v0")
+    p.add_argument("--episodes", type=int, default=2000, help="episodes to record (default 2000)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.2,
+        help="probability of executing a random action instead of the expert's, the label "
+        "staying the expert's (DART; teaches recovery; default 0.2)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the first world and of the noise")
+    p.add_argument("--n-envs", type=int, default=64, help="worlds played at once")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="game argument, e.g. --set n_objects=2 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, help="output file (default demos/<game>-<episodes>.npz)")
+
+
+def _cmd_demos(args: argparse.Namespace) -> int:
+    from mbm_agent.bc import record_demos, save_demos
+
+    env_kwargs = _parse_set(args.set)
+    demos = record_demos(
+        args.env_id,
+        args.episodes,
+        n_envs=args.n_envs,
+        seed=args.seed,
+        noise=args.noise,
+        env_kwargs=env_kwargs,
+    )
+    game = args.env_id.split("/")[-1].split("-v")[0]
+    out = save_demos(demos, args.out or Path("demos") / f"{game}-{args.episodes}.npz")
+    print(
+        f"wrote {out}: {len(demos)} steps, {demos.n_episodes} episodes, expert success "
+        f"{demos.meta['success_rate']:.3f} (noise {args.noise})"
+    )
+    return 0
+
+
+def _add_bc(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bc",
+        help="behaviour cloning: fit a policy to expert demonstrations (torch or Keras)",
+        description="Fit the multimodal policy to recorded demonstrations with a cross-entropy "
+        "loss, keep the epoch with the best accuracy on held-out episodes, evaluate it on "
+        "held-out seeds and write a run folder (usable by eval, export and train --init-from).",
+    )
+    p.add_argument("demos", type=Path, help="demonstrations file from `mbm-agent demos`")
+    p.add_argument("--backend", choices=("torch", "keras"), default="torch")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fusion", help="fusion mode: concat, film, attention or gated")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="BC setting, dotted for the encoder: --set encoder.text_encoder=gru, --set net_arch=[128]",
+    )
+    p.add_argument("--eval-episodes", type=int, default=200, help="held-out episodes (0: none)")
+    p.add_argument(
+        "--run-name", help="run folder name (default <game>-bc-<backend>-<fusion>-s<seed>)"
+    )
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+
+def _cmd_bc(args: argparse.Namespace) -> int:
+    from mbm_agent.bc import BCConfig, bc_run, load_demos
+
+    settings = _parse_set(args.set)
+    settings.update(
+        backend=args.backend,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        eval_episodes=args.eval_episodes,
+    )
+    if args.fusion is not None:
+        settings.setdefault("encoder", {})["fusion"] = args.fusion
+    known = {f.name for f in dataclasses.fields(BCConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"--set {unknown}: not BC settings; known: {sorted(known)}.")
+    try:
+        cfg = BCConfig(**settings)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    demos = load_demos(args.demos)
+    run_dir, report = bc_run(
+        demos,
+        cfg,
+        run_name=args.run_name,
+        runs_dir=args.runs_dir,
+        demos_path=args.demos,
+        command=["mbm-agent", *args.argv],
+        progress=not args.quiet,
+    )
+    print(f"run: {run_dir}")
+    if report is not None:
+        print(
+            f"success {report['success']['rate']:.3f}  mean return {report['returns']['mean']:.3f}  "
+            f"({report['meta']['episodes']} held-out episodes)"
+        )
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained policy to ONNX, TorchScript, TF SavedModel or TFLite",
+        description="Write a deployable model that takes raw observations (uint8 frames, int64 "
+        "token ids, float32 audio; any batch size) and returns action, logits and value, with "
+        "export.json describing the inputs. Act with it: mbm_agent.export.load_exported(DIR).act(obs).",
+    )
+    p.add_argument("run", type=Path, help="run folder (runs/NAME) or policy folder")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        action="append",
+        required=True,
+        choices=("onnx", "torchscript", "savedmodel", "tflite"),
+        help="repeatable: --format onnx --format tflite",
+    )
+    p.add_argument("--which", choices=("best", "final"), default="best")
+    p.add_argument("--out", type=Path, help="output folder (default RUN/exports/FORMAT)")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mbm_agent.export import export_policy
+
+    if args.out is not None and len(args.fmt) > 1:
+        raise ConfigError("--out takes one --format; export one format at a time with --out.")
+    for fmt in args.fmt:
+        out = export_policy(args.run, fmt, args.out, which=args.which)
+        print(f"wrote {out}")
+    return 0
+
+
 def _add_play(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "play", help="play a game from the keyboard or watch the expert", add_help=False
@@ -304,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_compare(sub)
+    _add_demos(sub)
+    _add_bc(sub)
+    _add_export(sub)
     _add_play(sub)
     return parser
 
@@ -317,9 +480,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return play_main(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in the run's command.txt
-    handlers = {"train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare, "demo": _cmd_demo}
+    handlers = {
+        "train": _cmd_train,
+        "eval": _cmd_eval,
+        "compare": _cmd_compare,
+        "demo": _cmd_demo,
+        "demos": _cmd_demos,
+        "bc": _cmd_bc,
+        "export": _cmd_export,
+    }
     try:
         return handlers[args.command](args)
+    except ImportError as exc:  # a missing optional dependency; the message names the extra
+        print(f"mbm-agent {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, FileNotFoundError) as exc:
         print(f"mbm-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2

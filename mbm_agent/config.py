@@ -76,6 +76,12 @@ class TrainConfig:
     gif_episodes: int = field(
         default=2, metadata={"help": "Episodes recorded into episodes.gif at the end (0: none)."}
     )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from the weights of this run or policy folder (e.g. a behaviour-cloning run); same architecture needed."
+        },
+    )
     sb3_zip: bool = field(
         default=False,
         metadata={"help": "Also save an SB3 .zip (pickle-based; for SB3 users only)."},

@@ -187,6 +187,48 @@ def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None
         raise ConfigError(f"algo_kwargs for {cfg.algo}: {exc}") from exc
 
 
+def init_policy_from(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary | None) -> Path:
+    """Load the weights of ``cfg.init_from`` (a run or policy folder) into a fresh model's policy.
+
+    The source must describe the same game spaces and architecture (encoder,
+    modalities, ``net_arch`` and activation) and be an actor-critic policy when
+    the target is; a behaviour-cloning run from ``mbm-agent bc`` is the usual
+    source of a PPO warm start.
+
+    Raises:
+        ConfigError: The source does not fit (the message names what differs and how to fix it).
+    """
+    from mbm_agent.agent import read_spec, resolve_model_dir
+    from mbm_agent.storage import load_module
+
+    assert cfg.init_from is not None
+    model_dir = resolve_model_dir(cfg.init_from, "best")
+    theirs = read_spec(model_dir)
+    mine = _spec(model, cfg, vocab)
+    families = {"ppo": "ac", "a2c": "ac", "recurrent_ppo": "rec", "dqn": "q"}
+    if families.get(str(theirs.get("algo"))) != families.get(cfg.algo):
+        raise ConfigError(
+            f"--init-from {cfg.init_from}: a {theirs.get('algo')} policy cannot start a {cfg.algo} "
+            "run (different network heads); use an actor-critic source (ppo, a2c, bc) for ppo/a2c."
+        )
+    defaults = {"activation_fn": "tanh"}
+    for key in ("observation_space", "action_space", "encoder", "modalities", "policy_kwargs"):
+        a, b = theirs.get(key), mine.get(key)
+        if key == "policy_kwargs":
+            a = {**defaults, **(a or {})}
+            b = {**defaults, **(b or {})}
+        if a != b:
+            raise ConfigError(
+                f"--init-from {cfg.init_from}: its {key} differs from this run's "
+                f"({a} vs {b}); train with the same settings (e.g. --fusion, --set "
+                f"policy_kwargs.net_arch=[...]) or pick another source."
+            )
+    load_module(model_dir / "model.safetensors", model.policy)
+    if hasattr(model, "q_net_target"):
+        model.q_net_target.load_state_dict(model.q_net.state_dict())
+    return model_dir
+
+
 def _spec(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary | None) -> dict[str, Any]:
     return policy_spec(
         model.policy,
@@ -542,6 +584,12 @@ def train(
     except BaseException:
         venv.close()
         raise
+    if resume is None and cfg.init_from is not None:
+        try:
+            init_policy_from(model, cfg, vocab)
+        except BaseException:
+            venv.close()
+            raise
     if resume is None:
         run_dir.mkdir(parents=True)
         save_config(cfg, run_dir)
