@@ -41,6 +41,19 @@ def load_agent(path: str, which: str = "best", device: str = "cpu") -> Agent:
     return _load(path, which, device)
 
 
+def __getattr__(name: str) -> object:
+    """Lazy access to the heavier API: exports, the plain torch policy network."""
+    if name in ("export_policy", "load_exported"):
+        from mbm_agent import export
+
+        return getattr(export, name)
+    if name == "PolicyNetwork":
+        from mbm_agent.inference import PolicyNetwork
+
+        return PolicyNetwork
+    raise AttributeError(f"module 'mbm_agent' has no attribute {name!r}")
+
+
 __all__ = [
     "BABYAI_WORDS",
     "DEFAULT_MODALITIES",
@@ -52,11 +65,14 @@ __all__ = [
     "Fusion",
     "MultimodalEncoder",
     "MultimodalExtractor",
+    "PolicyNetwork",
     "RenameObservationKeys",
     "TokenizeMission",
     "Vocabulary",
     "__version__",
+    "export_policy",
     "load_agent",
+    "load_exported",
     "make_fusion",
     "make_minigrid_env",
     "to_tensor_obs",
