@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -142,22 +143,18 @@ def record_demos(
     ] = []
     finished: set[int] = set()
     successes: dict[int, bool] = {}
-    while len(finished) < episodes:
+    # Episode ids are handed out in start order; waiting for ids 0..E-1 (not for the
+    # first E to finish) keeps long episodes as likely as short ones.
+    while not all(e in finished for e in range(episodes)):
         expert = venv.expert_actions()
         executed = expert.copy()
         flip = rng.random(n) < noise
         executed[flip] = rng.integers(0, n_actions, size=int(flip.sum()))
-        steps.append(
-            (
-                {k: np.array(v) for k, v in obs.items()},
-                expert,
-                executed,
-                slot_episode.copy(),
-                np.zeros(n),
-            )
-        )
+        before = {k: np.array(v) for k, v in obs.items()}
         obs, reward, terminated, truncated, info = venv.step(executed)
-        steps[-1] = (*steps[-1][:4], np.asarray(reward, dtype=np.float32))
+        steps.append(
+            (before, expert, executed, slot_episode.copy(), np.asarray(reward, dtype=np.float32))
+        )
         done = np.asarray(terminated) | np.asarray(truncated)
         for i in np.flatnonzero(done):
             ep = int(slot_episode[i])
@@ -168,12 +165,11 @@ def record_demos(
             next_episode += 1
     vocabulary = venv.vocabulary
     venv.close()
-    keep_eps = np.array(sorted(finished)[:episodes])
     obs_cat = {k: np.concatenate([s[0][k] for s in steps]) for k in steps[0][0]}
     ep_cat = np.concatenate([s[3] for s in steps])
-    mask = np.isin(ep_cat, keep_eps)
-    remap = np.full(next_episode, -1, dtype=np.int64)
-    remap[keep_eps] = np.arange(len(keep_eps))
+    # Whole episodes 0..E-1, each one's steps contiguous and in time order.
+    order = np.argsort(ep_cat, kind="stable")
+    order = order[ep_cat[order] < episodes]
     meta = {
         "format": DEMOS_FORMAT,
         "version": DEMOS_VERSION,
@@ -181,16 +177,16 @@ def record_demos(
         "env_kwargs": kwargs,
         "seed": seed,
         "noise": noise,
-        "episodes": len(keep_eps),
-        "success_rate": float(np.mean([successes[int(e)] for e in keep_eps])),
+        "episodes": episodes,
+        "success_rate": float(np.mean([successes[e] for e in range(episodes)])),
         "vocabulary": vocabulary.to_dict() if vocabulary is not None else None,
     }
     return Demos(
-        {k: v[mask] for k, v in obs_cat.items()},
-        np.concatenate([s[1] for s in steps])[mask].astype(np.int64),
-        np.concatenate([s[2] for s in steps])[mask].astype(np.int64),
-        np.concatenate([s[4] for s in steps])[mask].astype(np.float32),
-        remap[ep_cat[mask]],
+        {k: v[order] for k, v in obs_cat.items()},
+        np.concatenate([s[1] for s in steps])[order].astype(np.int64),
+        np.concatenate([s[2] for s in steps])[order].astype(np.int64),
+        np.concatenate([s[4] for s in steps])[order].astype(np.float32),
+        ep_cat[order].astype(np.int64),
         meta,
     )
 
@@ -368,14 +364,19 @@ def _split(demos: Demos, val_fraction: float, seed: int) -> tuple[Demos, Demos |
     return demos.subset(~is_val), demos.subset(is_val)
 
 
-def _accuracy(net: PolicyNetwork, demos: Demos, batch: int = 1024) -> float:
+def _evaluate(net: PolicyNetwork, demos: Demos, batch: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of the network on the demonstrations."""
     net.eval()
-    correct = 0
+    correct, total = 0, 0.0
     with torch.inference_mode():
         for start in range(0, len(demos), batch):
             obs = to_tensor_obs({k: v[start : start + batch] for k, v in demos.obs.items()})
-            correct += int((net(obs)[0].numpy() == demos.actions[start : start + batch]).sum())
-    return correct / max(1, len(demos))
+            labels = torch.as_tensor(demos.actions[start : start + batch])
+            action, logits, _ = net(obs)
+            total += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((action == labels).sum())
+    n = max(1, len(demos))
+    return total / n, correct / n
 
 
 def _fit_torch(
@@ -387,7 +388,7 @@ def _fit_torch(
     obs_t = to_tensor_obs(train.obs)
     actions = torch.as_tensor(train.actions)
     history: list[dict[str, float]] = []
-    best_state, best_acc = None, -1.0
+    best_state, best_loss = None, float("inf")
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         net.train()
@@ -404,18 +405,23 @@ def _fit_torch(
             total += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == actions[idx]).sum())
             seen += len(idx)
+        val_loss, val_acc = _evaluate(net, val) if val is not None else (math.nan, math.nan)
         row = {
             "epoch": epoch,
             "loss": total / seen,
             "accuracy": correct / seen,
-            "val_accuracy": _accuracy(net, val) if val is not None else float("nan"),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
             "seconds": time.perf_counter() - start,
         }
         history.append(row)
         log(row)
-        score = row["val_accuracy"] if val is not None else row["accuracy"]
-        if score > best_acc:
-            best_acc = score
+        # The lowest held-out loss, not the first top accuracy: accuracy saturates early
+        # while the action probabilities are still nearly flat, and PPO warm-started from
+        # such a policy samples almost at random.
+        score = val_loss if val is not None else row["loss"]
+        if score < best_loss:
+            best_loss = score
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
     if best_state is not None:
         net.load_state_dict(best_state)
@@ -460,6 +466,7 @@ def _fit_keras(
                 "epoch": epoch + 1,
                 "loss": float(logs.get("loss", float("nan"))),
                 "accuracy": float(logs.get("accuracy", float("nan"))),
+                "val_loss": float(logs.get("val_loss", float("nan"))),
                 "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
                 "seconds": time.perf_counter() - self.start,
             }
@@ -467,9 +474,9 @@ def _fit_keras(
             log(row)
 
     history: list[dict[str, float]] = []
-    monitor = "val_accuracy" if val is not None else "accuracy"
+    monitor = "val_loss" if val is not None else "loss"
     stop = keras.callbacks.EarlyStopping(
-        monitor=monitor, mode="max", patience=cfg.epochs, restore_best_weights=True
+        monitor=monitor, mode="min", patience=cfg.epochs, restore_best_weights=True
     )
     logits_model.fit(
         {k: v for k, v in train.obs.items()},
@@ -497,7 +504,7 @@ def train_bc(
         ``(net, sb3_policy, spec, vocabulary, history)``: the fitted network, the
         SB3 policy holding the same weights (what :func:`bc_run` saves), its
         ``model.json`` spec, the game's vocabulary and one row per epoch. The
-        best epoch (validation accuracy on held-out episodes) is kept.
+        epoch with the lowest loss on held-out episodes is kept.
     """
     env_id = str(demos.meta["env_id"])
     env_kwargs = dict(demos.meta.get("env_kwargs", {}))
@@ -555,7 +562,7 @@ def bc_run(
         if progress:
             print(
                 f"epoch {int(row['epoch']):3d}  loss {row['loss']:.4f}  acc {row['accuracy']:.3f}  "
-                f"val acc {row['val_accuracy']:.3f}  ({row['seconds']:.1f} s)",
+                f"val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.3f}  ({row['seconds']:.1f} s)",
                 flush=True,
             )
 
