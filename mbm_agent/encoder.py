@@ -395,6 +395,12 @@ class MultimodalEncoder(nn.Module):
                     f"Observation key {key!r} cannot name a torch submodule (empty or "
                     "contains '.'); rename it with a wrapper."
                 )
+            if hasattr(nn.ModuleDict, key) or hasattr(nn.ParameterDict, key):
+                raise ValueError(
+                    f"Observation key {key!r} clashes with a torch container attribute; rename "
+                    "it, e.g. with mbm_agent.RenameObservationKeys(env, {"
+                    f"{key!r}: '{key}_obs'}})."
+                )
             if key in declared:
                 modality, layout = _parse_declaration(key, declared[key])
             elif key in DEFAULT_MODALITIES:

@@ -301,3 +301,10 @@ def test_encoder_exports_with_torch_export(space_factory, obs_factory):
     exported = torch.export.export(enc, (obs_factory(space, 3),))
     other = obs_factory(space, 3, seed=9)
     torch.testing.assert_close(exported.module()(other), enc(other))
+
+
+@pytest.mark.parametrize("key", ["keys", "values", "items", "update"])
+def test_key_clashing_with_torch_containers_names_the_fix(key):
+    space = spaces.Dict({key: spaces.Box(0.0, 1.0, (3,), np.float32)})
+    with pytest.raises(ValueError, match="RenameObservationKeys"):
+        MultimodalEncoder(space)
