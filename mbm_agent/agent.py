@@ -76,9 +76,16 @@ def policy_class(algo: str) -> type[BasePolicy]:
 
 
 def policy_kwargs_for(
-    encoder: EncoderConfig, modalities: Mapping[str, str], extra: Mapping[str, Any]
+    encoder: EncoderConfig,
+    modalities: Mapping[str, str],
+    extra: Mapping[str, Any],
+    extractor: str = "mbm",
 ) -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` using our extractor; ``extra`` is JSON-like (activation by name)."""
+    """SB3 ``policy_kwargs``; ``extra`` is JSON-like (activation by name).
+
+    ``extractor="mbm"`` uses our :class:`MultimodalExtractor`; ``"sb3"`` leaves
+    SB3's default (``CombinedExtractor``, images scaled by SB3) for baselines.
+    """
     kwargs = dict(extra)
     act = kwargs.pop("activation_fn", None)
     if act is not None:
@@ -87,6 +94,10 @@ def policy_kwargs_for(
                 f"policy_kwargs.activation_fn={act!r} is not known; use one of {list(ACTIVATIONS)}."
             )
         kwargs["activation_fn"] = ACTIVATIONS[act]
+    if extractor == "sb3":
+        return kwargs
+    if extractor != "mbm":
+        raise ValueError(f"extractor={extractor!r} is not known; use 'mbm' or 'sb3'.")
     kwargs.update(
         features_extractor_class=MultimodalExtractor,
         features_extractor_kwargs={
@@ -114,6 +125,7 @@ def policy_spec(
     modalities: Mapping[str, str],
     policy_kwargs: Mapping[str, Any],
     vocabulary: Vocabulary | None,
+    extractor: str = "mbm",
 ) -> dict[str, Any]:
     """The JSON description a policy folder stores."""
     from mbm_agent._version import __version__
@@ -130,6 +142,7 @@ def policy_spec(
         "encoder": encoder.to_dict(),
         "modalities": dict(modalities),
         "policy_kwargs": dict(policy_kwargs),
+        "extractor": extractor,
         "vocabulary": vocabulary is not None,
     }
 
@@ -178,7 +191,10 @@ def build_policy(spec: Mapping[str, Any]) -> BasePolicy:
         obs_space = space_from_dict(spec["observation_space"])
         act_space = space_from_dict(spec["action_space"])
         kwargs = policy_kwargs_for(
-            encoder, spec.get("modalities", {}), spec.get("policy_kwargs", {})
+            encoder,
+            spec.get("modalities", {}),
+            spec.get("policy_kwargs", {}),
+            str(spec.get("extractor", "mbm")),
         )
     except (KeyError, ValueError) as exc:
         raise ModelFileError(f"model.json does not describe a buildable policy: {exc}") from exc

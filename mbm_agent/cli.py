@@ -343,7 +343,7 @@ def _add_bc(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "bc",
         help="behaviour cloning: fit a policy to expert demonstrations (torch or Keras)",
         description="Fit the multimodal policy to recorded demonstrations with a cross-entropy "
-        "loss, keep the epoch with the best accuracy on held-out episodes, evaluate it on "
+        "loss, keep the epoch with the lowest loss on held-out episodes, evaluate it on "
         "held-out seeds and write a run folder (usable by eval, export and train --init-from).",
     )
     p.add_argument("demos", type=Path, help="demonstrations file from `mbm-agent demos`")
@@ -441,6 +441,52 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="reference grid: games x fusion modes x seeds + ablations + SB3 baseline",
+        description="Train and evaluate the reference grid (resuming where it stopped) and write "
+        "summary.md / summary.json / curves-<game>.png under --out. Each run is an ordinary "
+        "run folder under OUT/runs/.",
+    )
+    p.add_argument("--games", nargs="+", metavar="ENV_ID", help="default: all our games")
+    p.add_argument("--fusions", nargs="+", metavar="MODE", help="default: all fusion modes")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, help="budget per run (default: each game's)")
+    p.add_argument("--no-ablations", action="store_true", help="skip the mask-<modality> runs")
+    p.add_argument("--no-baseline", action="store_true", help="skip the SB3-default runs")
+    p.add_argument("--quick", action="store_true", help="smoke-test budgets (CI)")
+    p.add_argument("--out", type=Path, default=Path("runs/reference"))
+    p.add_argument("--list", action="store_true", help="print the cells and exit")
+    p.add_argument("--summary-only", action="store_true", help="rebuild the summary and exit")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from mbm_agent.bench import build_grid, run_grid, write_summary
+
+    cells = build_grid(
+        args.games,
+        args.fusions,
+        args.seeds,
+        ablations=not args.no_ablations,
+        baseline=not args.no_baseline,
+        steps=args.steps,
+    )
+    if args.list:
+        for cell in cells:
+            print(cell.name)
+        return 0
+    if args.summary_only:
+        summary = write_summary(cells, args.out)
+    else:
+        summary = run_grid(cells, args.out, quick=args.quick)
+    from mbm_agent.bench import summary_markdown
+
+    print(summary_markdown(summary))
+    print(f"wrote {args.out}/summary.md, summary.json and curves-*.png")
+    return 0
+
+
 def _add_play(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "play", help="play a game from the keyboard or watch the expert", add_help=False
@@ -467,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demos(sub)
     _add_bc(sub)
     _add_export(sub)
+    _add_bench(sub)
     _add_play(sub)
     return parser
 
@@ -488,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demos": _cmd_demos,
         "bc": _cmd_bc,
         "export": _cmd_export,
+        "bench": _cmd_bench,
     }
     try:
         return handlers[args.command](args)

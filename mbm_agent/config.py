@@ -22,6 +22,7 @@ from mbm_agent.encoder import EncoderConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ALGOS = ("ppo", "a2c", "dqn", "recurrent_ppo")
+EXTRACTORS = ("mbm", "sb3")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -76,6 +77,12 @@ class TrainConfig:
     gif_episodes: int = field(
         default=2, metadata={"help": "Episodes recorded into episodes.gif at the end (0: none)."}
     )
+    extractor: str = field(
+        default="mbm",
+        metadata={
+            "help": "Features extractor: mbm (our MultimodalExtractor) or sb3 (SB3's default CombinedExtractor, as a baseline)."
+        },
+    )
     init_from: str | None = field(
         default=None,
         metadata={
@@ -112,7 +119,9 @@ class TrainConfig:
 
     @property
     def fusion(self) -> str:
-        """The encoder's fusion mode."""
+        """The encoder's fusion mode (``sb3-default`` for SB3's own extractor)."""
+        if self.extractor == "sb3":
+            return "sb3-default"
         return str(self.encoder.get("fusion", EncoderConfig().fusion))
 
     def encoder_config(self) -> EncoderConfig:
@@ -133,6 +142,10 @@ class TrainConfig:
             raise ConfigError(f"env_id must be a Gymnasium id string, got {self.env_id!r}.")
         if self.algo not in ALGOS:
             raise ConfigError(f"algo={self.algo!r} is not supported; choose one of {list(ALGOS)}.")
+        if self.extractor not in EXTRACTORS:
+            raise ConfigError(
+                f"extractor={self.extractor!r} is not known; choose one of {list(EXTRACTORS)}."
+            )
         if self.device not in DEVICES:
             raise ConfigError(
                 f"device={self.device!r} is not supported; choose one of {list(DEVICES)}."

@@ -101,6 +101,11 @@ class PolicyNetwork(nn.Module):
                 "A recurrent policy (recurrent_ppo) carries an LSTM state between steps; a plain "
                 "feed-forward network cannot express it. Train with --algo ppo to export."
             )
+        if spec.get("extractor", "mbm") != "mbm":
+            raise UnsupportedPolicyError(
+                "This policy uses SB3's default extractor (a baseline), not mbm-agent's encoder; "
+                "only policies trained with --set extractor=mbm (the default) can be exported."
+            )
         if not isinstance(policy.action_space, spaces.Discrete):
             raise UnsupportedPolicyError(
                 f"Only Discrete action spaces are supported, this policy acts in "

@@ -141,8 +141,11 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
             ]
         )
     venv.seed(seed)
+    monitored = VecMonitor(venv, info_keywords=("is_success",))
+    if cfg.extractor == "sb3":  # SB3's own pipeline: it transposes frames for NatureCNN
+        return monitored, vocab
     # Our extractor reads channel-last frames: spare SB3's per-step transpose copy.
-    return KeepChannelsLast(VecMonitor(venv, info_keywords=("is_success",))), vocab
+    return KeepChannelsLast(monitored), vocab
 
 
 def make_eval_env(
@@ -159,7 +162,9 @@ def make_eval_env(
 
 def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None) -> BaseAlgorithm:
     """The SB3 algorithm with our multimodal extractor."""
-    kwargs = policy_kwargs_for(cfg.encoder_config(), cfg.modalities, cfg.policy_kwargs)
+    kwargs = policy_kwargs_for(
+        cfg.encoder_config(), cfg.modalities, cfg.policy_kwargs, cfg.extractor
+    )
     common: dict[str, Any] = {
         "policy_kwargs": kwargs,
         "seed": cfg.seed,
@@ -212,7 +217,14 @@ def init_policy_from(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary |
             "run (different network heads); use an actor-critic source (ppo, a2c, bc) for ppo/a2c."
         )
     defaults = {"activation_fn": "tanh"}
-    for key in ("observation_space", "action_space", "encoder", "modalities", "policy_kwargs"):
+    for key in (
+        "observation_space",
+        "action_space",
+        "extractor",
+        "encoder",
+        "modalities",
+        "policy_kwargs",
+    ):
         a, b = theirs.get(key), mine.get(key)
         if key == "policy_kwargs":
             a = {**defaults, **(a or {})}
@@ -239,6 +251,7 @@ def _spec(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary | None) -> d
         modalities=cfg.modalities,
         policy_kwargs=cfg.policy_kwargs,
         vocabulary=vocab,
+        extractor=cfg.extractor,
     )
 
 

@@ -1,0 +1,434 @@
+"""Reference results: train and evaluate a grid of runs, summarise them with intervals.
+
+``mbm-agent bench`` runs, for each game, each fusion mode over several seeds,
+plus ablations and a baseline, and writes under ``runs/reference/`` (default):
+
+- ``runs/<game>-<variant>-s<seed>/``: ordinary run folders (``mbm-agent eval``,
+  ``compare``, ``load_agent`` and exports take them);
+- ``summary.md`` / ``summary.json``: per game and variant the IQM over seeds of
+  held-out success and return with 95% stratified-bootstrap intervals, the
+  steps to reach 90% periodic-evaluation success, wall time, and each required
+  modality masked at evaluation next to the chance level the game implies;
+- ``curves-<game>.png``: held-out success against environment steps, mean over seeds.
+
+Variants: a fusion mode (``concat``, ``film``, ``attention``, ``gated``);
+``mask-<modality>``: the game's default fusion trained without that key (the
+encoder ignores it), so it is masked at training and at evaluation;
+``sb3-default``: SB3's own ``MultiInputPolicy`` (``CombinedExtractor``) on the
+same observations and budget. Runs that finished (``eval.json`` present) are
+skipped, runs that stopped are resumed from their last checkpoint, so the
+command picks up where it stopped. ``--quick`` shrinks every budget to a smoke
+test that CI runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mbm_agent.fusion import FUSION_MODES
+from mbm_agent.storage import atomic_write_text
+
+
+@dataclass(frozen=True)
+class GameSpec:
+    """What the reference grid needs to know about one game.
+
+    Attributes:
+        env_id: The game id.
+        required: Modalities (observation keys) the design makes necessary.
+        chance: Success rate the design implies without a required modality.
+        steps: Training budget per run.
+        fusion: The fusion mode the ablations use (the game's default config's).
+        note: Why the chance level is what it is.
+    """
+
+    env_id: str
+    required: tuple[str, ...]
+    chance: float
+    steps: int
+    fusion: str
+    note: str = ""
+
+
+REFERENCE_GAMES: dict[str, GameSpec] = {
+    "mbm/ModalityProbe-v0": GameSpec(
+        "mbm/ModalityProbe-v0",
+        ("image",),
+        0.25,
+        20_000,
+        "concat",
+        "cue=image: one of 4 answers is shown only in the frame",
+    ),
+    "mbm/FindSound-v0": GameSpec(
+        "mbm/FindSound-v0",
+        ("audio",),
+        1 / 3,
+        400_000,
+        "concat",
+        "3 look-alike objects; only the sound says which one to reach",
+    ),
+    "mbm/GoToObject-v0": GameSpec(
+        "mbm/GoToObject-v0",
+        ("text",),
+        1 / 3,
+        500_000,
+        "film",
+        "3 objects; only the instruction says which one to reach",
+    ),
+    "mbm/SoundMaze-v0": GameSpec(
+        "mbm/SoundMaze-v0",
+        ("text", "audio"),
+        1 / 3,
+        500_000,
+        "film",
+        "3 identical objects; the text names a sound, the audio says where it is",
+    ),
+}
+
+#: Overrides that make every run a smoke test (``--quick``).
+QUICK: dict[str, Any] = {
+    "n_envs": 4,
+    "algo_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1},
+    "eval_every": 256,
+    "eval_episodes": 4,
+    "final_eval_episodes": 8,
+    "checkpoint_every": 256,
+    "gif_episodes": 0,
+}
+QUICK_STEPS = 512
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid.
+
+    Attributes:
+        game: The game's spec.
+        variant: A fusion mode, ``mask-<modality>`` or ``sb3-default``.
+        seed: Training seed.
+        overrides: Config overrides on top of the game's defaults.
+    """
+
+    game: GameSpec
+    variant: str
+    seed: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Run folder name: ``<game>-<variant>-s<seed>``."""
+        game = self.game.env_id.split("/")[-1].split("-v")[0]
+        return f"{game}-{self.variant}-s{self.seed}"
+
+
+def build_grid(
+    games: Sequence[str] | None = None,
+    fusions: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    ablations: bool = True,
+    baseline: bool = True,
+    steps: int | None = None,
+) -> list[Cell]:
+    """The grid's cells: games x (fusions + masks + baseline) x seeds.
+
+    Args:
+        games: Game ids (default: all of :data:`REFERENCE_GAMES`).
+        fusions: Fusion modes (default: all).
+        seeds: Training seeds.
+        ablations: Add one ``mask-<modality>`` variant per required modality.
+        baseline: Add the ``sb3-default`` variant.
+        steps: Budget per run (default: each game's).
+
+    Raises:
+        ValueError: Unknown game or fusion mode, or no seeds.
+    """
+    games = list(games or REFERENCE_GAMES)
+    fusions = list(fusions or FUSION_MODES)
+    unknown = [g for g in games if g not in REFERENCE_GAMES]
+    if unknown:
+        raise ValueError(f"Unknown game(s) {unknown}; the grid knows {list(REFERENCE_GAMES)}.")
+    bad = [f for f in fusions if f not in FUSION_MODES]
+    if bad:
+        raise ValueError(f"Unknown fusion mode(s) {bad}; known: {list(FUSION_MODES)}.")
+    if not seeds:
+        raise ValueError("Give at least one seed.")
+    cells = []
+    for env_id in games:
+        game = REFERENCE_GAMES[env_id]
+        budget = {"steps": steps or game.steps}
+        variants: list[tuple[str, dict[str, Any]]] = [
+            (f, {"encoder": {"fusion": f}}) for f in fusions
+        ]
+        if ablations:
+            variants += [
+                (
+                    f"mask-{m}",
+                    {"encoder": {"fusion": game.fusion}, "modalities": {m: "ignore"}},
+                )
+                for m in game.required
+            ]
+        if baseline:
+            variants.append(("sb3-default", {"extractor": "sb3"}))
+        for variant, overrides in variants:
+            for seed in seeds:
+                cells.append(Cell(game, variant, seed, {**overrides, **budget, "seed": seed}))
+    return cells
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def run_cell(cell: Cell, root: Path, *, quick: bool = False, progress: bool = False) -> Path:
+    """Train and evaluate one cell (skipped when done, resumed when stopped); its run folder."""
+    from mbm_agent.config import resolve_config
+    from mbm_agent.trainer import train
+
+    runs = root / "runs"
+    run_dir = runs / cell.name
+    if (run_dir / "eval.json").is_file():
+        return run_dir
+    overrides = _merge(dict(cell.overrides), {"runs_dir": str(runs), "run_name": cell.name})
+    if quick:
+        overrides = _merge(overrides, {**QUICK, "steps": QUICK_STEPS})
+    cfg = resolve_config(cell.game.env_id, overrides=overrides)
+    command = ["mbm-agent", "bench", "--cell", cell.name]
+    if run_dir.is_dir() and (run_dir / "config.json").is_file():
+        train(cfg, resume=run_dir, command=command, progress=progress)
+    else:
+        if run_dir.exists():  # a start that died before writing its config
+            import shutil
+
+            shutil.rmtree(run_dir)
+        train(cfg, command=command, progress=progress)
+    if cell.variant in FUSION_MODES:
+        _masked_evals(cell, run_dir, cfg.final_eval_episodes)
+    return run_dir
+
+
+def _masked_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
+    """Evaluate a full-sense run with each required modality masked (``eval-drop-<m>.json``)."""
+    from mbm_agent.agent import load_agent
+    from mbm_agent.evaluation import evaluate_agent, write_report
+
+    agent = load_agent(run_dir, "best")
+    for modality in cell.game.required:
+        if (run_dir / f"eval-drop-{modality}.json").is_file():
+            continue
+        report = evaluate_agent(
+            agent,
+            cell.game.env_id,
+            agent.spec.get("env_kwargs", {}),
+            episodes=episodes,
+            n_envs=min(episodes, 64),
+            drop_modalities=(modality,),
+            baselines=False,
+            meta={"run": run_dir.name, "policy": "best"},
+        )
+        write_report(report, run_dir, name=f"eval-drop-{modality}")
+
+
+def run_grid(
+    cells: Sequence[Cell],
+    root: str | Path,
+    *,
+    quick: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every cell in order (resuming), then write the summary; returns it."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for i, cell in enumerate(cells, 1):
+        done = (root / "runs" / cell.name / "eval.json").is_file()
+        log(f"[{i}/{len(cells)}] {cell.name}{' (done)' if done else ''}")
+        run_cell(cell, root, quick=quick, progress=progress)
+    log(f"grid: {len(cells)} runs, {time.perf_counter() - start:.0f} s in this session")
+    return write_summary(cells, root)
+
+
+def _steps_to(metrics_csv: Path, bar: float) -> float:
+    """First logged step whose periodic held-out success reached ``bar`` (NaN if never)."""
+    from mbm_agent.plots import read_metrics
+
+    try:
+        m = read_metrics(metrics_csv)
+    except (FileNotFoundError, ValueError):
+        return math.nan
+    succ = m.get("eval_success")
+    if succ is None:
+        return math.nan
+    hit = np.flatnonzero(np.nan_to_num(succ, nan=-1.0) >= bar)
+    return float(m["timesteps"][hit[0]]) if len(hit) else math.nan
+
+
+def _wall_time(metrics_csv: Path) -> float:
+    from mbm_agent.plots import read_metrics
+
+    try:
+        m = read_metrics(metrics_csv)
+    except (FileNotFoundError, ValueError):
+        return math.nan
+    elapsed = m.get("time_s")
+    return float(np.nanmax(elapsed)) if elapsed is not None and len(elapsed) else math.nan
+
+
+def _success_of(path: Path) -> float | None:
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    return float(report["success"]["rate"])
+
+
+def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
+    """Aggregate the finished cells into ``summary.json``, ``summary.md`` and curve plots."""
+    from mbm_agent.compare import load_run
+    from mbm_agent.stats import aggregate_runs
+
+    root = Path(root)
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        if (root / "runs" / cell.name / "eval.json").is_file():
+            groups.setdefault((cell.game.env_id, cell.variant), []).append(cell)
+    rows = []
+    for (env_id, variant), members in groups.items():
+        runs = [load_run(root / "runs" / c.name) for c in members]
+        agg = aggregate_runs(
+            {
+                "success": {env_id: [r["success"] for r in runs]},
+                "return": {env_id: [r["return"] for r in runs]},
+            }
+        )
+        game = members[0].game
+        dirs = [root / "runs" / c.name for c in members]
+        drops = {}
+        for m in game.required:
+            values = [_success_of(d / f"eval-drop-{m}.json") for d in dirs]
+            if variant.startswith("mask-"):
+                values = [r["success"] for r in runs] if variant == f"mask-{m}" else [None]
+            kept = [v for v in values if v is not None]
+            if kept:
+                drops[m] = float(np.mean(kept))
+        steps90 = [_steps_to(d / "metrics.csv", 0.9) for d in dirs]
+        walls = [_wall_time(d / "metrics.csv") for d in dirs]
+        rows.append(
+            {
+                "env_id": env_id,
+                "variant": variant,
+                "seeds": [c.seed for c in members],
+                "steps": int(runs[0]["config"].get("steps", 0)),
+                "success": agg["success"],
+                "return": agg["return"],
+                "per_seed_success": [r["success"] for r in runs],
+                "masked_success": drops,
+                "chance": game.chance,
+                "steps_to_90": float(np.nanmedian(steps90)) if np.isfinite(steps90).any() else None,
+                "wall_time_s": float(np.nansum(walls)),
+            }
+        )
+    summary = {"rows": rows, "games": {g: vars(s) for g, s in REFERENCE_GAMES.items()}}
+    atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+    atomic_write_text(root / "summary.md", summary_markdown(summary))
+    try:
+        for env_id in {r["env_id"] for r in rows}:
+            curves_plot(
+                [c for c in cells if c.game.env_id == env_id],
+                root,
+                root / f"curves-{env_id.split('/')[-1].split('-v')[0]}.png",
+            )
+    except ImportError:
+        pass
+    return summary
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _pct(stat: Mapping[str, Any]) -> str:
+    ci = stat.get("iqm_ci")
+    text = f"{100 * stat['iqm']:.1f}"
+    return text + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def _num(stat: Mapping[str, Any]) -> str:
+    ci = stat.get("iqm_ci")
+    text = f"{stat['iqm']:.3f}"
+    return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """The summary as a Markdown table, one row per game and variant."""
+    lines = [
+        "| game | variant | seeds | steps | success % (IQM [95% CI]) | return (IQM [95% CI]) "
+        "| masked at eval: success % (chance %) | steps to 90% | wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["rows"]:
+        masked = ", ".join(
+            f"{m}: {100 * v:.1f} ({100 * r['chance']:.1f})" for m, v in r["masked_success"].items()
+        )
+        s90 = "-" if r["steps_to_90"] is None else f"{r['steps_to_90'] / 1000:.0f}k"
+        lines.append(
+            f"| {r['env_id']} | {r['variant']} | {len(r['seeds'])} | {r['steps']:,} "
+            f"| {_pct(r['success'])} | {_num(r['return'])} | {masked or '-'} | {s90} "
+            f"| {r['wall_time_s'] / 60:.1f} min |"
+        )
+    lines.append("")
+    lines.append(
+        "Success and return: held-out seeds, IQM over training seeds with 95% stratified "
+        "bootstrap intervals. `mask-X` variants never see X (masked at training and "
+        "evaluation); the masked column of a fusion variant drops X at evaluation only."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def curves_plot(cells: Sequence[Cell], root: Path, out: Path) -> Path:
+    """Held-out success against steps per variant (mean over seeds) for one game."""
+    from mbm_agent.plots import new_figure, read_metrics
+
+    fig, axes = new_figure(6.0, 3.6)
+    ax = axes[0]
+    by_variant: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for cell in cells:
+        path = root / "runs" / cell.name / "metrics.csv"
+        try:
+            m = read_metrics(path)
+        except (FileNotFoundError, ValueError):
+            continue
+        keep = np.isfinite(m.get("eval_success", np.array([])))
+        if keep.any():
+            by_variant.setdefault(cell.variant, []).append(
+                (m["timesteps"][keep], m["eval_success"][keep])
+            )
+    for variant, curves in sorted(by_variant.items()):
+        grid = np.unique(np.concatenate([x for x, _ in curves]))
+        ys = np.array([np.interp(grid, x, y) for x, y in curves])
+        ax.plot(grid, ys.mean(axis=0), label=f"{variant} ({len(curves)} seeds)")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("held-out success")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title(cells[0].game.env_id if cells else "")
+    fig.savefig(out, dpi=110)
+    return out
