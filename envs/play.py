@@ -13,7 +13,9 @@ played in the terminal: type the key and Enter.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,26 @@ def _pygame() -> Any:
     return pygame
 
 
+HEADLESS_WARNING = (
+    "render_mode='human' without a display: frames go to SDL's dummy video driver and are "
+    "not shown. Use render_mode='rgb_array' (or `--gif`) on a headless machine."
+)
+
+
+def _headless_fallback() -> None:
+    """Use SDL's dummy driver on a Linux machine without a display (SDL can crash otherwise)."""
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if headless and "SDL_VIDEODRIVER" not in os.environ:
+        warnings.warn(HEADLESS_WARNING, UserWarning, stacklevel=3)
+        os.environ["SDL_VIDEODRIVER"] = "dummy"
+
+
 def show_frame(frame: NDArray[np.uint8], window: Any, fps: int) -> Any:
     """Show ``frame`` in a pygame window (created on first use); returns the window."""
+    if window is None:
+        _headless_fallback()
     pygame = _pygame()
     if window is None:
         pygame.init()
