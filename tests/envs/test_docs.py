@@ -134,3 +134,16 @@ def test_parser_notices_a_missing_row() -> None:
         line for line in doc.splitlines() if not line.strip().startswith("| `audio`")
     )
     assert sorted(documented_keys(dropped)) == ["image", "text"]
+
+
+def test_docs_game_cards_are_current():
+    from pathlib import Path
+
+    from envs.cards import all_cards
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "games.md"
+    assert path.read_text(encoding="utf-8") == all_cards(), (
+        "docs/games.md is stale: python -m envs.cards > docs/games.md"
+    )
+    for env_id in envs.ENV_IDS:
+        assert f"## `{env_id}`" in all_cards()
