@@ -16,7 +16,7 @@ import envs
 def picture(env_id: str, seed: int = 3, scale: int = 3) -> Image.Image:
     """The rendered room and the observation frame, side by side, enlarged."""
     env = envs.make(env_id, render_mode="rgb_array")
-    obs, info = env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)
     room = np.asarray(env.render())
     frame = np.asarray(obs["image"])
     height = max(room.shape[0], frame.shape[0] * 2)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         "mbm/ModalityProbe-v0",
         ("image",),
         0.25,
-        20_000,
+        10_000,
         "concat",
         "cue=image: one of 4 answers is shown only in the frame",
     ),
@@ -71,7 +72,7 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         "mbm/FindSound-v0",
         ("audio",),
         1 / 3,
-        400_000,
+        300_000,
         "concat",
         "3 look-alike objects; only the sound says which one to reach",
     ),
@@ -202,21 +203,33 @@ def run_cell(cell: Cell, root: Path, *, quick: bool = False, progress: bool = Fa
     runs = root / "runs"
     run_dir = runs / cell.name
     if (run_dir / "eval.json").is_file():
+        # A stop after the final evaluation but before the masked ones: finish those.
+        if cell.variant in FUSION_MODES and not all(
+            (run_dir / f"eval-drop-{m}.json").is_file() for m in cell.game.required
+        ):
+            from mbm_agent.config import load_run_config
+
+            _masked_evals(cell, run_dir, load_run_config(run_dir).final_eval_episodes)
         return run_dir
     overrides = _merge(dict(cell.overrides), {"runs_dir": str(runs), "run_name": cell.name})
     if quick:
         overrides = _merge(overrides, {**QUICK, "steps": QUICK_STEPS})
     cfg = resolve_config(cell.game.env_id, overrides=overrides)
-    command = ["mbm-agent", "bench", "--cell", cell.name]
+    # The grid command that (re)runs this cell, as typed.
+    command = ["mbm-agent", *sys.argv[1:]] if "bench" in sys.argv[1:2] else ["mbm_agent.bench"]
     if run_dir.is_dir() and (run_dir / "config.json").is_file():
-        train(cfg, resume=run_dir, command=command, progress=progress)
+        result = train(cfg, resume=run_dir, command=command, progress=progress)
     else:
         if run_dir.exists():  # a start that died before writing its config
             import shutil
 
             shutil.rmtree(run_dir)
-        train(cfg, command=command, progress=progress)
+        result = train(cfg, command=command, progress=progress)
+    if result.interrupted:  # Ctrl-C: stop the grid here; the next call resumes this run
+        raise KeyboardInterrupt(f"{cell.name} stopped at {result.num_timesteps} steps")
     if cell.variant in FUSION_MODES:
+        for m in cell.game.required:  # left by an earlier policy of this run: redo them
+            (run_dir / f"eval-drop-{m}.json").unlink(missing_ok=True)
         _masked_evals(cell, run_dir, cfg.final_eval_episodes)
     return run_dir
 
@@ -260,7 +273,23 @@ def run_grid(
         log(f"[{i}/{len(cells)}] {cell.name}{' (done)' if done else ''}")
         run_cell(cell, root, quick=quick, progress=progress)
     log(f"grid: {len(cells)} runs, {time.perf_counter() - start:.0f} s in this session")
-    return write_summary(cells, root)
+    return write_summary(finished_cells(root), root)
+
+
+def finished_cells(root: str | Path) -> list[Cell]:
+    """Every grid cell with an evaluated run under ``root/runs`` (from any invocation)."""
+    import re
+
+    root = Path(root)
+    cells = []
+    for path in sorted((root / "runs").glob("*-s*")):
+        match = re.search(r"-s(\d+)$", path.name)
+        if match is None or not (path / "eval.json").is_file():
+            continue
+        known = {c.name: c for c in build_grid(seeds=[int(match.group(1))])}
+        if path.name in known:
+            cells.append(known[path.name])
+    return cells
 
 
 def _steps_to(metrics_csv: Path, bar: float) -> float:

@@ -446,7 +446,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "bench",
         help="reference grid: games x fusion modes x seeds + ablations + SB3 baseline",
         description="Train and evaluate the reference grid (resuming where it stopped) and write "
-        "summary.md / summary.json / curves-<game>.png under --out. Each run is an ordinary "
+        "summary.md / summary.json / curves-<game>.png under --out, summarising every "
+        "evaluated run there (from this and earlier invocations). Each run is an ordinary "
         "run folder under OUT/runs/.",
     )
     p.add_argument("--games", nargs="+", metavar="ENV_ID", help="default: all our games")
@@ -462,7 +463,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from mbm_agent.bench import build_grid, run_grid, write_summary
+    from mbm_agent.bench import build_grid, finished_cells, run_grid, write_summary
 
     cells = build_grid(
         args.games,
@@ -477,9 +478,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(cell.name)
         return 0
     if args.summary_only:
-        summary = write_summary(cells, args.out)
+        finished = finished_cells(args.out)
+        if not finished:
+            raise ConfigError(
+                f"--summary-only: {args.out}/runs holds no evaluated grid run; check --out."
+            )
+        summary = write_summary(finished, args.out)
     else:
-        summary = run_grid(cells, args.out, quick=args.quick)
+        try:
+            summary = run_grid(cells, args.out, quick=args.quick)
+        except KeyboardInterrupt as exc:
+            print(
+                f"mbm-agent bench: stopped ({exc or 'Ctrl-C'}); run the same command again to "
+                "resume, or add --summary-only to summarise the finished runs.",
+                file=sys.stderr,
+            )
+            return 130
     from mbm_agent.bench import summary_markdown
 
     print(summary_markdown(summary))

@@ -537,6 +537,28 @@ class TrainResult:
     report: dict[str, Any] | None
 
 
+def truncate_metrics(path: Path, num_timesteps: int) -> None:
+    """Drop ``metrics.csv`` rows logged after the checkpoint a resumed run restarts from.
+
+    Those steps are trained again; keeping their rows would repeat timesteps and
+    make the curve go backwards.
+    """
+    if not path.is_file():
+        return
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= num_timesteps]
+    if len(kept) == len(rows):
+        return
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(kept)
+    atomic_write_text(path, buffer.getvalue())
+
+
 def _unique_run_dir(cfg: TrainConfig) -> Path:
     root = Path(cfg.runs_dir)
     name = cfg.run_name or cfg.default_run_name()
@@ -612,6 +634,7 @@ def train(
     state = TrainState()
     if resume is not None:
         loaded = latest_checkpoint(run_dir, model)
+        truncate_metrics(run_dir / "metrics.csv", loaded.num_timesteps if loaded else 0)
         if loaded is not None:
             state = loaded
             venv.seed(

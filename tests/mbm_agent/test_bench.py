@@ -1,0 +1,521 @@
+"""``mbm-agent bench``: the grid, a quick grid run, its summary, resuming, and exports of its runs.
+
+One quick grid on ModalityProbe (concat, mask-image, sb3-default x 2 seeds) is
+trained once per test session (shared across xdist workers); tests that change run
+folders work on copies of it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from runs_helpers import PNG_MAGIC, copy_tree, shared_path
+
+import envs
+from mbm_agent import load_agent
+from mbm_agent.bench import (
+    QUICK_STEPS,
+    REFERENCE_GAMES,
+    Cell,
+    build_grid,
+    run_grid,
+    write_summary,
+)
+from mbm_agent.cli import main
+from mbm_agent.export import ExportError, export_policy, load_exported
+from mbm_agent.fusion import FUSION_MODES
+
+PROBE = "mbm/ModalityProbe-v0"
+SEEDS = (0, 1)
+VARIANTS = ("concat", "mask-image", "sb3-default")
+
+
+def short(env_id: str) -> str:
+    return env_id.split("/")[-1].split("-v")[0]
+
+
+@dataclass
+class Grid:
+    root: Path
+    cells: list[Cell]
+    summary: dict[str, Any]
+    log: list[str]
+    seconds: float
+
+    def run(self, variant: str, seed: int = 0) -> Path:
+        return self.root / "runs" / f"ModalityProbe-{variant}-s{seed}"
+
+
+def _cells() -> list[Cell]:
+    return build_grid([PROBE], ["concat"], list(SEEDS))
+
+
+def _build_grid(path: Path) -> None:
+    log: list[str] = []
+    start = time.perf_counter()
+    summary = run_grid(_cells(), path / "grid", quick=True, log=log.append)
+    seconds = time.perf_counter() - start
+    meta = {"summary": summary, "log": log, "seconds": seconds}
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Grid:
+    """The quick grid, trained in-process once per session (do not modify; copy it)."""
+    path = shared_path(tmp_path_factory, "bench-grid", _build_grid)
+    meta = json.loads((path / "meta.json").read_text())
+    return Grid(path / "grid", _cells(), meta["summary"], meta["log"], meta["seconds"])
+
+
+def probe_observations(n: int = 12, env_kwargs: dict[str, Any] | None = None) -> list[dict]:
+    """First observations of ``n`` ModalityProbe episodes (different seeds)."""
+    env = envs.make(PROBE, **(env_kwargs or {}))
+    try:
+        return [env.reset(seed=100 + i)[0] for i in range(n)]
+    finally:
+        env.close()
+
+
+def stack(observations: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.stack([o[k] for o in observations]) for k in observations[0]}
+
+
+def action_probs(agent: Any, obs: dict[str, np.ndarray]) -> np.ndarray:
+    """The SB3 policy's action probabilities for a batch of raw observations."""
+    tensors, _ = agent.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        return agent.policy.get_distribution(tensors).distribution.probs.cpu().numpy()
+
+
+def eval_mtimes(root: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (root / "runs").glob("*/eval.json")}
+
+
+# -- build_grid ---------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", list(REFERENCE_GAMES))
+def test_build_grid_cells_and_overrides(env_id: str) -> None:
+    game = REFERENCE_GAMES[env_id]
+    cells = build_grid([env_id], ["concat", "film"], [3, 7])
+    variants = ["concat", "film", *(f"mask-{m}" for m in game.required), "sb3-default"]
+    assert [(c.variant, c.seed) for c in cells] == [(v, s) for v in variants for s in (3, 7)]
+    assert [c.name for c in cells] == [
+        f"{short(env_id)}-{v}-s{s}" for v in variants for s in (3, 7)
+    ]
+    assert len({c.name for c in cells}) == len(cells)
+    for cell in cells:
+        assert cell.game is game
+        o = cell.overrides
+        assert o["seed"] == cell.seed
+        assert o["steps"] == game.steps
+        if cell.variant in ("concat", "film"):
+            assert o["encoder"] == {"fusion": cell.variant}
+            assert "modalities" not in o and "extractor" not in o
+        elif cell.variant.startswith("mask-"):
+            modality = cell.variant.removeprefix("mask-")
+            assert o["modalities"] == {modality: "ignore"}
+            assert o["encoder"] == {"fusion": game.fusion}
+            assert "extractor" not in o
+        else:
+            assert o["extractor"] == "sb3"
+            assert "encoder" not in o and "modalities" not in o
+
+
+def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
+    from runs_helpers import env_fusion
+
+    from mbm_agent.config import resolve_config
+
+    for cell in build_grid(seeds=[0]):
+        # the ablations use the game's default fusion (its YAML's)
+        assert cell.game.fusion == env_fusion(cell.game.env_id)
+        cfg = resolve_config(cell.game.env_id, overrides=dict(cell.overrides))
+        assert cfg.seed == 0 and cfg.steps == cell.game.steps
+        if cell.variant == "sb3-default":
+            assert (cfg.extractor, cfg.fusion) == ("sb3", "sb3-default")
+        elif cell.variant.startswith("mask-"):
+            assert cfg.extractor == "mbm" and cfg.fusion == cell.game.fusion
+            assert cfg.modalities == {cell.variant.removeprefix("mask-"): "ignore"}
+        else:
+            assert cfg.extractor == "mbm" and cfg.fusion == cell.variant
+            assert cfg.modalities == {}
+
+
+def test_build_grid_defaults_and_switches() -> None:
+    everything = build_grid()
+    assert {c.game.env_id for c in everything} == set(REFERENCE_GAMES)
+    assert {c.seed for c in everything} == {0, 1, 2}
+    assert set(FUSION_MODES) <= {c.variant for c in everything}
+    n_required = sum(len(g.required) for g in REFERENCE_GAMES.values())
+    assert len(everything) == 3 * (len(REFERENCE_GAMES) * (len(FUSION_MODES) + 1) + n_required)
+
+    plain = build_grid([PROBE], ["gated"], [0], ablations=False, baseline=False, steps=1234)
+    assert [c.name for c in plain] == ["ModalityProbe-gated-s0"]
+    assert plain[0].overrides["steps"] == 1234
+    assert [c.variant for c in build_grid([PROBE], ["gated"], [0], ablations=False)] == [
+        "gated",
+        "sb3-default",
+    ]
+    assert [c.variant for c in build_grid([PROBE], ["gated"], [0], baseline=False)] == [
+        "gated",
+        "mask-image",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"games": ["mbm/NoSuchGame-v0"]}, ["mbm/NoSuchGame-v0", PROBE]),
+        ({"fusions": ["concat", "blend"]}, ["blend", "concat", "film"]),
+        ({"seeds": []}, ["seed"]),
+    ],
+)
+def test_build_grid_rejects_bad_input(kwargs: dict[str, Any], words: list[str]) -> None:
+    args = {"games": [PROBE], "fusions": ["concat"], "seeds": [0], **kwargs}
+    with pytest.raises(ValueError) as exc:
+        build_grid(**args)
+    for word in words:
+        assert word in str(exc.value)
+
+
+def test_bench_list(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_dir = tmp_path / "never"
+    argv = ["bench", "--games", PROBE, "--fusions", "concat", "film", "--seeds", "0", "1"]
+    assert main([*argv, "--list", "--out", str(out_dir)]) == 0
+    names = capsys.readouterr().out.split()
+    assert names == [c.name for c in build_grid([PROBE], ["concat", "film"], [0, 1])]
+    assert "ModalityProbe-mask-image-s1" in names and "ModalityProbe-sb3-default-s0" in names
+    assert not out_dir.exists()  # --list runs nothing
+
+    assert main([*argv, "--list", "--no-ablations", "--no-baseline"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "ModalityProbe-concat-s0",
+        "ModalityProbe-concat-s1",
+        "ModalityProbe-film-s0",
+        "ModalityProbe-film-s1",
+    ]
+
+    assert main(["bench", "--games", "mbm/NoSuchGame-v0", "--list"]) == 2
+    assert "mbm/NoSuchGame-v0" in capsys.readouterr().err
+
+
+# -- a quick grid run -----------------------------------------------------------------------
+def test_grid_writes_ordinary_run_folders(grid: Grid) -> None:
+    assert [c.name for c in grid.cells] == [
+        f"ModalityProbe-{v}-s{s}" for v in VARIANTS for s in SEEDS
+    ]
+    assert sorted(p.name for p in (grid.root / "runs").iterdir()) == sorted(
+        c.name for c in grid.cells
+    )
+    assert len(grid.log) == len(grid.cells) + 1 and not any("(done)" in line for line in grid.log)
+    for cell in grid.cells:
+        run = grid.root / "runs" / cell.name
+        for name in ("config.json", "eval.json", "metrics.csv", "best/model.json"):
+            assert (run / name).is_file(), f"{cell.name} lacks {name}"
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["env_id"] == PROBE and cfg["seed"] == cell.seed
+        assert cfg["steps"] == QUICK_STEPS  # --quick shrinks the budget
+        assert cfg["run_name"] == cell.name
+        report = json.loads((run / "eval.json").read_text())
+        assert 0.0 <= report["success"]["rate"] <= 1.0
+        drop = run / "eval-drop-image.json"
+        # only full-sense (fusion) runs are evaluated with the image masked
+        assert drop.is_file() == (cell.variant == "concat"), cell.name
+        if drop.is_file():
+            meta = json.loads(drop.read_text())["meta"]
+            assert meta["drop_modalities"] == ["image"]
+            assert meta["run"] == cell.name
+
+    mask = json.loads((grid.run("mask-image") / "config.json").read_text())
+    assert mask["modalities"] == {"image": "ignore"}
+    assert mask["fusion"] == REFERENCE_GAMES[PROBE].fusion
+    assert json.loads((grid.run("concat", 1) / "config.json").read_text())["fusion"] == "concat"
+
+
+def test_grid_summary(grid: Grid) -> None:
+    on_disk = json.loads((grid.root / "summary.json").read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(grid.summary["rows"]))
+    rows = {r["variant"]: r for r in on_disk["rows"]}
+    assert sorted(rows) == sorted(VARIANTS)
+    assert on_disk["games"][PROBE]["chance"] == 0.25
+    for variant, row in rows.items():
+        runs = [grid.run(variant, s) for s in SEEDS]
+        per_seed = [json.loads((r / "eval.json").read_text())["success"]["rate"] for r in runs]
+        assert row["env_id"] == PROBE
+        assert row["seeds"] == list(SEEDS)
+        assert row["steps"] == QUICK_STEPS
+        assert row["chance"] == 0.25
+        assert row["per_seed_success"] == pytest.approx(per_seed)
+        success = row["success"]
+        assert success["n_runs"] == len(SEEDS)
+        assert min(per_seed) <= success["iqm"] <= max(per_seed)
+        low, high = success["iqm_ci"]
+        assert low <= success["iqm"] <= high
+        assert row["return"]["iqm_ci"] is not None
+        assert row["wall_time_s"] > 0
+    dropped = [
+        json.loads((grid.run("concat", s) / "eval-drop-image.json").read_text())["success"]["rate"]
+        for s in SEEDS
+    ]
+    assert rows["concat"]["masked_success"] == {"image": pytest.approx(np.mean(dropped))}
+    # a mask-X variant never saw X: its masked column is its own success
+    assert rows["mask-image"]["masked_success"] == {
+        "image": pytest.approx(np.mean(rows["mask-image"]["per_seed_success"]))
+    }
+    assert rows["sb3-default"]["masked_success"] == {}
+
+    md = (grid.root / "summary.md").read_text()
+    assert "IQM [95% CI]" in md and "chance" in md
+    lines = [line for line in md.splitlines() if line.startswith(f"| {PROBE} |")]
+    assert [line.split("|")[2].strip() for line in lines] == list(rows)
+    concat = next(line for line in lines if "| concat |" in line)
+    low, high = rows["concat"]["success"]["iqm_ci"]
+    assert f"[{100 * low:.1f}, {100 * high:.1f}]" in concat
+    assert f"image: {100 * np.mean(dropped):.1f} (25.0)" in concat
+    assert (grid.root / "curves-ModalityProbe.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_mask_run_ignores_the_masked_modality(grid: Grid) -> None:
+    agent = load_agent(grid.run("mask-image"))
+    batch = stack(probe_observations(8))
+    other = dict(batch, image=np.random.default_rng(0).integers(0, 256, batch["image"].shape))
+    other["image"] = other["image"].astype(np.uint8)
+    np.testing.assert_array_equal(action_probs(agent, batch), action_probs(agent, other))
+    # ...while the full-sense run reads it
+    full = load_agent(grid.run("concat"))
+    assert not np.allclose(action_probs(full, batch), action_probs(full, other))
+
+
+def test_sb3_default_run_is_a_loadable_but_unexportable_baseline(
+    grid: Grid, tmp_path: Path
+) -> None:
+    run = grid.run("sb3-default")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["extractor"] == "sb3"
+    assert cfg["fusion"] == "sb3-default"
+
+    agent = load_agent(run)
+    assert type(agent.policy.features_extractor).__name__ == "CombinedExtractor"
+    observations = probe_observations(6)
+    env = envs.make(PROBE)
+    n_actions = int(env.action_space.n)
+    env.close()
+    for obs in observations:
+        assert 0 <= int(agent.act(obs)) < n_actions
+    actions = agent.act(stack(observations))
+    assert actions.shape == (len(observations),)
+    assert [int(a) for a in actions] == [int(agent.act(o)) for o in observations]
+
+    out = tmp_path / "ts"
+    with pytest.raises(ExportError, match="SB3's default extractor") as exc:
+        export_policy(run, "torchscript", out)
+    assert "extractor=mbm" in str(exc.value)
+    assert not out.exists()
+
+
+# -- resuming -------------------------------------------------------------------------------
+def test_second_run_skips_finished_runs(
+    grid: Grid,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = copy_tree(grid.root, tmp_path / "bench")
+    before = eval_mtimes(root)
+    assert len(before) == len(grid.cells)
+
+    import mbm_agent.evaluation
+    import mbm_agent.trainer
+
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(mbm_agent.trainer, "train", no_training)
+    monkeypatch.setattr(mbm_agent.evaluation, "evaluate_agent", no_training)
+    log: list[str] = []
+    start = time.perf_counter()
+    summary = run_grid(grid.cells, root, quick=True, log=log.append)
+    seconds = time.perf_counter() - start
+    assert eval_mtimes(root) == before
+    assert sum("(done)" in line for line in log) == len(grid.cells)
+    assert seconds < grid.seconds / 3, (seconds, grid.seconds)
+    assert [r["variant"] for r in summary["rows"]] == [r["variant"] for r in grid.summary["rows"]]
+    assert [r["per_seed_success"] for r in summary["rows"]] == [
+        r["per_seed_success"] for r in grid.summary["rows"]
+    ]
+
+    # `mbm-agent bench --quick` on the finished grid: nothing trained, the table printed
+    argv = ["bench", "--games", PROBE, "--fusions", "concat", "--seeds", *map(str, SEEDS)]
+    assert main([*argv, "--quick", "--out", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(done)") == len(grid.cells)
+    for variant in VARIANTS:
+        assert f"| {PROBE} | {variant} | {len(SEEDS)} |" in out
+    assert f"wrote {root}/summary.md" in out
+    assert eval_mtimes(root) == before
+
+
+def test_stopped_runs_are_completed_on_the_next_call(
+    grid: Grid,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = copy_tree(grid.root, tmp_path / "bench")
+    runs = root / "runs"
+    # stopped half-way through training: no final/, no eval.json, no masked eval
+    stopped = runs / "ModalityProbe-concat-s1"
+    (stopped / "eval.json").unlink()
+    (stopped / "eval-drop-image.json").unlink()
+    shutil.rmtree(stopped / "final")
+    shutil.rmtree(stopped / "checkpoints" / f"step-{QUICK_STEPS:012d}")
+    metrics_before = (stopped / "metrics.csv").read_text()
+    # stopped after the final evaluation, before the masked one
+    no_drop = runs / "ModalityProbe-concat-s0"
+    (no_drop / "eval-drop-image.json").unlink()
+    # died before writing its config: a stray folder
+    stray = runs / "ModalityProbe-mask-image-s1"
+    shutil.rmtree(stray)
+    stray.mkdir()
+    (stray / "junk.txt").write_text("partial")
+    before = eval_mtimes(root)
+
+    # Ctrl-C while the stopped run trains again: the grid stops there (exit 130)
+    from mbm_agent.trainer import TrainerCallback
+
+    on_step = TrainerCallback._on_step
+
+    def ctrl_c(self: Any) -> bool:
+        if not self.stop_requested:
+            signal.raise_signal(signal.SIGINT)
+        return on_step(self)
+
+    argv = ["bench", "--games", PROBE, "--fusions", "concat", "--seeds", *map(str, SEEDS)]
+    with monkeypatch.context() as m:
+        m.setattr(TrainerCallback, "_on_step", ctrl_c)
+        assert main([*argv, "--quick", "--out", str(root)]) == 130
+    err = capsys.readouterr().err
+    assert "ModalityProbe-concat-s1" in err and "again to resume" in err
+    assert (no_drop / "eval-drop-image.json").is_file()  # came before the stop
+    assert not (stopped / "eval.json").exists()
+    assert not (stopped / "eval-drop-image.json").exists()  # not of an unfinished policy
+    assert (stray / "junk.txt").is_file()  # the grid did not go on
+    assert eval_mtimes(root) == before
+
+    log: list[str] = []
+    summary = run_grid(grid.cells, root, quick=True, log=log.append)
+    assert sum("(done)" in line for line in log) == len(grid.cells) - 2
+
+    for run in (stopped, no_drop, stray):
+        assert (run / "eval.json").is_file(), run.name
+    for run in (stopped, no_drop):
+        assert (run / "eval-drop-image.json").is_file(), run.name
+    assert (stopped / "final" / "model.json").is_file()
+    assert json.loads((stopped / "eval.json").read_text())["meta"]["run"] == stopped.name
+    # resumed, not started over: the early rows are kept, and rows past the restart
+    # checkpoint were dropped rather than logged twice (timesteps never go backwards)
+    new_rows = (stopped / "metrics.csv").read_text().splitlines()
+    assert new_rows[:2] == metrics_before.splitlines()[:2]
+    steps = [int(float(r.split(",")[0])) for r in new_rows[1:]]
+    assert steps == sorted(steps)
+    assert (stray / "config.json").is_file() and not (stray / "junk.txt").exists()
+    # the finished runs were left alone
+    after = eval_mtimes(root)
+    for name, mtime in before.items():
+        assert after[name] == mtime, name
+    assert all(r["seeds"] == list(SEEDS) for r in summary["rows"])
+    concat = next(r for r in summary["rows"] if r["variant"] == "concat")
+    assert set(concat["masked_success"]) == {"image"}
+
+
+def test_summary_of_a_partly_run_grid(
+    grid: Grid, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_tree(grid.root, tmp_path / "bench")
+    stopped = root / "runs" / "ModalityProbe-sb3-default-s1"  # stopped: no eval.json, no final/
+    (stopped / "eval.json").unlink()
+    shutil.rmtree(stopped / "final")
+    (root / "summary.json").unlink()
+    bigger = build_grid([PROBE], ["concat", "film"], [0, 1, 2])  # film and seed 2 never ran
+    summary = write_summary(bigger, root)
+    rows = {r["variant"]: r for r in summary["rows"]}
+    assert sorted(rows) == sorted(VARIANTS)
+    assert rows["concat"]["seeds"] == [0, 1]
+    assert rows["mask-image"]["seeds"] == [0, 1]
+    assert rows["sb3-default"]["seeds"] == [0]
+    assert rows["sb3-default"]["success"]["n_runs"] == 1
+    assert json.loads((root / "summary.json").read_text())["rows"] == json.loads(
+        json.dumps(summary["rows"])
+    )
+    assert "| film |" not in (root / "summary.md").read_text()
+
+    # the same through the CLI, without training anything
+    argv = ["bench", "--games", PROBE, "--fusions", "concat", "film", "--seeds", "0", "1", "2"]
+    assert main([*argv, "--summary-only", "--out", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| mbm/ModalityProbe-v0 | sb3-default | 1 |" in out
+    assert "| mbm/ModalityProbe-v0 | concat | 2 |" in out
+    assert "| film |" not in out
+    assert not (root / "runs" / "ModalityProbe-film-s0").exists()
+
+
+# -- export of a bench run --------------------------------------------------------------------
+def test_cli_export_of_a_bench_run(
+    grid: Grid, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_tree(grid.run("concat"), tmp_path / "run")
+    assert main(["export", str(run), "--format", "onnx", "--format", "torchscript"]) == 0
+    out = capsys.readouterr().out
+    for fmt in ("onnx", "torchscript"):
+        folder = run / "exports" / fmt
+        assert f"wrote {folder}" in out
+        spec = json.loads((folder / "export.json").read_text())
+        assert spec["export_format"] == fmt
+
+    agent = load_agent(run)
+    observations = probe_observations(12, agent.spec.get("env_kwargs"))
+    batch = stack(observations)
+    for fmt in ("onnx", "torchscript"):
+        policy = load_exported(run / "exports" / fmt)
+        for obs in observations:
+            assert int(policy.act(obs)) == int(agent.act(obs)), fmt
+        np.testing.assert_array_equal(policy.act(batch), agent.act(batch))
+        np.testing.assert_allclose(
+            torch.softmax(torch.as_tensor(policy(batch)["logits"]), -1).numpy(),
+            action_probs(agent, batch),
+            atol=1e-5,
+        )
+
+
+def test_cli_export_errors(grid: Grid, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = copy_tree(grid.run("mask-image"), tmp_path / "run")
+    out = tmp_path / "out"
+    argv = ["export", str(run), "--format", "onnx", "--format", "torchscript", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "one --format" in err
+    assert not out.exists() and not (run / "exports").exists()
+
+    missing = tmp_path / "no-such-run"
+    assert main(["export", str(missing), "--format", "torchscript"]) == 2
+    err = capsys.readouterr().err
+    assert "mbm-agent export: error:" in err and str(missing) in err
+
+
+def test_train_rejects_an_unknown_extractor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", PROBE, "--set", "extractor=nonsense", "--runs-dir", str(tmp_path)]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "extractor" in err and "nonsense" in err
+    assert "'mbm'" in err and "'sb3'" in err
+    assert list(tmp_path.iterdir()) == []
