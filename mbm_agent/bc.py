@@ -282,7 +282,8 @@ class BCConfig:
         encoder: ``EncoderConfig`` fields.
         modalities: Per-key modality declarations.
         net_arch: Hidden layers of the actor (and critic) after the encoder.
-        activation: Activation of those layers (tanh, relu, elu, gelu).
+        activation: Activation of those layers (relu, tanh, elu, gelu); ``mbm-agent
+            train --init-from`` adopts it.
         eval_episodes: Episodes of the evaluation at the end (held-out seeds).
         gif_episodes: Episodes recorded into ``episodes.gif``.
     """
@@ -297,7 +298,10 @@ class BCConfig:
     encoder: dict[str, Any] = field(default_factory=dict)
     modalities: dict[str, str] = field(default_factory=dict)
     net_arch: list[int] = field(default_factory=lambda: [64])
-    activation: str = "tanh"
+    # ReLU, not SB3's tanh: the fused features are unbounded, and on GoToObject the
+    # tanh layer saturated at once (every unit at +-1, zero gradient) and BC stayed at
+    # the majority action; with ReLU it learns.
+    activation: str = "relu"
     eval_episodes: int = 200
     gif_episodes: int = 2
 

@@ -371,7 +371,11 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
                 "wall_time_s": float(np.nansum(walls)),
             }
         )
-    summary = {"rows": rows, "games": {g: vars(s) for g, s in REFERENCE_GAMES.items()}}
+    summary = {
+        "rows": rows,
+        "games": {g: vars(s) for g, s in REFERENCE_GAMES.items()},
+        "agents": publish_agents(rows, root),
+    }
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     atomic_write_text(root / "summary.md", summary_markdown(summary))
     try:
@@ -384,6 +388,33 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
     except ImportError:
         pass
     return summary
+
+
+def publish_agents(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, str]:
+    """Copy one reference agent per game to ``root/agents/<Game>/`` (policy files + its eval).
+
+    The agent is the best seed of the fusion variant with the highest IQM success.
+    These folders are small (JSON + safetensors) and meant to be committed: after a
+    clone, ``mbm-agent eval runs/reference/agents/<Game>`` and ``load_agent`` take them.
+    """
+    import shutil
+
+    agents: dict[str, str] = {}
+    for env_id in sorted({r["env_id"] for r in rows}):
+        fusion_rows = [r for r in rows if r["env_id"] == env_id and r["variant"] in FUSION_MODES]
+        if not fusion_rows:
+            continue
+        best = max(fusion_rows, key=lambda r: (r["success"]["iqm"], r["return"]["iqm"]))
+        seed = best["seeds"][int(np.argmax(best["per_seed_success"]))]
+        game = env_id.split("/")[-1].split("-v")[0]
+        source = root / "runs" / f"{game}-{best['variant']}-s{seed}"
+        target = root / "agents" / game
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source / "best", target)
+        shutil.copy2(source / "eval.json", target / "eval.json")
+        agents[env_id] = str(target.relative_to(root))
+    return agents
 
 
 def _json_default(value: Any) -> Any:
@@ -422,6 +453,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"| {r['env_id']} | {r['variant']} | {len(r['seeds'])} | {r['steps']:,} "
             f"| {_pct(r['success'])} | {_num(r['return'])} | {masked or '-'} | {s90} "
             f"| {r['wall_time_s'] / 60:.1f} min |"
+        )
+    lines.append("")
+    for env_id, path in summary.get("agents", {}).items():
+        lines.append(
+            f"Reference agent for {env_id}: `{path}` (`mbm-agent eval` / `load_agent` take it)."
         )
     lines.append("")
     lines.append(

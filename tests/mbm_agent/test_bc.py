@@ -471,7 +471,14 @@ def test_init_from_loads_the_bc_weights_at_step_zero(torch_run: tuple[Path, Any]
     from mbm_agent.trainer import build_algorithm, init_policy_from, make_train_env
 
     run, _ = torch_run
-    cfg = tiny_config(PROBE, init_from=str(run), env_kwargs={"cue": CUE}, seed=123)
+    # In-process configs name the source's architecture themselves (the CLI adopts it).
+    cfg = tiny_config(
+        PROBE,
+        init_from=str(run),
+        env_kwargs={"cue": CUE},
+        seed=123,
+        policy_kwargs={"net_arch": [64], "activation_fn": "relu"},
+    )
     venv, vocab = make_train_env(cfg, cfg.seed)
     try:
         model = build_algorithm(cfg, venv, None)
