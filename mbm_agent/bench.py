@@ -441,7 +441,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     """The summary as a Markdown table, one row per game and variant."""
     lines = [
         "| game | variant | seeds | steps | success % (IQM [95% CI]) | return (IQM [95% CI]) "
-        "| masked at eval: success % (chance %) | steps to 90% | wall time |",
+        "| masked at eval: success % (chance %) | steps to 90% | wall time (all seeds) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
