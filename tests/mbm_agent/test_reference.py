@@ -20,7 +20,8 @@ EPISODES = 100
 @pytest.mark.parametrize("agent_dir", AGENTS, ids=[p.name for p in AGENTS])
 def test_reference_agent_plays_as_reported_and_needs_its_senses(agent_dir: Path) -> None:
     """Held-out success within 10 points of the committed report (>= 90% everywhere);
-    each required modality masked: within 15 points of the game's chance level."""
+    with a required modality masked the agent does no better than the game's chance
+    level (+10 points for 100-episode noise): the sense is needed, not decoration."""
     agent = load_agent(agent_dir)
     env_id = agent.spec["env_id"]
     reported = json.loads((agent_dir / "eval.json").read_text())["success"]["rate"]
@@ -38,7 +39,7 @@ def test_reference_agent_plays_as_reported_and_needs_its_senses(agent_dir: Path)
             drop_modalities=(modality,),
             baselines=False,
         )
-        assert abs(masked["success"]["rate"] - game.chance) <= 0.15, (modality, masked["success"])
+        assert masked["success"]["rate"] <= game.chance + 0.10, (modality, masked["success"])
 
 
 def test_every_reference_game_has_a_committed_agent_or_is_listed_as_missing() -> None:
