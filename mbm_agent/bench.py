@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mbm_agent.config import merge
 from mbm_agent.fusion import FUSION_MODES
 from mbm_agent.storage import atomic_write_text
 
@@ -185,16 +186,6 @@ def build_grid(
     return cells
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
 def run_cell(cell: Cell, root: Path, *, quick: bool = False, progress: bool = False) -> Path:
     """Train and evaluate one cell (skipped when done, resumed when stopped); its run folder."""
     from mbm_agent.config import resolve_config
@@ -211,9 +202,9 @@ def run_cell(cell: Cell, root: Path, *, quick: bool = False, progress: bool = Fa
 
             _masked_evals(cell, run_dir, load_run_config(run_dir).final_eval_episodes)
         return run_dir
-    overrides = _merge(dict(cell.overrides), {"runs_dir": str(runs), "run_name": cell.name})
+    overrides = merge(dict(cell.overrides), {"runs_dir": str(runs), "run_name": cell.name})
     if quick:
-        overrides = _merge(overrides, {**QUICK, "steps": QUICK_STEPS})
+        overrides = merge(overrides, {**QUICK, "steps": QUICK_STEPS})
     cfg = resolve_config(cell.game.env_id, overrides=overrides)
     # The grid command that (re)runs this cell, as typed.
     command = ["mbm-agent", *sys.argv[1:]] if "bench" in sys.argv[1:2] else ["mbm_agent.bench"]

@@ -126,18 +126,8 @@ def _source_architecture(source: str) -> dict[str, Any]:
     }
 
 
-def _merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge_dicts(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mbm_agent.config import resolve_config
+    from mbm_agent.config import merge, resolve_config
     from mbm_agent.trainer import train
 
     overrides = _parse_set(args.set)
@@ -163,7 +153,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.init_from is not None:
             # Start from the source's architecture; flags and --set still win (and a
             # mismatch they create is then reported by name).
-            overrides = _merge_dicts(_source_architecture(args.init_from), overrides)
+            overrides = merge(_source_architecture(args.init_from), overrides)
         cfg = resolve_config(args.env_id, config_file=args.config, overrides=overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
