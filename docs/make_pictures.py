@@ -33,6 +33,6 @@ if __name__ == "__main__":
     out = Path("docs/img")
     out.mkdir(parents=True, exist_ok=True)
     for env_id in envs.ENV_IDS:
-        path = out / f"{env_id.split('/')[1].split('-v')[0]}.png"
+        path = out / f"{envs.game_name(env_id)}.png"
         picture(env_id).save(path, optimize=True)
         print(path)

@@ -43,6 +43,11 @@ def _register() -> None:
         )
 
 
+def game_name(env_id: str) -> str:
+    """Short name of an env id for file and run names: ``mbm/GoToObject-v0`` -> ``GoToObject``."""
+    return env_id.split("/")[-1].split("-v")[0]
+
+
 def check_env_id(env_id: str) -> str:
     """Raise a helpful error for an unknown game id."""
     if env_id not in GAMES:

@@ -555,7 +555,7 @@ def bc_run(
     import sys
 
     env_id = str(demos.meta["env_id"])
-    game = env_id.split("/")[-1].split("-v")[0]
+    game = envs.game_name(env_id)
     fusion = EncoderConfig.from_dict(cfg.encoder).fusion
     name = run_name or f"{game}-bc-{cfg.backend}-{fusion}-s{cfg.seed}"
     run_dir = Path(runs_dir) / name

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+import envs
 from mbm_agent.config import merge
 from mbm_agent.fusion import FUSION_MODES
 from mbm_agent.storage import atomic_write_text
@@ -127,7 +128,7 @@ class Cell:
     @property
     def name(self) -> str:
         """Run folder name: ``<game>-<variant>-s<seed>``."""
-        game = self.game.env_id.split("/")[-1].split("-v")[0]
+        game = envs.game_name(self.game.env_id)
         return f"{game}-{self.variant}-s{self.seed}"
 
 
@@ -271,16 +272,10 @@ def finished_cells(root: str | Path) -> list[Cell]:
     """Every grid cell with an evaluated run under ``root/runs`` (from any invocation)."""
     import re
 
-    root = Path(root)
-    cells = []
-    for path in sorted((root / "runs").glob("*-s*")):
-        match = re.search(r"-s(\d+)$", path.name)
-        if match is None or not (path / "eval.json").is_file():
-            continue
-        known = {c.name: c for c in build_grid(seeds=[int(match.group(1))])}
-        if path.name in known:
-            cells.append(known[path.name])
-    return cells
+    done = [p for p in sorted(Path(root).glob("runs/*-s*")) if (p / "eval.json").is_file()]
+    seeds = {int(m.group(1)) for p in done if (m := re.search(r"-s(\d+)$", p.name))}
+    known = {c.name: c for c in build_grid(seeds=sorted(seeds))} if seeds else {}
+    return [known[p.name] for p in done if p.name in known]
 
 
 def _steps_to(metrics_csv: Path, bar: float) -> float:
@@ -374,7 +369,7 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
             curves_plot(
                 [c for c in cells if c.game.env_id == env_id],
                 root,
-                root / f"curves-{env_id.split('/')[-1].split('-v')[0]}.png",
+                root / f"curves-{envs.game_name(env_id)}.png",
             )
     except ImportError:
         pass
@@ -397,7 +392,7 @@ def publish_agents(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, s
             continue
         best = max(fusion_rows, key=lambda r: (r["success"]["iqm"], r["return"]["iqm"]))
         seed = best["seeds"][int(np.argmax(best["per_seed_success"]))]
-        game = env_id.split("/")[-1].split("-v")[0]
+        game = envs.game_name(env_id)
         source = root / "runs" / f"{game}-{best['variant']}-s{seed}"
         target = root / "agents" / game
         if target.exists():

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+import envs
 from mbm_agent.config import ALGOS, ConfigError, TrainConfig
 
 EPILOG = """examples:
@@ -126,6 +127,15 @@ def _source_architecture(source: str) -> dict[str, Any]:
     }
 
 
+def _print_headline(run_dir: Path, report: dict[str, Any]) -> None:
+    """The run folder and its held-out success and return (train and bc print the same)."""
+    print(f"run: {run_dir}")
+    print(
+        f"success {report['success']['rate']:.3f}  mean return {report['returns']['mean']:.3f}  "
+        f"({report['meta']['episodes']} held-out episodes)"
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from mbm_agent.config import merge, resolve_config
     from mbm_agent.trainer import train
@@ -162,12 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg, resume=args.resume, command=["mbm-agent", *args.argv], progress=not args.no_progress
     )
     if result.report is not None:
-        r = result.report
-        print(f"run: {result.run_dir}")
-        print(
-            f"success {r['success']['rate']:.3f}  mean return {r['returns']['mean']:.3f}  "
-            f"({r['meta']['episodes']} held-out episodes)"
-        )
+        _print_headline(result.run_dir, result.report)
     return 130 if result.interrupted else 0
 
 
@@ -345,7 +350,7 @@ def _cmd_demos(args: argparse.Namespace) -> int:
         noise=args.noise,
         env_kwargs=env_kwargs,
     )
-    game = args.env_id.split("/")[-1].split("-v")[0]
+    game = envs.game_name(args.env_id)
     out = save_demos(demos, args.out or Path("demos") / f"{game}-{args.episodes}.npz")
     print(
         f"wrote {out}: {len(demos)} steps, {demos.n_episodes} episodes, expert success "
@@ -416,12 +421,10 @@ def _cmd_bc(args: argparse.Namespace) -> int:
         command=["mbm-agent", *args.argv],
         progress=not args.quiet,
     )
-    print(f"run: {run_dir}")
     if report is not None:
-        print(
-            f"success {report['success']['rate']:.3f}  mean return {report['returns']['mean']:.3f}  "
-            f"({report['meta']['episodes']} held-out episodes)"
-        )
+        _print_headline(run_dir, report)
+    else:
+        print(f"run: {run_dir}")
     return 0
 
 

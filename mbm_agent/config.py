@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+import envs
 from mbm_agent.encoder import EncoderConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -133,7 +134,7 @@ class TrainConfig:
 
     def default_run_name(self) -> str:
         """``<game>-<algo>-<fusion>-s<seed>``."""
-        game = self.env_id.split("/")[-1].split("-v")[0]
+        game = envs.game_name(self.env_id)
         return f"{game}-{self.algo}-{self.fusion}-s{self.seed}"
 
     def validate(self) -> None:

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -120,14 +121,6 @@ class PolicyNetwork(nn.Module):
             enc.load_state_dict(extractor.encoder.state_dict())
             return enc
 
-        def copy(module: nn.Module) -> nn.Module:
-            clone = type(module)() if isinstance(module, nn.Sequential) else None
-            if clone is None:
-                raise UnsupportedPolicyError(f"Cannot copy a {type(module).__name__} head.")
-            for name, child in module.named_children():
-                clone.add_module(name, child)
-            return clone
-
         if algo == "dqn":
             q_net = policy.q_net
             layers = list(q_net.q_net.children())
@@ -145,14 +138,14 @@ class PolicyNetwork(nn.Module):
             actor_ext = policy.features_extractor if shared else policy.pi_features_extractor
             net = cls(
                 raw_encoder(actor_ext),
-                copy(policy.mlp_extractor.policy_net),
+                policy.mlp_extractor.policy_net,
                 policy.action_net,
-                copy(policy.mlp_extractor.value_net),
+                policy.mlp_extractor.value_net,
                 policy.value_net,
                 None if shared else raw_encoder(policy.vf_features_extractor),
             )
         # Independent copies: exporting must not tie the agent's parameters to ours.
-        net = _deepcopy_module(net)
+        net = copy.deepcopy(net)
         net.eval()
         return net
 
@@ -230,9 +223,3 @@ class PolicyNetwork(nn.Module):
                 raise UnsupportedPolicyError(f"Cannot sample {sub}.")
             out[key] = values.astype(dummy.dtype)
         return out
-
-
-def _deepcopy_module(module: nn.Module) -> PolicyNetwork:
-    import copy
-
-    return copy.deepcopy(module)  # type: ignore[return-value]
