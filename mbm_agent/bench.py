@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -187,8 +188,34 @@ def build_grid(
     return cells
 
 
-def run_cell(cell: Cell, root: Path, *, quick: bool = False, progress: bool = False) -> Path:
-    """Train and evaluate one cell (skipped when done, resumed when stopped); its run folder."""
+def cell_done(cell: Cell, root: Path) -> bool:
+    """Whether the cell's run is evaluated, its masked evaluations included."""
+    run_dir = root / "runs" / cell.name
+    if not (run_dir / "eval.json").is_file():
+        return False
+    return cell.variant not in FUSION_MODES or all(
+        (run_dir / f"eval-drop-{m}.json").is_file() for m in cell.game.required
+    )
+
+
+def run_cell(
+    cell: Cell,
+    root: Path,
+    *,
+    quick: bool = False,
+    progress: bool = False,
+    command: Sequence[str] | None = None,
+) -> Path:
+    """Train and evaluate one cell (skipped when done, resumed when stopped); its run folder.
+
+    Args:
+        cell: The cell.
+        root: The grid's output folder; the run goes to ``root/runs/<cell.name>``.
+        quick: Smoke-test settings (:data:`QUICK`); the budget shrinks to
+            :data:`QUICK_STEPS` unless the cell's budget was set explicitly.
+        progress: Show the training progress bar.
+        command: The command recorded in the run folder (default: this process's).
+    """
     from mbm_agent.config import resolve_config
     from mbm_agent.trainer import train
 
@@ -196,19 +223,20 @@ def run_cell(cell: Cell, root: Path, *, quick: bool = False, progress: bool = Fa
     run_dir = runs / cell.name
     if (run_dir / "eval.json").is_file():
         # A stop after the final evaluation but before the masked ones: finish those.
-        if cell.variant in FUSION_MODES and not all(
-            (run_dir / f"eval-drop-{m}.json").is_file() for m in cell.game.required
-        ):
+        if not cell_done(cell, root):
             from mbm_agent.config import load_run_config
 
             _masked_evals(cell, run_dir, load_run_config(run_dir).final_eval_episodes)
         return run_dir
     overrides = merge(dict(cell.overrides), {"runs_dir": str(runs), "run_name": cell.name})
     if quick:
-        overrides = merge(overrides, {**QUICK, "steps": QUICK_STEPS})
+        explicit = cell.overrides.get("steps", cell.game.steps) != cell.game.steps
+        steps = cell.overrides["steps"] if explicit else QUICK_STEPS
+        overrides = merge(overrides, {**QUICK, "steps": steps})
     cfg = resolve_config(cell.game.env_id, overrides=overrides)
-    # The grid command that (re)runs this cell, as typed.
-    command = ["mbm-agent", *sys.argv[1:]] if "bench" in sys.argv[1:2] else ["mbm_agent.bench"]
+    if command is None:  # the grid command that (re)runs this cell, as typed
+        command = ["mbm-agent", *sys.argv[1:]] if "bench" in sys.argv[1:2] else ["mbm_agent.bench"]
+    command = list(command)
     if run_dir.is_dir() and (run_dir / "config.json").is_file():
         result = train(cfg, resume=run_dir, command=command, progress=progress)
     else:
@@ -248,6 +276,49 @@ def _masked_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
         write_report(report, run_dir, name=f"eval-drop-{modality}")
 
 
+#: How ``run_grid`` runs the cells (see :func:`resolve_backend`).
+BACKENDS = ("auto", "ray", "sequential")
+
+
+def resolve_backend(
+    backend: str, ray_address: str | None = None, cpus_per_trial: int = 1, pending: int = 2
+) -> str:
+    """``"ray"`` or ``"sequential"`` for a requested backend and ``pending`` runs.
+
+    ``auto`` picks Ray when it is installed, the machine can run two trials at
+    once and more than one run is left (one run gains nothing from Ray).
+
+    Raises:
+        ValueError: Unknown backend, or an address with ``sequential``.
+        ImportError: Ray was asked for (``ray`` or an address) but is not
+            installed; the message names the extra.
+    """
+    from mbm_agent.ray_grid import ray_available, require_ray
+
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; use one of {list(BACKENDS)}.")
+    if cpus_per_trial < 1:
+        raise ValueError(f"cpus_per_trial must be at least 1, got {cpus_per_trial}.")
+    if ray_address is not None:
+        if backend == "sequential":
+            raise ValueError(
+                "--ray-address runs the grid on Ray; drop --backend sequential (or the address)."
+            )
+        require_ray("--ray-address")
+        return "ray"
+    if backend == "ray":
+        require_ray("--backend ray")
+        return "ray"
+    if (
+        backend == "auto"
+        and pending > 1
+        and (os.cpu_count() or 1) >= 2 * cpus_per_trial
+        and ray_available()
+    ):
+        return "ray"
+    return "sequential"
+
+
 def run_grid(
     cells: Sequence[Cell],
     root: str | Path,
@@ -255,16 +326,59 @@ def run_grid(
     quick: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    backend: str = "auto",
+    ray_address: str | None = None,
+    cpus_per_trial: int = 1,
+    command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run every cell in order (resuming), then write the summary; returns it."""
+    """Run every unfinished cell (resuming stopped ones), then write the summary; returns it.
+
+    Args:
+        cells: The grid.
+        root: Output folder (``root/runs/<cell>`` and the summary files).
+        quick: Smoke-test budgets.
+        progress: Progress bars (sequential backend only).
+        log: Progress messages.
+        backend: ``auto``, ``ray`` (Ray Tune trials, see :mod:`mbm_agent.ray_grid`)
+            or ``sequential`` (one run after another in this process).
+        ray_address: Run on this Ray cluster instead of a local Ray.
+        cpus_per_trial: CPUs and torch threads per Ray trial.
+        command: The command recorded in every run folder.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C; every run keeps its checkpoints.
+        mbm_agent.ray_grid.GridError: Ray trials that failed after their retries.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for i, cell in enumerate(cells, 1):
-        done = (root / "runs" / cell.name / "eval.json").is_file()
-        log(f"[{i}/{len(cells)}] {cell.name}{' (done)' if done else ''}")
-        run_cell(cell, root, quick=quick, progress=progress)
-    log(f"grid: {len(cells)} runs, {time.perf_counter() - start:.0f} s in this session")
+    pending = [c for c in cells if not cell_done(c, root)]
+    mode = resolve_backend(backend, ray_address, cpus_per_trial, len(pending))
+    if not pending:
+        mode = "sequential"  # nothing to run: no Ray to start
+    if mode == "ray":
+        from mbm_agent.ray_grid import run_cells_on_ray
+
+        for i, cell in enumerate(cells, 1):
+            if cell not in pending:
+                log(f"[{i}/{len(cells)}] {cell.name} (done)")
+        run_cells_on_ray(
+            pending,
+            root,
+            quick=quick,
+            address=ray_address,
+            cpus_per_trial=cpus_per_trial,
+            command=command,
+            log=log,
+        )
+    else:
+        for i, cell in enumerate(cells, 1):
+            log(f"[{i}/{len(cells)}] {cell.name}{'' if cell in pending else ' (done)'}")
+            run_cell(cell, root, quick=quick, progress=progress, command=command)
+    log(
+        f"grid: {len(cells)} runs ({len(pending)} run now, {mode}), "
+        f"{time.perf_counter() - start:.0f} s in this session"
+    )
     return write_summary(finished_cells(root), root)
 
 

@@ -479,10 +479,33 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--out", type=Path, default=Path("runs/reference"))
     p.add_argument("--list", action="store_true", help="print the cells and exit")
     p.add_argument("--summary-only", action="store_true", help="rebuild the summary and exit")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "ray", "sequential"),
+        default="auto",
+        help="ray: each run a Ray Tune trial (runs in parallel, retried if its worker dies); "
+        "sequential: one after another in this process; auto (default): ray when the ray "
+        "extra is installed and the machine has 2+ cores",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="run the trials on this Ray cluster (e.g. ray://head:10001 or auto) instead of a "
+        "local Ray started for the command; --out must then be on a file system every node "
+        "can write",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPUs (and torch threads) per Ray trial (default 1)",
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from mbm_agent.bench import build_grid, finished_cells, run_grid, write_summary
+    from mbm_agent.ray_grid import GridError
 
     cells = build_grid(
         args.games,
@@ -505,7 +528,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         summary = write_summary(finished, args.out)
     else:
         try:
-            summary = run_grid(cells, args.out, quick=args.quick)
+            summary = run_grid(
+                cells,
+                args.out,
+                quick=args.quick,
+                backend=args.backend,
+                ray_address=args.ray_address,
+                cpus_per_trial=args.cpus_per_trial,
+                command=["mbm-agent", *args.argv],
+            )
+        except GridError as exc:
+            print(f"mbm-agent bench: {exc}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt as exc:
             print(
                 f"mbm-agent bench: stopped ({exc or 'Ctrl-C'}); run the same command again to "

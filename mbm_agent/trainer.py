@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -660,7 +661,11 @@ def train(
             "\nCtrl-C: saving a checkpoint and stopping (press again to abort)...", file=sys.stderr
         )
 
-    signal.signal(signal.SIGINT, on_sigint)
+    # Signal handlers can only be set from the main thread; elsewhere (a Ray Tune
+    # trial runs its function in a thread) Ctrl-C is the caller's business.
+    own_sigint = threading.current_thread() is threading.main_thread()
+    if own_sigint:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         remaining = cfg.steps - state.num_timesteps
         if remaining > 0:
@@ -672,7 +677,8 @@ def train(
                 progress_bar=False,
             )
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if own_sigint:
+            signal.signal(signal.SIGINT, previous)
     callback.model = model
     ckpt = callback.checkpoint()
     save_policy(model.policy, _spec(model, cfg, vocab), run_dir / "final", vocab)

@@ -62,7 +62,7 @@ def _cells() -> list[Cell]:
 def _build_grid(path: Path) -> None:
     log: list[str] = []
     start = time.perf_counter()
-    summary = run_grid(_cells(), path / "grid", quick=True, log=log.append)
+    summary = run_grid(_cells(), path / "grid", quick=True, log=log.append, backend="sequential")
     seconds = time.perf_counter() - start
     meta = {"summary": summary, "log": log, "seconds": seconds}
     (path / "meta.json").write_text(json.dumps(meta))
@@ -342,7 +342,7 @@ def test_second_run_skips_finished_runs(
     monkeypatch.setattr(mbm_agent.evaluation, "evaluate_agent", no_training)
     log: list[str] = []
     start = time.perf_counter()
-    summary = run_grid(grid.cells, root, quick=True, log=log.append)
+    summary = run_grid(grid.cells, root, quick=True, log=log.append, backend="sequential")
     seconds = time.perf_counter() - start
     assert eval_mtimes(root) == before
     assert sum("(done)" in line for line in log) == len(grid.cells)
@@ -401,7 +401,7 @@ def test_stopped_runs_are_completed_on_the_next_call(
     argv = ["bench", "--games", PROBE, "--fusions", "concat", "--seeds", *map(str, SEEDS)]
     with monkeypatch.context() as m:
         m.setattr(TrainerCallback, "_on_step", ctrl_c)
-        assert main([*argv, "--quick", "--out", str(root)]) == 130
+        assert main([*argv, "--quick", "--backend", "sequential", "--out", str(root)]) == 130
     err = capsys.readouterr().err
     assert "ModalityProbe-concat-s1" in err and "again to resume" in err
     assert (no_drop / "eval-drop-image.json").is_file()  # came before the stop
@@ -411,7 +411,7 @@ def test_stopped_runs_are_completed_on_the_next_call(
     assert eval_mtimes(root) == before
 
     log: list[str] = []
-    summary = run_grid(grid.cells, root, quick=True, log=log.append)
+    summary = run_grid(grid.cells, root, quick=True, log=log.append, backend="sequential")
     assert sum("(done)" in line for line in log) == len(grid.cells) - 2
 
     for run in (stopped, no_drop, stray):
