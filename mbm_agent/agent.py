@@ -115,6 +115,20 @@ def policy_kwargs_for(
     return kwargs
 
 
+def source_architecture(source: str | Path) -> dict[str, Any]:
+    """Encoder, modalities and policy settings of a run's (or model folder's) policy.
+
+    ``train --init-from`` starts from these, so the new run's network matches the
+    weights it loads.
+    """
+    spec = read_spec(resolve_model_dir(source, "best"))
+    return {
+        "encoder": dict(spec.get("encoder", {})),
+        "modalities": dict(spec.get("modalities", {})),
+        "policy_kwargs": dict(spec.get("policy_kwargs", {})),
+    }
+
+
 def policy_spec(
     policy: BasePolicy,
     *,

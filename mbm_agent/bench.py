@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,28 @@ import envs
 from mbm_agent.config import merge
 from mbm_agent.fusion import FUSION_MODES
 from mbm_agent.storage import atomic_write_text
+
+
+@dataclass(frozen=True)
+class BCRecipe:
+    """The ``bc-ppo`` variant: clone the expert, then fine-tune the clone with PPO.
+
+    Attributes:
+        episodes: Expert episodes recorded (``mbm-agent demos``); their env steps
+            count towards the budget next to PPO's.
+        noise: DART noise of the recording (random action executed, expert's label kept).
+        epochs: BC epochs (the lowest held-out-loss epoch is kept).
+        encoder: Encoder settings of the cloned (and fine-tuned) policy.
+        ppo_steps: PPO steps after BC (``train --init-from``).
+        learning_rate: PPO's learning rate (lower than from scratch, to keep the clone).
+    """
+
+    episodes: int
+    noise: float
+    epochs: int
+    encoder: Mapping[str, Any]
+    ppo_steps: int = 300_000
+    learning_rate: float = 2e-4
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,8 @@ class GameSpec:
         steps: Training budget per run.
         fusion: The fusion mode the ablations use (the game's default config's).
         note: Why the chance level is what it is.
+        bc: The ``bc-ppo`` recipe, for games PPO does not learn from scratch
+            within the budget.
     """
 
     env_id: str
@@ -60,6 +84,7 @@ class GameSpec:
     steps: int
     fusion: str
     note: str = ""
+    bc: BCRecipe | None = None
 
 
 REFERENCE_GAMES: dict[str, GameSpec] = {
@@ -86,6 +111,7 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         500_000,
         "film",
         "3 objects; only the instruction says which one to reach",
+        BCRecipe(10_000, 0.2, 10, {"fusion": "film", "image_encoder": "nature"}),
     ),
     "mbm/SoundMaze-v0": GameSpec(
         "mbm/SoundMaze-v0",
@@ -94,8 +120,20 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         500_000,
         "film",
         "3 identical objects; the text names a sound, the audio says where it is",
+        BCRecipe(8_000, 0.2, 8, {"fusion": "film"}),
     ),
 }
+
+#: The variant that clones the game's expert, then fine-tunes with PPO (:class:`BCRecipe`).
+BC_PPO = "bc-ppo"
+#: Demonstrations of seed ``s`` start at world ``1 + DEMO_SEED_STRIDE * s``.
+DEMO_SEED_STRIDE = 100_000
+
+
+def full_sense(variant: str) -> bool:
+    """Whether a variant sees every modality (its masked evaluations are then run)."""
+    return variant in FUSION_MODES or variant == BC_PPO
+
 
 #: Overrides that make every run a smoke test (``--quick``).
 QUICK: dict[str, Any] = {
@@ -116,7 +154,7 @@ class Cell:
 
     Attributes:
         game: The game's spec.
-        variant: A fusion mode, ``mask-<modality>`` or ``sb3-default``.
+        variant: A fusion mode, ``mask-<modality>``, ``sb3-default`` or ``bc-ppo``.
         seed: Training seed.
         overrides: Config overrides on top of the game's defaults.
     """
@@ -140,9 +178,10 @@ def build_grid(
     *,
     ablations: bool = True,
     baseline: bool = True,
+    bc: bool = True,
     steps: int | None = None,
 ) -> list[Cell]:
-    """The grid's cells: games x (fusions + masks + baseline) x seeds.
+    """The grid's cells: games x (fusions + bc-ppo + masks + baseline) x seeds.
 
     Args:
         games: Game ids (default: all of :data:`REFERENCE_GAMES`).
@@ -150,7 +189,9 @@ def build_grid(
         seeds: Training seeds.
         ablations: Add one ``mask-<modality>`` variant per required modality.
         baseline: Add the ``sb3-default`` variant.
-        steps: Budget per run (default: each game's).
+        bc: Add the ``bc-ppo`` variant for games with a :class:`BCRecipe`.
+        steps: Budget per run (default: each game's; for ``bc-ppo`` the PPO
+            steps after cloning).
 
     Raises:
         ValueError: Unknown game or fusion mode, or no seeds.
@@ -168,10 +209,19 @@ def build_grid(
     cells = []
     for env_id in games:
         game = REFERENCE_GAMES[env_id]
-        budget = {"steps": steps or game.steps}
         variants: list[tuple[str, dict[str, Any]]] = [
             (f, {"encoder": {"fusion": f}}) for f in fusions
         ]
+        if bc and game.bc is not None:
+            variants.append(
+                (
+                    BC_PPO,
+                    {
+                        "encoder": dict(game.bc.encoder),
+                        "algo_kwargs": {"learning_rate": game.bc.learning_rate},
+                    },
+                )
+            )
         if ablations:
             variants += [
                 (
@@ -183,9 +233,17 @@ def build_grid(
         if baseline:
             variants.append(("sb3-default", {"extractor": "sb3"}))
         for variant, overrides in variants:
+            budget = {"steps": steps or default_steps(game, variant)}
             for seed in seeds:
                 cells.append(Cell(game, variant, seed, {**overrides, **budget, "seed": seed}))
     return cells
+
+
+def default_steps(game: GameSpec, variant: str) -> int:
+    """A variant's budget unless ``--steps`` says otherwise (``bc-ppo``: its PPO steps)."""
+    if variant == BC_PPO and game.bc is not None:
+        return game.bc.ppo_steps
+    return game.steps
 
 
 def cell_done(cell: Cell, root: Path) -> bool:
@@ -193,7 +251,7 @@ def cell_done(cell: Cell, root: Path) -> bool:
     run_dir = root / "runs" / cell.name
     if not (run_dir / "eval.json").is_file():
         return False
-    return cell.variant not in FUSION_MODES or all(
+    return not full_sense(cell.variant) or all(
         (run_dir / f"eval-drop-{m}.json").is_file() for m in cell.game.required
     )
 
@@ -230,13 +288,19 @@ def run_cell(
         return run_dir
     overrides = merge(dict(cell.overrides), {"runs_dir": str(runs), "run_name": cell.name})
     if quick:
-        explicit = cell.overrides.get("steps", cell.game.steps) != cell.game.steps
+        default = default_steps(cell.game, cell.variant)
+        explicit = cell.overrides.get("steps", default) != default
         steps = cell.overrides["steps"] if explicit else QUICK_STEPS
         overrides = merge(overrides, {**QUICK, "steps": steps})
-    cfg = resolve_config(cell.game.env_id, overrides=overrides)
     if command is None:  # the grid command that (re)runs this cell, as typed
         command = ["mbm-agent", *sys.argv[1:]] if "bench" in sys.argv[1:2] else ["mbm_agent.bench"]
     command = list(command)
+    if cell.variant == BC_PPO:
+        from mbm_agent.agent import source_architecture
+
+        cloned = _cloned_policy(cell, root, quick=quick, command=command)
+        overrides = merge(source_architecture(cloned), {**overrides, "init_from": str(cloned)})
+    cfg = resolve_config(cell.game.env_id, overrides=overrides)
     if run_dir.is_dir() and (run_dir / "config.json").is_file():
         result = train(cfg, resume=run_dir, command=command, progress=progress)
     else:
@@ -247,10 +311,60 @@ def run_cell(
         result = train(cfg, command=command, progress=progress)
     if result.interrupted:  # Ctrl-C: stop the grid here; the next call resumes this run
         raise KeyboardInterrupt(f"{cell.name} stopped at {result.num_timesteps} steps")
-    if cell.variant in FUSION_MODES:
+    if full_sense(cell.variant):
         for m in cell.game.required:  # left by an earlier policy of this run: redo them
             (run_dir / f"eval-drop-{m}.json").unlink(missing_ok=True)
         _masked_evals(cell, run_dir, cfg.final_eval_episodes)
+    return run_dir
+
+
+def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str]) -> Path:
+    """The ``bc-ppo`` cell's BC run (``runs/<game>-bc-s<seed>``), made first if missing.
+
+    Demonstrations go to ``root/demos/<game>-s<seed>.npz`` (kept: a rerun after a
+    stop reuses them); a BC run without its evaluation (stopped) is made again.
+    """
+    from mbm_agent.bc import BCConfig, bc_run, load_demos, record_demos, save_demos
+
+    recipe = cell.game.bc
+    if recipe is None:
+        raise ValueError(f"{cell.game.env_id} has no BC recipe; {BC_PPO} does not apply to it.")
+    game = envs.game_name(cell.game.env_id)
+    run_dir = root / "runs" / f"{game}-bc-s{cell.seed}"
+    if (run_dir / "best").is_dir() and (run_dir / "eval.json").is_file():
+        return run_dir
+    episodes = min(recipe.episodes, 64) if quick else recipe.episodes
+    demos_path = root / "demos" / f"{game}-s{cell.seed}{'-quick' if quick else ''}.npz"
+    if demos_path.is_file():
+        demos = load_demos(demos_path)
+    else:
+        demos = record_demos(
+            cell.game.env_id,
+            episodes,
+            seed=1 + DEMO_SEED_STRIDE * cell.seed,
+            noise=recipe.noise,
+        )
+        save_demos(demos, demos_path)
+    if run_dir.exists():  # stopped before its evaluation: clone again
+        import shutil
+
+        shutil.rmtree(run_dir)
+    cfg = BCConfig(
+        epochs=1 if quick else recipe.epochs,
+        seed=cell.seed,
+        encoder=dict(recipe.encoder),
+        eval_episodes=QUICK["final_eval_episodes"] if quick else 200,
+        gif_episodes=0,
+    )
+    bc_run(
+        demos,
+        cfg,
+        run_name=run_dir.name,
+        runs_dir=root / "runs",
+        demos_path=demos_path,
+        command=command,
+        progress=False,
+    )
     return run_dir
 
 
@@ -418,6 +532,18 @@ def _wall_time(metrics_csv: Path) -> float:
     return float(np.nanmax(elapsed)) if elapsed is not None and len(elapsed) else math.nan
 
 
+def _demo_steps(config: Mapping[str, Any]) -> int:
+    """Demonstration steps behind a run started ``--init-from`` a BC run (else 0)."""
+    source = config.get("init_from")
+    if not source:
+        return 0
+    try:
+        bc_config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    return int(bc_config.get("demos", {}).get("steps", 0))
+
+
 def _success_of(path: Path) -> float | None:
     if not path.is_file():
         return None
@@ -454,6 +580,7 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
             kept = [v for v in values if v is not None]
             if kept:
                 drops[m] = float(np.mean(kept))
+        demo_steps = [_demo_steps(r["config"]) for r in runs]
         steps90 = [_steps_to(d / "metrics.csv", 0.9) for d in dirs]
         walls = [_wall_time(d / "metrics.csv") for d in dirs]
         rows.append(
@@ -462,6 +589,8 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
                 "variant": variant,
                 "seeds": [c.seed for c in members],
                 "steps": int(runs[0]["config"].get("steps", 0)),
+                # bc-ppo: the expert's env steps the clone learnt from (mean over seeds)
+                "demo_steps": int(np.mean([d for d in demo_steps if d])) if any(demo_steps) else 0,
                 "success": agg["success"],
                 "return": agg["return"],
                 "per_seed_success": [r["success"] for r in runs],
@@ -473,7 +602,7 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
         )
     summary = {
         "rows": rows,
-        "games": {g: vars(s) for g, s in REFERENCE_GAMES.items()},
+        "games": {g: asdict(s) for g, s in REFERENCE_GAMES.items()},
         "agents": publish_agents(rows, root),
     }
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=_json_default))
@@ -501,7 +630,7 @@ def publish_agents(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, s
 
     agents: dict[str, str] = {}
     for env_id in sorted({r["env_id"] for r in rows}):
-        fusion_rows = [r for r in rows if r["env_id"] == env_id and r["variant"] in FUSION_MODES]
+        fusion_rows = [r for r in rows if r["env_id"] == env_id and full_sense(r["variant"])]
         if not fusion_rows:
             continue
         best = max(fusion_rows, key=lambda r: (r["success"]["iqm"], r["return"]["iqm"]))
@@ -549,8 +678,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"{m}: {100 * v:.1f} ({100 * r['chance']:.1f})" for m, v in r["masked_success"].items()
         )
         s90 = "-" if r["steps_to_90"] is None else f"{r['steps_to_90'] / 1000:.0f}k"
+        steps = f"{r['steps']:,}" + (f" + {r['demo_steps']:,} demo" if r.get("demo_steps") else "")
         lines.append(
-            f"| {r['env_id']} | {r['variant']} | {len(r['seeds'])} | {r['steps']:,} "
+            f"| {r['env_id']} | {r['variant']} | {len(r['seeds'])} | {steps} "
             f"| {_pct(r['success'])} | {_num(r['return'])} | {masked or '-'} | {s90} "
             f"| {r['wall_time_s'] / 60:.1f} min |"
         )
@@ -563,7 +693,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines.append(
         "Success and return: held-out seeds, IQM over training seeds with 95% stratified "
         "bootstrap intervals. `mask-X` variants never see X (masked at training and "
-        "evaluation); the masked column of a fusion variant drops X at evaluation only."
+        "evaluation); the masked column of a fusion variant drops X at evaluation only. "
+        "`bc-ppo`: behaviour cloning from noisy expert demonstrations (their env steps "
+        "listed as `demo`), then PPO from the cloned policy; its wall time is PPO's."
     )
     return "\n".join(lines) + "\n"
 

@@ -115,18 +115,6 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-def _source_architecture(source: str) -> dict[str, Any]:
-    """Encoder, modalities and policy settings of the policy ``--init-from`` names."""
-    from mbm_agent.agent import read_spec, resolve_model_dir
-
-    spec = read_spec(resolve_model_dir(source, "best"))
-    return {
-        "encoder": dict(spec.get("encoder", {})),
-        "modalities": dict(spec.get("modalities", {})),
-        "policy_kwargs": dict(spec.get("policy_kwargs", {})),
-    }
-
-
 def _print_headline(run_dir: Path, report: dict[str, Any]) -> None:
     """The run folder and its held-out success and return (train and bc print the same)."""
     print(f"run: {run_dir}")
@@ -137,6 +125,7 @@ def _print_headline(run_dir: Path, report: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from mbm_agent.agent import source_architecture
     from mbm_agent.config import merge, resolve_config
     from mbm_agent.trainer import train
 
@@ -163,7 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.init_from is not None:
             # Start from the source's architecture; flags and --set still win (and a
             # mismatch they create is then reported by name).
-            overrides = merge(_source_architecture(args.init_from), overrides)
+            overrides = merge(source_architecture(args.init_from), overrides)
         cfg = resolve_config(args.env_id, config_file=args.config, overrides=overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -475,6 +464,18 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--steps", type=int, help="budget per run (default: each game's)")
     p.add_argument("--no-ablations", action="store_true", help="skip the mask-<modality> runs")
     p.add_argument("--no-baseline", action="store_true", help="skip the SB3-default runs")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="VARIANT",
+        help="only these variants of the grid (e.g. bc-ppo, mask-text, sb3-default, film)",
+    )
+    p.add_argument(
+        "--no-bc",
+        action="store_true",
+        help="skip the bc-ppo runs (expert demos -> behaviour cloning -> PPO fine-tune; "
+        "GoToObject and SoundMaze)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke-test budgets (CI)")
     p.add_argument("--out", type=Path, default=Path("runs/reference"))
     p.add_argument("--list", action="store_true", help="print the cells and exit")
@@ -513,8 +514,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         args.seeds,
         ablations=not args.no_ablations,
         baseline=not args.no_baseline,
+        bc=not args.no_bc,
         steps=args.steps,
     )
+    if args.variants:
+        known = list(dict.fromkeys(c.variant for c in cells))
+        unknown = [v for v in args.variants if v not in known]
+        if unknown:
+            raise ConfigError(
+                f"--variants {' '.join(unknown)}: not in this grid; its variants are: "
+                f"{', '.join(known)}."
+            )
+        cells = [c for c in cells if c.variant in args.variants]
     if args.list:
         for cell in cells:
             print(cell.name)

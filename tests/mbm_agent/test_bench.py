@@ -105,7 +105,8 @@ def eval_mtimes(root: Path) -> dict[str, int]:
 def test_build_grid_cells_and_overrides(env_id: str) -> None:
     game = REFERENCE_GAMES[env_id]
     cells = build_grid([env_id], ["concat", "film"], [3, 7])
-    variants = ["concat", "film", *(f"mask-{m}" for m in game.required), "sb3-default"]
+    bc = ["bc-ppo"] if game.bc is not None else []
+    variants = ["concat", "film", *bc, *(f"mask-{m}" for m in game.required), "sb3-default"]
     assert [(c.variant, c.seed) for c in cells] == [(v, s) for v in variants for s in (3, 7)]
     assert [c.name for c in cells] == [
         f"{short(env_id)}-{v}-s{s}" for v in variants for s in (3, 7)
@@ -115,8 +116,12 @@ def test_build_grid_cells_and_overrides(env_id: str) -> None:
         assert cell.game is game
         o = cell.overrides
         assert o["seed"] == cell.seed
-        assert o["steps"] == game.steps
-        if cell.variant in ("concat", "film"):
+        assert o["steps"] == (game.bc.ppo_steps if cell.variant == "bc-ppo" else game.steps)
+        if cell.variant == "bc-ppo":
+            assert o["encoder"] == dict(game.bc.encoder)
+            assert o["algo_kwargs"] == {"learning_rate": game.bc.learning_rate}
+            assert "modalities" not in o and "extractor" not in o
+        elif cell.variant in ("concat", "film"):
             assert o["encoder"] == {"fusion": cell.variant}
             assert "modalities" not in o and "extractor" not in o
         elif cell.variant.startswith("mask-"):
@@ -138,6 +143,12 @@ def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
         # the ablations use the game's default fusion (its YAML's)
         assert cell.game.fusion == env_fusion(cell.game.env_id)
         cfg = resolve_config(cell.game.env_id, overrides=dict(cell.overrides))
+        if cell.variant == "bc-ppo":
+            recipe = cell.game.bc
+            assert cfg.seed == 0 and cfg.steps == recipe.ppo_steps
+            assert cfg.fusion == recipe.encoder["fusion"] and cfg.extractor == "mbm"
+            assert cfg.algo_kwargs["learning_rate"] == recipe.learning_rate
+            continue
         assert cfg.seed == 0 and cfg.steps == cell.game.steps
         if cell.variant == "sb3-default":
             assert (cfg.extractor, cfg.fusion) == ("sb3", "sb3-default")
@@ -155,7 +166,12 @@ def test_build_grid_defaults_and_switches() -> None:
     assert {c.seed for c in everything} == {0, 1, 2}
     assert set(FUSION_MODES) <= {c.variant for c in everything}
     n_required = sum(len(g.required) for g in REFERENCE_GAMES.values())
-    assert len(everything) == 3 * (len(REFERENCE_GAMES) * (len(FUSION_MODES) + 1) + n_required)
+    n_bc = sum(g.bc is not None for g in REFERENCE_GAMES.values())
+    assert n_bc == 2  # GoToObject and SoundMaze
+    assert len(everything) == 3 * (
+        len(REFERENCE_GAMES) * (len(FUSION_MODES) + 1) + n_required + n_bc
+    )
+    assert len(build_grid(bc=False)) == len(everything) - 3 * n_bc
 
     plain = build_grid([PROBE], ["gated"], [0], ablations=False, baseline=False, steps=1234)
     assert [c.name for c in plain] == ["ModalityProbe-gated-s0"]
@@ -519,3 +535,67 @@ def test_train_rejects_an_unknown_extractor(
     assert "extractor" in err and "nonsense" in err
     assert "'mbm'" in err and "'sb3'" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the bc-ppo variant -------------------------------------------------------------------------
+def test_bc_ppo_cell_clones_the_expert_then_fine_tunes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Quick: demos -> BC run -> PPO run started from the BC policy, then its masked evals."""
+    soundmaze = "mbm/SoundMaze-v0"
+    recipe = REFERENCE_GAMES[soundmaze].bc
+    assert recipe is not None
+    root = tmp_path / "bench"
+    argv = ["bench", "--games", soundmaze, "--variants", "bc-ppo", "--seeds", "1", "--quick"]
+    assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| mbm/SoundMaze-v0 | bc-ppo | 1 |" in out and " demo |" in out
+
+    demos_file = root / "demos" / "SoundMaze-s1-quick.npz"
+    bc_dir = root / "runs" / "SoundMaze-bc-s1"
+    run = root / "runs" / "SoundMaze-bc-ppo-s1"
+    assert sorted(p.name for p in (root / "runs").iterdir()) == sorted([bc_dir.name, run.name])
+    bc_config = json.loads((bc_dir / "config.json").read_text())
+    assert bc_config["algo"] == "bc-torch"
+    assert bc_config["demos"]["seed"] == 1 + 100_000  # demos of another seed than seed 0's
+    assert bc_config["demos"]["noise"] == recipe.noise
+    assert bc_config["encoder"]["fusion"] == recipe.encoder["fusion"]
+
+    config = json.loads((run / "config.json").read_text())
+    assert Path(config["init_from"]) == bc_dir
+    # the PPO run took the cloned policy's architecture (ReLU heads) and the recipe's lr
+    assert config["policy_kwargs"] == bc_config["policy_kwargs"]
+    assert config["encoder"] == bc_config["encoder"]
+    assert config["algo_kwargs"]["learning_rate"] == recipe.learning_rate
+    for m in REFERENCE_GAMES[soundmaze].required:
+        assert (run / f"eval-drop-{m}.json").is_file(), m
+    summary = json.loads((root / "summary.json").read_text())
+    (row,) = summary["rows"]
+    assert row["variant"] == "bc-ppo"
+    assert row["demo_steps"] == bc_config["demos"]["steps"] > 0
+    assert summary["agents"] == {soundmaze: "agents/SoundMaze"}  # a full-sense variant
+
+    # a rerun trains nothing; a BC run stopped before its evaluation is cloned again
+    # (from the kept demos), and its PPO run then starts from it
+    before = eval_mtimes(root)
+    demos_mtime = demos_file.stat().st_mtime_ns
+    assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
+    assert eval_mtimes(root) == before
+    shutil.rmtree(run)
+    (bc_dir / "eval.json").unlink()
+    assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
+    assert (bc_dir / "eval.json").is_file() and (run / "eval.json").is_file()
+    assert demos_file.stat().st_mtime_ns == demos_mtime  # demos reused, not re-recorded
+
+
+def test_bench_variants_filter(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--games", "mbm/GoToObject-v0", PROBE, "--seeds", "0", "--list"]
+    assert main([*argv, "--variants", "bc-ppo", "mask-image"]) == 0
+    # games in the order given, each game's variants in grid order
+    assert capsys.readouterr().out.split() == [
+        "GoToObject-bc-ppo-s0",
+        "ModalityProbe-mask-image-s0",
+    ]
+    assert main([*argv, "--variants", "bcppo"]) == 2
+    err = capsys.readouterr().err
+    assert "bcppo" in err and "bc-ppo" in err
