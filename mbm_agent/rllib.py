@@ -1,0 +1,479 @@
+"""Ray RLlib integration: our :class:`~mbm_agent.encoder.MultimodalEncoder` as an RLModule.
+
+RLlib's new API stack (Ray >= 2.40) builds policies from ``RLModule`` classes.
+:class:`MultimodalPPOModule` is one whose trunk is our encoder, built from the
+env's ``Dict`` observation space, with a policy-logits head and a value head, so
+RLlib's PPO trains it on our games (or any Dict-observation env) with its own
+env runners, connectors and learners.
+
+RLlib's default connectors hand Dict observations over untouched: each key is
+batched and turned into a torch tensor of the same dtype (uint8 frames stay
+uint8, token ids int64; only float64 becomes float32). That is exactly what the
+raw-input encoder takes, so no preprocessing sits in between and the encoder
+checks every batch. Do not add RLlib's ``FlattenObservations`` connector: the
+module needs the Dict.
+
+Example::
+
+    import ray
+    from ray.rllib.core.columns import Columns
+
+    import envs
+    from mbm_agent.encoder import to_tensor_obs
+    from mbm_agent.rllib import ppo_config
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    algo = ppo_config("mbm/ModalityProbe-v0", num_env_runners=2, seed=0).build_algo()
+    for _ in range(16):
+        algo.train()
+    module = algo.get_module()  # the trained MultimodalPPOModule (inference-only copy)
+    obs, _ = envs.make_vec("mbm/ModalityProbe-v0", 64).reset(seed=1_000_003)
+    out = module.forward_inference({Columns.OBS: to_tensor_obs(obs)})
+    greedy = out[Columns.ACTION_DIST_INPUTS].argmax(-1)
+    algo.stop()
+    ray.shutdown()
+
+Importing this module needs Ray: ``pip install 'mbm-agent[ray]'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+from torch import Tensor, nn
+
+try:
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.rllib.core.rl_module.torch import TorchRLModule
+    from ray.tune.registry import register_env
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "mbm_agent.rllib needs Ray RLlib, which is not installed (or failed to import: "
+        f"{exc}). Install it with: pip install 'mbm-agent[ray]'."
+    ) from exc
+
+import envs
+from mbm_agent.config import resolve_config
+from mbm_agent.encoder import EncoderConfig, MultimodalEncoder
+
+__all__ = [
+    "MODULE_KEYS",
+    "EnvCreator",
+    "ModuleSettings",
+    "MultimodalPPOModule",
+    "ppo_config",
+    "register_rllib_env",
+    "register_rllib_envs",
+]
+
+_ENCODER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EncoderConfig))
+MODULE_KEYS: tuple[str, ...] = (*_ENCODER_FIELDS, "modalities", "hidden_sizes", "vf_share_layers")
+"""Keys :class:`MultimodalPPOModule` reads from ``model_config``: every
+:class:`~mbm_agent.encoder.EncoderConfig` field, ``modalities`` (per-key
+declarations), ``hidden_sizes`` (the policy and value heads' hidden layers) and
+``vf_share_layers`` (one encoder for policy and value, or two)."""
+
+# RLlib merges its own model-config keys into every module's ``model_config``
+# (PPO adds ``vf_share_layers``; ``config.rl_module(model_config=DefaultModelConfig())``
+# adds them all). Those are RLlib's to set, not typos, so the module ignores them.
+_RLLIB_KEYS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(DefaultModelConfig))
+
+# SB3 hyperparameter names of our per-env YAML defaults -> RLlib PPO's.
+_SB3_TO_RLLIB: dict[str, str] = {
+    "learning_rate": "lr",
+    "gamma": "gamma",
+    "gae_lambda": "lambda_",
+    "ent_coef": "entropy_coeff",
+    "clip_range": "clip_param",
+    "n_epochs": "num_epochs",
+    "batch_size": "minibatch_size",
+    "vf_coef": "vf_loss_coeff",
+    "max_grad_norm": "grad_clip",
+}
+
+
+# ---------------------------------------------------------------------- module
+@dataclass(frozen=True)
+class ModuleSettings:
+    """What :class:`MultimodalPPOModule` builds, parsed from its ``model_config``.
+
+    Attributes:
+        encoder: The encoder's architecture.
+        modalities: Per-key modality declarations (see :class:`MultimodalEncoder`).
+        hidden_sizes: Hidden layer widths of the policy and of the value head (tanh).
+        vf_share_layers: One encoder feeds both heads (True) or the value head
+            has its own encoder (False).
+    """
+
+    encoder: EncoderConfig
+    modalities: dict[str, str]
+    hidden_sizes: tuple[int, ...]
+    vf_share_layers: bool
+
+    @classmethod
+    def from_model_config(
+        cls, model_config: Mapping[str, Any] | DefaultModelConfig | None
+    ) -> ModuleSettings:
+        """Parse and check a module's ``model_config``.
+
+        Args:
+            model_config: Keys from :data:`MODULE_KEYS`; RLlib's own
+                ``DefaultModelConfig`` keys (or such an object) are ignored except
+                ``vf_share_layers``.
+
+        Returns:
+            The settings (encoder defaults for absent fields, one 64-wide hidden
+            layer per head, a shared encoder).
+
+        Raises:
+            ValueError: On an unknown key (with the closest known one) or a bad value.
+        """
+        if isinstance(model_config, DefaultModelConfig):
+            config = dataclasses.asdict(model_config)
+        else:
+            config = dict(model_config or {})
+        unknown = [k for k in config if k not in MODULE_KEYS and k not in _RLLIB_KEYS]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), MODULE_KEYS, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(
+                f"Unknown MultimodalPPOModule model_config key(s): {', '.join(hints)}. "
+                f"Known keys: {list(MODULE_KEYS)}."
+            )
+        encoder = EncoderConfig.from_dict({k: config[k] for k in _ENCODER_FIELDS if k in config})
+        modalities = config.get("modalities") or {}
+        if not isinstance(modalities, Mapping):
+            raise ValueError(
+                f"model_config['modalities'] must map observation keys to modality names, "
+                f"e.g. {{'image': 'symbolic_grid'}}; got {modalities!r}."
+            )
+        hidden = config.get("hidden_sizes", (64,))
+        if isinstance(hidden, int) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
+        ):
+            raise ValueError(
+                f"model_config['hidden_sizes'] must be a list of positive ints (e.g. [64], "
+                f"or [] for linear heads); got {hidden!r}."
+            )
+        share = config.get("vf_share_layers", True)
+        if not isinstance(share, bool):
+            raise ValueError(f"model_config['vf_share_layers'] must be a bool, got {share!r}.")
+        return cls(encoder, dict(modalities), tuple(hidden), share)
+
+
+def _head(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, out_gain: float) -> nn.Sequential:
+    """A tanh MLP with orthogonal init, as SB3's PPO policies (small last-layer gain)."""
+    layers: list[nn.Module] = []
+    for width in hidden_sizes:
+        linear = nn.Linear(in_dim, width)
+        nn.init.orthogonal_(linear.weight, gain=math.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.Tanh()]
+        in_dim = width
+    out = nn.Linear(in_dim, out_dim)
+    nn.init.orthogonal_(out.weight, gain=out_gain)
+    nn.init.zeros_(out.bias)
+    layers.append(out)
+    return nn.Sequential(*layers)
+
+
+class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
+    """RLlib RLModule for PPO: our multimodal encoder, a policy head and a value head.
+
+    RLlib constructs it from an ``RLModuleSpec`` (see :func:`ppo_config`); every
+    setting comes from ``model_config`` (keys in :data:`MODULE_KEYS`), e.g.
+    ``{"fusion": "film", "image_encoder": "nature", "hidden_sizes": [64]}``.
+    Observations reach it as a dict of raw tensors per key (RLlib's default
+    connectors keep dtypes), which the encoder checks and scales itself.
+
+    Inference-only copies (those on RLlib's env runners) skip the value head
+    and the value encoder.
+
+    Attributes:
+        settings: The parsed ``model_config``.
+        encoder: The trunk (shared with the value head when ``vf_share_layers``).
+        policy_head: Features to action logits.
+        value_encoder: The value head's own encoder, or None when shared or
+            inference-only.
+        value_head: Features to the state value, or None when inference-only.
+
+    Example::
+
+        module = MultimodalPPOModule(
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            model_config={"fusion": "concat", "hidden_sizes": [64]},
+        )
+        out = module.forward_inference({Columns.OBS: to_tensor_obs(obs_batch)})
+        logits = out[Columns.ACTION_DIST_INPUTS]  # (B, n_actions)
+        values = module.compute_values({Columns.OBS: to_tensor_obs(obs_batch)})  # (B,)
+    """
+
+    settings: ModuleSettings
+    encoder: MultimodalEncoder
+    policy_head: nn.Sequential
+    value_encoder: MultimodalEncoder | None
+    value_head: nn.Sequential | None
+
+    def setup(self) -> None:
+        """Build the encoder(s) and heads from the spaces and ``model_config``."""
+        obs_space, action_space = self.observation_space, self.action_space
+        if not isinstance(obs_space, spaces.Dict):
+            raise ValueError(
+                f"MultimodalPPOModule needs a gymnasium.spaces.Dict observation space, got "
+                f"{obs_space}. If the env's observations are a Dict, something flattened them "
+                "before the module (e.g. RLlib's FlattenObservations connector): remove it, the "
+                "encoder takes the raw Dict. Otherwise wrap the env so it emits a Dict."
+            )
+        if not isinstance(action_space, spaces.Discrete):
+            raise ValueError(
+                f"MultimodalPPOModule supports Discrete action spaces only, got {action_space}. "
+                "Discretise the actions with a wrapper, or use RLlib's default PPO module for "
+                "continuous or composite action spaces."
+            )
+        self.settings = ModuleSettings.from_model_config(self.model_config)
+        s = self.settings
+        self.encoder = MultimodalEncoder(obs_space, s.encoder, s.modalities)
+        dim = self.encoder.features_dim
+        self.policy_head = _head(dim, s.hidden_sizes, int(action_space.n), out_gain=0.01)
+        self.value_encoder = None
+        self.value_head = None
+        if not self.inference_only:
+            if not s.vf_share_layers:
+                self.value_encoder = MultimodalEncoder(obs_space, s.encoder, s.modalities)
+            self.value_head = _head(dim, s.hidden_sizes, 1, out_gain=1.0)
+
+    def get_non_inference_attributes(self) -> list[str]:
+        """Submodules that inference-only copies (on env runners) leave out."""
+        return ["value_head"] if self.settings.vf_share_layers else ["value_encoder", "value_head"]
+
+    def _observations(self, batch: Mapping[str, Any]) -> Mapping[str, Tensor]:
+        obs = batch[Columns.OBS]
+        if not isinstance(obs, Mapping):
+            raise ValueError(
+                f"batch[{Columns.OBS!r}] is a {type(obs).__name__}, expected a dict of tensors "
+                "keyed like the Dict observation space. Remove connectors that flatten "
+                "observations (e.g. FlattenObservations) from the pipeline."
+            )
+        return obs
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Action logits for inference and exploration."""
+        features = self.encoder(self._observations(batch))
+        return {Columns.ACTION_DIST_INPUTS: self.policy_head(features)}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Action logits, plus the value head's features so the loss reuses them."""
+        obs = self._observations(batch)
+        features = self.encoder(obs)
+        embeddings = features if self.value_encoder is None else self.value_encoder(obs)
+        return {
+            Columns.ACTION_DIST_INPUTS: self.policy_head(features),
+            Columns.EMBEDDINGS: embeddings,
+        }
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Tensor | None = None) -> Tensor:
+        """State values ``(B,)``, from ``embeddings`` when ``_forward_train`` gave them."""
+        if self.value_head is None:
+            raise ValueError(
+                "This MultimodalPPOModule is inference-only (as on RLlib's env runners) and has "
+                "no value head; build it with inference_only=False to compute values."
+            )
+        if embeddings is None:
+            obs = self._observations(batch)
+            encoder = self.encoder if self.value_encoder is None else self.value_encoder
+            embeddings = encoder(obs)
+        return self.value_head(embeddings).squeeze(-1)
+
+
+# ---------------------------------------------------------------------- envs
+@dataclass(frozen=True)
+class EnvCreator:
+    """RLlib env creator for one Gymnasium id (picklable, so env runners can rebuild it).
+
+    Called with RLlib's ``env_config`` (the env's keyword arguments). When RLlib
+    vectorises with ``gym_env_vectorize_mode="vector_entry_point"`` it adds
+    ``num_envs``: our games then return their natively batched vector env,
+    other ids a ``SyncVectorEnv``.
+
+    Attributes:
+        env_id: A Gymnasium id: one of ``envs.ENV_IDS``, a MiniGrid / BabyAI id
+            (wrapped by :func:`mbm_agent.wrappers.make_minigrid_env`, so the
+            mission becomes ``text`` token ids), or any registered id of an env
+            with Dict observations (``"module:EnvId"`` imports ``module`` first).
+    """
+
+    env_id: str
+
+    def __call__(self, env_config: Mapping[str, Any]) -> gym.Env | gym.vector.VectorEnv:
+        """Make the env (or vector env, with ``num_envs`` in ``env_config``)."""
+        # Env runners are separate processes: registering our games happens here,
+        # not only in the driver.
+        import envs
+
+        kwargs = dict(env_config)
+        num_envs = kwargs.pop("num_envs", None)
+        if num_envs is None:
+            return self._make_one(kwargs)
+        if self.env_id in envs.GAMES:
+            return envs.make_vec(self.env_id, int(num_envs), **kwargs)
+        return gym.vector.SyncVectorEnv(
+            [lambda: self._make_one(kwargs) for _ in range(int(num_envs))]
+        )
+
+    def _make_one(self, kwargs: Mapping[str, Any]) -> gym.Env:
+        if self.env_id.split(":")[-1].startswith(("MiniGrid-", "BabyAI-")):
+            from mbm_agent.wrappers import make_minigrid_env
+
+            return make_minigrid_env(self.env_id.split(":")[-1], **kwargs)
+        return gym.make(self.env_id, **kwargs)
+
+
+def register_rllib_env(env_id: str) -> str:
+    """Register one Gymnasium id with Ray Tune / RLlib under the same name.
+
+    Args:
+        env_id: See :class:`EnvCreator`.
+
+    Returns:
+        ``env_id``, to pass to ``config.environment(...)``.
+    """
+    register_env(env_id, EnvCreator(env_id))
+    return env_id
+
+
+def register_rllib_envs() -> tuple[str, ...]:
+    """Register every game of ``envs.ENV_IDS`` with Ray Tune / RLlib (same names).
+
+    Returns:
+        The registered ids.
+    """
+    for env_id in envs.ENV_IDS:
+        register_rllib_env(env_id)
+    return envs.ENV_IDS
+
+
+# ---------------------------------------------------------------------- config
+def _yaml_defaults(env_id: str) -> tuple[dict[str, Any], dict[str, Any], list[int], int]:
+    """The repo's per-env defaults (``mbm_agent/configs``) in RLlib's terms.
+
+    Returns:
+        Encoder fields, PPO hyperparameters (RLlib names), head sizes, parallel envs.
+    """
+    cfg = resolve_config(env_id)
+    sb3 = dict(cfg.algo_kwargs)
+    training = {_SB3_TO_RLLIB[k]: v for k, v in sb3.items() if k in _SB3_TO_RLLIB}
+    n_steps = int(sb3.get("n_steps", 128))
+    training["train_batch_size_per_learner"] = n_steps * cfg.n_envs
+    net_arch = cfg.policy_kwargs.get("net_arch", [64])
+    hidden = list(net_arch) if isinstance(net_arch, list) else [64]
+    return dict(cfg.encoder), training, hidden, cfg.n_envs
+
+
+def ppo_config(
+    env_id: str,
+    *,
+    fusion: str | None = None,
+    encoder: EncoderConfig | Mapping[str, Any] | None = None,
+    modalities: Mapping[str, str] | None = None,
+    hidden_sizes: Sequence[int] | None = None,
+    vf_share_layers: bool = True,
+    env_config: Mapping[str, Any] | None = None,
+    num_env_runners: int = 2,
+    num_envs_per_env_runner: int | None = None,
+    seed: int | None = 0,
+    register: bool = True,
+    **training: Any,
+) -> PPOConfig:
+    """An RLlib ``PPOConfig`` training a :class:`MultimodalPPOModule` on ``env_id``.
+
+    Defaults come from the repo's per-env YAML (``mbm_agent/configs``, the same
+    the SB3 trainer uses): the encoder settings (e.g. FiLM for GoToObject), the
+    head sizes, the number of parallel envs and the PPO hyperparameters, mapped
+    to RLlib's names (``n_steps * n_envs`` becomes ``train_batch_size_per_learner``,
+    ``batch_size`` ``minibatch_size``, ...). Like SB3's PPO it uses no KL penalty,
+    ``grad_clip=0.5`` and ``vf_loss_coeff=0.5``.
+
+    Args:
+        env_id: A Gymnasium id (see :class:`EnvCreator`).
+        fusion: Fusion mode; overrides ``encoder``'s.
+        encoder: Encoder settings (an ``EncoderConfig`` or a dict of its fields),
+            merged over the env's YAML defaults.
+        modalities: Per-key modality declarations (see :class:`MultimodalEncoder`).
+        hidden_sizes: Hidden widths of each head (default: the YAML's ``net_arch``).
+        vf_share_layers: One encoder for policy and value (as SB3's PPO) or two.
+        env_config: Keyword arguments of the env (e.g. ``{"cue": "text"}``).
+        num_env_runners: Sampling processes (0: sample in the driver).
+        num_envs_per_env_runner: Envs per runner (default: the YAML's ``n_envs``
+            split over the runners).
+        seed: Seed of the env runners' envs and of the module's initialisation.
+        register: Register ``env_id`` with Tune first (:func:`register_rllib_env`).
+        **training: ``PPOConfig.training`` arguments that override the defaults,
+            e.g. ``lr=3e-4, train_batch_size_per_learner=1024``.
+
+    Returns:
+        The config; build it with ``.build_algo()`` (after ``ray.init``).
+
+    Raises:
+        ValueError: On an unknown training argument or encoder field.
+    """
+    yaml_encoder, defaults, yaml_hidden, n_envs = _yaml_defaults(env_id)
+    enc = encoder.to_dict() if isinstance(encoder, EncoderConfig) else dict(encoder or {})
+    enc = {**yaml_encoder, **enc}
+    if fusion is not None:
+        enc["fusion"] = fusion
+    model_config: dict[str, Any] = {
+        **EncoderConfig.from_dict(enc).to_dict(),
+        "modalities": dict(modalities or {}),
+        "hidden_sizes": list(yaml_hidden if hidden_sizes is None else hidden_sizes),
+        "vf_share_layers": vf_share_layers,
+    }
+    ModuleSettings.from_model_config(model_config)  # fail here, not inside a Ray actor
+    if num_envs_per_env_runner is None:
+        num_envs_per_env_runner = max(1, -(-n_envs // max(1, num_env_runners)))
+    if register:
+        register_rllib_env(env_id)
+    native = env_id in envs.GAMES
+    params = {
+        **defaults,
+        "use_kl_loss": False,
+        "grad_clip": defaults.get("grad_clip", 0.5),
+        "vf_loss_coeff": defaults.get("vf_loss_coeff", 0.5),
+        **training,
+    }
+    config = (
+        PPOConfig()
+        .environment(env_id, env_config=dict(env_config or {}))
+        .env_runners(
+            num_env_runners=num_env_runners,
+            num_envs_per_env_runner=num_envs_per_env_runner,
+            # Our games are batched in numpy: one vector env per runner, not N copies.
+            gym_env_vectorize_mode="vector_entry_point" if native else "sync",
+        )
+        .rl_module(
+            rl_module_spec=RLModuleSpec(module_class=MultimodalPPOModule, model_config=model_config)
+        )
+        .debugging(seed=seed)
+    )
+    try:
+        config = config.training(**params)
+    except TypeError as exc:
+        raise ValueError(
+            f"ppo_config got an argument PPOConfig.training does not take ({exc}). Pass "
+            "PPO hyperparameters by RLlib's names, e.g. lr, gamma, lambda_, entropy_coeff, "
+            "clip_param, num_epochs, minibatch_size, train_batch_size_per_learner."
+        ) from None
+    return config
