@@ -599,3 +599,37 @@ def test_bench_variants_filter(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--variants", "bcppo"]) == 2
     err = capsys.readouterr().err
     assert "bcppo" in err and "bc-ppo" in err
+
+
+# -- the whole grid, quick -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_whole_grid_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mbm-agent bench --quick`` over every game and variant (one seed): the CI smoke test."""
+    root = tmp_path / "bench"
+    start = time.perf_counter()
+    assert (
+        main(["bench", "--quick", "--seeds", "0", "--backend", "sequential", "--out", str(root)])
+        == 0
+    )
+    seconds = time.perf_counter() - start
+    out = capsys.readouterr().out
+    cells = build_grid(seeds=[0])
+    rows = json.loads((root / "summary.json").read_text())["rows"]
+    assert sorted((r["env_id"], r["variant"]) for r in rows) == sorted(
+        (c.game.env_id, c.variant) for c in cells
+    )
+    for cell in cells:
+        run = root / "runs" / cell.name
+        report = json.loads((run / "eval.json").read_text())
+        assert 0.0 <= report["success"]["rate"] <= 1.0, cell.name
+        if cell.variant in FUSION_MODES or cell.variant == "bc-ppo":
+            for m in cell.game.required:
+                assert (run / f"eval-drop-{m}.json").is_file(), (cell.name, m)
+        if cell.variant != "sb3-default":
+            assert load_agent(run).spec["env_id"] == cell.game.env_id
+    for env_id in REFERENCE_GAMES:
+        game = short(env_id)
+        assert f"| {env_id} |" in out
+        assert (root / f"curves-{game}.png").read_bytes()[:8] == PNG_MAGIC
+        assert load_agent(root / "agents" / game).spec["env_id"] == env_id
+    print(f"whole quick grid: {len(cells)} runs in {seconds:.0f} s")
