@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,10 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+
+# The Ray tests start local clusters; CI has no network beyond the package registries,
+# so Ray's usage-stats upload stays off (inherited by the CLI subprocesses too).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 IMAGE_HW = 16
 TEXT_LEN = 6
