@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,13 +206,8 @@ class EncoderConfig:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in data if k not in known]
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(
-                f"Unknown EncoderConfig field(s): {', '.join(hints)}. Known fields: {known}."
-            )
+            hints = ", ".join(unknown_key_hint(k, known) for k in unknown)
+            raise ValueError(f"Unknown EncoderConfig field(s): {hints}. Known fields: {known}.")
         values = dict(data)
         if isinstance(values.get("modality_dropout"), int) and not isinstance(
             values.get("modality_dropout"), bool
@@ -223,6 +218,12 @@ class EncoderConfig:
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed (validated like :meth:`from_dict`)."""
         return self.from_dict({**self.to_dict(), **changes})
+
+
+def unknown_key_hint(key: object, known: Sequence[str]) -> str:
+    """``'key'``, with ``(did you mean 'x'?)`` when a known name is close to it."""
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ Importing this module needs Ray: ``pip install 'mbm-agent[ray]'``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 import envs
 from mbm_agent.config import resolve_config
-from mbm_agent.encoder import EncoderConfig, MultimodalEncoder
+from mbm_agent.encoder import EncoderConfig, MultimodalEncoder, unknown_key_hint
 
 __all__ = [
     "MODULE_KEYS",
@@ -145,12 +144,9 @@ class ModuleSettings:
             config = dict(model_config or {})
         unknown = [k for k in config if k not in MODULE_KEYS and k not in _RLLIB_KEYS]
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(str(key), MODULE_KEYS, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints = ", ".join(unknown_key_hint(k, MODULE_KEYS) for k in unknown)
             raise ValueError(
-                f"Unknown MultimodalPPOModule model_config key(s): {', '.join(hints)}. "
+                f"Unknown MultimodalPPOModule model_config key(s): {hints}. "
                 f"Known keys: {list(MODULE_KEYS)}."
             )
         encoder = EncoderConfig.from_dict({k: config[k] for k in _ENCODER_FIELDS if k in config})
