@@ -476,7 +476,11 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="skip the bc-ppo runs (expert demos -> behaviour cloning -> PPO fine-tune; "
         "GoToObject and SoundMaze)",
     )
-    p.add_argument("--quick", action="store_true", help="smoke-test budgets (CI)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke-test settings and budgets (CI); an explicit --steps is kept",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/reference"))
     p.add_argument("--list", action="store_true", help="print the cells and exit")
     p.add_argument("--summary-only", action="store_true", help="rebuild the summary and exit")
