@@ -40,6 +40,9 @@ from mbm_agent.config import merge
 from mbm_agent.fusion import FUSION_MODES
 from mbm_agent.storage import atomic_write_text
 
+#: Report of a run's policy with sampled actions (the trainer's ``eval.json`` is greedy).
+SAMPLED = "eval-sampled"
+
 
 @dataclass(frozen=True)
 class BCRecipe:
@@ -76,6 +79,12 @@ class GameSpec:
         note: Why the chance level is what it is.
         bc: The ``bc-ppo`` recipe, for games PPO does not learn from scratch
             within the budget.
+        sampled: Score runs on the policy's sampled actions rather than its
+            greedy (argmax) ones. For the egocentric navigation games: a memoryless
+            policy of a partially observed game may need to randomise (Singh,
+            Jaakkola & Jordan, 1994), and the argmax of an imperfect one can cycle
+            (turn left, turn right, ...) until time-out. Both modes are evaluated
+            and summarised either way.
     """
 
     env_id: str
@@ -85,6 +94,12 @@ class GameSpec:
     fusion: str
     note: str = ""
     bc: BCRecipe | None = None
+    sampled: bool = False
+
+    @property
+    def headline(self) -> str:
+        """Report (file stem) the summary scores: :data:`SAMPLED` or greedy ``eval``."""
+        return SAMPLED if self.sampled else "eval"
 
 
 REFERENCE_GAMES: dict[str, GameSpec] = {
@@ -103,6 +118,7 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         300_000,
         "concat",
         "3 look-alike objects; only the sound says which one to reach",
+        sampled=True,
     ),
     "mbm/GoToObject-v0": GameSpec(
         "mbm/GoToObject-v0",
@@ -112,6 +128,7 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         "film",
         "3 objects; only the instruction says which one to reach",
         BCRecipe(10_000, 0.2, 10, {"fusion": "film", "image_encoder": "nature"}),
+        sampled=True,
     ),
     "mbm/SoundMaze-v0": GameSpec(
         "mbm/SoundMaze-v0",
@@ -121,6 +138,7 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         "film",
         "3 identical objects; the text names a sound, the audio says where it is",
         BCRecipe(8_000, 0.2, 8, {"fusion": "film"}),
+        sampled=True,
     ),
 }
 
@@ -246,14 +264,28 @@ def default_steps(game: GameSpec, variant: str) -> int:
     return game.steps
 
 
+def grid_evaluations(cell: Cell) -> list[tuple[str, tuple[str, ...], bool]]:
+    """``(report name, masked modalities, greedy)`` of a grid run's evaluations.
+
+    These follow the trainer's own greedy ``eval.json``. Every run is evaluated with sampled actions too (:data:`SAMPLED`): PPO trains the
+    stochastic policy, and the greedy one of a memoryless policy in a partially
+    observed game can cycle until time-out. Full-sense runs are also evaluated with
+    each required modality masked, in both modes (``eval-drop-<m>``, greedy, and
+    ``eval-sampled-drop-<m>``).
+    """
+    evals: list[tuple[str, tuple[str, ...], bool]] = [(SAMPLED, (), False)]
+    if full_sense(cell.variant):
+        for m in cell.game.required:
+            evals += [(f"eval-drop-{m}", (m,), True), (f"{SAMPLED}-drop-{m}", (m,), False)]
+    return evals
+
+
 def cell_done(cell: Cell, root: Path) -> bool:
-    """Whether the cell's run is evaluated, its masked evaluations included."""
+    """Whether the cell's run is trained and has every evaluation of :func:`grid_evaluations`."""
     run_dir = root / "runs" / cell.name
     if not (run_dir / "eval.json").is_file():
         return False
-    return not full_sense(cell.variant) or all(
-        (run_dir / f"eval-drop-{m}.json").is_file() for m in cell.game.required
-    )
+    return all((run_dir / f"{name}.json").is_file() for name, _, _ in grid_evaluations(cell))
 
 
 def run_cell(
@@ -280,11 +312,12 @@ def run_cell(
     runs = root / "runs"
     run_dir = runs / cell.name
     if (run_dir / "eval.json").is_file():
-        # A stop after the final evaluation but before the masked ones: finish those.
+        # Trained (a stop came after the final evaluation, or an earlier version ran
+        # fewer evaluations): finish the missing ones, train nothing.
         if not cell_done(cell, root):
             from mbm_agent.config import load_run_config
 
-            _masked_evals(cell, run_dir, load_run_config(run_dir).final_eval_episodes)
+            _grid_evals(cell, run_dir, load_run_config(run_dir).final_eval_episodes)
         return run_dir
     overrides = merge(dict(cell.overrides), {"runs_dir": str(runs), "run_name": cell.name})
     if quick:
@@ -311,10 +344,9 @@ def run_cell(
         result = train(cfg, command=command, progress=progress)
     if result.interrupted:  # Ctrl-C: stop the grid here; the next call resumes this run
         raise KeyboardInterrupt(f"{cell.name} stopped at {result.num_timesteps} steps")
-    if full_sense(cell.variant):
-        for m in cell.game.required:  # left by an earlier policy of this run: redo them
-            (run_dir / f"eval-drop-{m}.json").unlink(missing_ok=True)
-        _masked_evals(cell, run_dir, cfg.final_eval_episodes)
+    for name, _, _ in grid_evaluations(cell):  # left by an earlier policy of this run: redo them
+        (run_dir / f"{name}.json").unlink(missing_ok=True)
+    _grid_evals(cell, run_dir, cfg.final_eval_episodes)
     return run_dir
 
 
@@ -368,26 +400,28 @@ def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str
     return run_dir
 
 
-def _masked_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
-    """Evaluate a full-sense run with each required modality masked (``eval-drop-<m>.json``)."""
+def _grid_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
+    """Write the run's missing :func:`grid_evaluations` reports (same held-out seeds as ``eval.json``)."""
     from mbm_agent.agent import load_agent
     from mbm_agent.evaluation import evaluate_agent, write_report
 
+    todo = [e for e in grid_evaluations(cell) if not (run_dir / f"{e[0]}.json").is_file()]
+    if not todo:
+        return
     agent = load_agent(run_dir, "best")
-    for modality in cell.game.required:
-        if (run_dir / f"eval-drop-{modality}.json").is_file():
-            continue
+    for name, dropped, greedy in todo:
         report = evaluate_agent(
             agent,
             cell.game.env_id,
             agent.spec.get("env_kwargs", {}),
             episodes=episodes,
             n_envs=min(episodes, 64),
-            drop_modalities=(modality,),
+            deterministic=greedy,
+            drop_modalities=dropped,
             baselines=False,
             meta={"run": run_dir.name, "policy": "best"},
         )
-        write_report(report, run_dir, name=f"eval-drop-{modality}")
+        write_report(report, run_dir, name=name)
 
 
 #: How ``run_grid`` runs the cells (see :func:`resolve_backend`).
@@ -496,6 +530,21 @@ def run_grid(
     return write_summary(finished_cells(root), root)
 
 
+def complete_evaluations(
+    cells: Sequence[Cell], root: str | Path, log: Callable[[str], None] = print
+) -> None:
+    """Run the missing :func:`grid_evaluations` of trained cells (no training)."""
+    root = Path(root)
+    for cell in cells:
+        run_dir = root / "runs" / cell.name
+        if (run_dir / "eval.json").is_file() and not cell_done(cell, root):
+            todo = [
+                n for n, _, _ in grid_evaluations(cell) if not (run_dir / f"{n}.json").is_file()
+            ]
+            log(f"{cell.name}: evaluating ({', '.join(todo)})")
+            run_cell(cell, root)
+
+
 def finished_cells(root: str | Path) -> list[Cell]:
     """Every grid cell with an evaluated run under ``root/runs`` (from any invocation)."""
     import re
@@ -552,29 +601,54 @@ def _success_of(path: Path) -> float | None:
 
 
 def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
-    """Aggregate the finished cells into ``summary.json``, ``summary.md`` and curve plots."""
+    """Aggregate the finished cells into ``summary.json``, ``summary.md`` and curve plots.
+
+    Success and return are scored on the game's :attr:`GameSpec.headline` report
+    (sampled or greedy actions); both modes' success stand next to them. Runs trained but not yet evaluated with sampled actions (by an earlier
+    version) are left out with a warning: ``mbm-agent bench --summary-only``
+    evaluates them.
+    """
+    import warnings
+
     from mbm_agent.compare import load_run
     from mbm_agent.stats import aggregate_runs
 
     root = Path(root)
     groups: dict[tuple[str, str], list[Cell]] = {}
+    unsampled = []
     for cell in cells:
-        if (root / "runs" / cell.name / "eval.json").is_file():
-            groups.setdefault((cell.game.env_id, cell.variant), []).append(cell)
+        run_dir = root / "runs" / cell.name
+        if not (run_dir / "eval.json").is_file():
+            continue
+        if not (run_dir / f"{SAMPLED}.json").is_file():
+            unsampled.append(cell.name)
+            continue
+        groups.setdefault((cell.game.env_id, cell.variant), []).append(cell)
+    if unsampled:
+        warnings.warn(
+            f"{len(unsampled)} run(s) lack {SAMPLED}.json and are left out of the summary "
+            f"({', '.join(unsampled)}); `mbm-agent bench --summary-only --out {root}` "
+            "evaluates them (no training).",
+            stacklevel=2,
+        )
     rows = []
     for (env_id, variant), members in groups.items():
-        runs = [load_run(root / "runs" / c.name) for c in members]
+        game = members[0].game
+        dirs = [root / "runs" / c.name for c in members]
+        runs = [load_run(d, game.headline) for d in dirs]
+        greedy = [load_run(d)["success"] for d in dirs]
+        sampled = [load_run(d, SAMPLED)["success"] for d in dirs]
         agg = aggregate_runs(
             {
                 "success": {env_id: [r["success"] for r in runs]},
                 "return": {env_id: [r["return"] for r in runs]},
+                "greedy_success": {env_id: greedy},
+                "sampled_success": {env_id: sampled},
             }
         )
-        game = members[0].game
-        dirs = [root / "runs" / c.name for c in members]
         drops = {}
         for m in game.required:
-            values = [_success_of(d / f"eval-drop-{m}.json") for d in dirs]
+            values = [_success_of(d / f"{game.headline}-drop-{m}.json") for d in dirs]
             if variant.startswith("mask-"):
                 values = [r["success"] for r in runs] if variant == f"mask-{m}" else [None]
             kept = [v for v in values if v is not None]
@@ -594,6 +668,11 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
                 "success": agg["success"],
                 "return": agg["return"],
                 "per_seed_success": [r["success"] for r in runs],
+                "actions": "sampled" if game.sampled else "greedy",
+                "greedy_success": agg["greedy_success"],
+                "per_seed_greedy_success": greedy,
+                "sampled_success": agg["sampled_success"],
+                "per_seed_sampled_success": sampled,
                 "masked_success": drops,
                 "chance": game.chance,
                 "steps_to_90": float(np.nanmedian(steps90)) if np.isfinite(steps90).any() else None,
@@ -641,7 +720,8 @@ def publish_agents(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, s
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source / "best", target)
-        shutil.copy2(source / "eval.json", target / "eval.json")
+        for name in ("eval", SAMPLED):
+            shutil.copy2(source / f"{name}.json", target / f"{name}.json")
         agents[env_id] = str(target.relative_to(root))
     return agents
 
@@ -670,8 +750,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     """The summary as a Markdown table, one row per game and variant."""
     lines = [
         "| game | variant | seeds | steps | success % (IQM [95% CI]) | return (IQM [95% CI]) "
-        "| masked at eval: success % (chance %) | steps to 90% | wall time (all seeds) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| actions | greedy / sampled: success % | masked at eval: success % (chance %) "
+        "| steps to 90% | wall time (all seeds) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
         masked = ", ".join(
@@ -681,7 +762,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         steps = f"{r['steps']:,}" + (f" + {r['demo_steps']:,} demo" if r.get("demo_steps") else "")
         lines.append(
             f"| {r['env_id']} | {r['variant']} | {len(r['seeds'])} | {steps} "
-            f"| {_pct(r['success'])} | {_num(r['return'])} | {masked or '-'} | {s90} "
+            f"| {_pct(r['success'])} | {_num(r['return'])} | {r['actions']} "
+            f"| {100 * r['greedy_success']['iqm']:.1f} / {100 * r['sampled_success']['iqm']:.1f} "
+            f"| {masked or '-'} | {s90} "
             f"| {r['wall_time_s'] / 60:.1f} min |"
         )
     lines.append("")
@@ -692,7 +775,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines.append("")
     lines.append(
         "Success and return: held-out seeds, IQM over training seeds with 95% stratified "
-        "bootstrap intervals. `mask-X` variants never see X (masked at training and "
+        "bootstrap intervals, with the policy's `actions`: sampled for the egocentric "
+        "navigation games (a memoryless policy of a partially observed game may need to "
+        "randomise; an imperfect one's argmax can cycle until time-out), greedy (argmax) "
+        "for ModalityProbe; both modes' IQM success is listed (periodic evaluations and "
+        "steps to 90% are greedy). `mask-X` variants never see X (masked at training and "
         "evaluation); the masked column of a fusion variant drops X at evaluation only. "
         "`bc-ppo`: behaviour cloning from noisy expert demonstrations (their env steps "
         "listed as `demo`), then PPO from the cloned policy; its wall time is PPO's."

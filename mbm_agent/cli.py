@@ -483,7 +483,12 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--out", type=Path, default=Path("runs/reference"))
     p.add_argument("--list", action="store_true", help="print the cells and exit")
-    p.add_argument("--summary-only", action="store_true", help="rebuild the summary and exit")
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="summarise the runs already trained under --out and exit; first runs their "
+        "missing evaluations (e.g. of runs made by an earlier version), trains nothing",
+    )
     p.add_argument(
         "--backend",
         choices=("auto", "ray", "sequential"),
@@ -509,7 +514,13 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from mbm_agent.bench import build_grid, finished_cells, run_grid, write_summary
+    from mbm_agent.bench import (
+        build_grid,
+        complete_evaluations,
+        finished_cells,
+        run_grid,
+        write_summary,
+    )
     from mbm_agent.ray_grid import GridError
 
     cells = build_grid(
@@ -540,6 +551,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--summary-only: {args.out}/runs holds no evaluated grid run; check --out."
             )
+        complete_evaluations(finished, args.out)
         summary = write_summary(finished, args.out)
     else:
         try:

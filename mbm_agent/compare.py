@@ -63,11 +63,12 @@ def _read_json(path: Path, what: str) -> Any:
         raise ValueError(f"{path} is not valid JSON ({exc}); {what}.") from exc
 
 
-def load_run(run_dir: str | Path) -> dict[str, Any]:
+def load_run(run_dir: str | Path, report: str = "eval") -> dict[str, Any]:
     """Read one evaluated run: its config and per-run metrics.
 
     Args:
         run_dir: A run folder with ``config.json`` and ``eval.json``.
+        report: Which evaluation report to read (file stem, e.g. ``eval-sampled``).
 
     Returns:
         ``path``, ``config``, ``episodes``, ``return`` (mean episode return),
@@ -76,11 +77,11 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         NotARunError: When the folder is missing or has no ``config.json``.
-        MissingEvalError: When the run has no ``eval.json``.
+        MissingEvalError: When the run has no ``<report>.json``.
         ValueError: When a file is not valid JSON or ``eval.json`` lacks episodes.
     """
     folder = Path(run_dir)
-    config_path, eval_path = folder / "config.json", folder / "eval.json"
+    config_path, eval_path = folder / "config.json", folder / f"{report}.json"
     if not folder.is_dir():
         raise NotARunError(f"{folder} is not a folder; give the run folders under runs/.")
     if not config_path.is_file():
@@ -89,12 +90,16 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             "(run folders are what `mbm-agent train` writes under runs/)."
         )
     if not eval_path.is_file():
-        raise MissingEvalError(f"{folder} has no eval.json; run `mbm-agent eval {folder}` first.")
+        raise MissingEvalError(
+            f"{folder} has no {report}.json; run `mbm-agent eval {folder}` first."
+            if report == "eval"
+            else f"{folder} has no {report}.json; `mbm-agent bench --summary-only` writes it."
+        )
     config = _read_json(config_path, "rerun training or fix the file")
     if not isinstance(config, Mapping):
         raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}.")
-    report = _read_json(eval_path, f"rerun `mbm-agent eval {folder}`")
-    episodes = report.get("episodes") if isinstance(report, Mapping) else None
+    data = _read_json(eval_path, f"rerun `mbm-agent eval {folder}`")
+    episodes = data.get("episodes") if isinstance(data, Mapping) else None
     if (
         not isinstance(episodes, Mapping)
         or not episodes.get("returns")
@@ -111,7 +116,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "return": float(np.mean(np.asarray(episodes["returns"], dtype=np.float64))),
         "success": float(np.mean(np.asarray(episodes["successes"], dtype=np.float64))),
     }
-    normalized = report.get("normalized")
+    normalized = data.get("normalized")
     if isinstance(normalized, Mapping) and normalized.get("mean") is not None:
         run["normalized"] = float(normalized["mean"])
     return run

@@ -537,7 +537,8 @@ def evaluate_agent(
         env_kwargs: Environment arguments (as in training).
         episodes: Episodes to play.
         n_envs: Episodes played at once.
-        deterministic: Greedy (True) or sampled (False) actions.
+        deterministic: Greedy (True) or sampled (False) actions; sampling is
+            seeded from ``seed_base``, so a stochastic report is repeatable too.
         drop_modalities: Keys or modality names to mask, to measure what each sense adds.
         baselines: Compute random and expert baselines (our games only).
         seed_base: First evaluation seed.
@@ -547,6 +548,8 @@ def evaluate_agent(
         The report (see :func:`build_report`); ``report["success"]["rate"]`` and
         ``report["returns"]["mean"]`` are the headline numbers.
     """
+    import torch
+
     from mbm_agent.trainer import is_our_game, make_eval_env
 
     kwargs = dict(env_kwargs or {})
@@ -554,7 +557,10 @@ def evaluate_agent(
     venv = make_eval_env(env_id, kwargs, max(1, min(n_envs, episodes)), agent.vocabulary)
     actor = agent.actor(deterministic=deterministic)
     try:
-        with agent.dropped(tuple(drop_modalities)):
+        # Sampled actions come from torch's generator, seeded here (and restored
+        # after) so that a stochastic evaluation is as repeatable as a greedy one.
+        with agent.dropped(tuple(drop_modalities)), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_base)
             results = evaluate_episodes(
                 actor, venv, episodes=episodes, seeds=seeds, on_reset=actor.reset
             )

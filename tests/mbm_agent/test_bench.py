@@ -11,7 +11,7 @@ import json
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -242,13 +242,21 @@ def test_grid_writes_ordinary_run_folders(grid: Grid) -> None:
         assert cfg["run_name"] == cell.name
         report = json.loads((run / "eval.json").read_text())
         assert 0.0 <= report["success"]["rate"] <= 1.0
-        drop = run / "eval-drop-image.json"
-        # only full-sense (fusion) runs are evaluated with the image masked
-        assert drop.is_file() == (cell.variant == "concat"), cell.name
-        if drop.is_file():
-            meta = json.loads(drop.read_text())["meta"]
-            assert meta["drop_modalities"] == ["image"]
-            assert meta["run"] == cell.name
+        assert report["meta"]["deterministic"] is True
+        # every run is also evaluated with sampled actions, on the same held-out seeds
+        sampled = json.loads((run / "eval-sampled.json").read_text())
+        assert sampled["meta"]["deterministic"] is False
+        assert sampled["meta"]["seed_base"] == report["meta"]["seed_base"]
+        assert len(sampled["episodes"]["returns"]) == len(report["episodes"]["returns"])
+        # only full-sense (fusion) runs are evaluated with the image masked, in both modes
+        for name, greedy in (("eval-drop-image", True), ("eval-sampled-drop-image", False)):
+            drop = run / f"{name}.json"
+            assert drop.is_file() == (cell.variant == "concat"), (cell.name, name)
+            if drop.is_file():
+                meta = json.loads(drop.read_text())["meta"]
+                assert meta["drop_modalities"] == ["image"]
+                assert meta["deterministic"] is greedy
+                assert meta["run"] == cell.name
 
     mask = json.loads((grid.run("mask-image") / "config.json").read_text())
     assert mask["modalities"] == {"image": "ignore"}
@@ -264,7 +272,15 @@ def test_grid_summary(grid: Grid) -> None:
     assert on_disk["games"][PROBE]["chance"] == 0.25
     for variant, row in rows.items():
         runs = [grid.run(variant, s) for s in SEEDS]
+        # ModalityProbe is scored greedy; the sampled policy's success stands next to it
         per_seed = [json.loads((r / "eval.json").read_text())["success"]["rate"] for r in runs]
+        sampled = [
+            json.loads((r / "eval-sampled.json").read_text())["success"]["rate"] for r in runs
+        ]
+        assert row["actions"] == "greedy"
+        assert row["per_seed_greedy_success"] == pytest.approx(per_seed)
+        assert row["per_seed_sampled_success"] == pytest.approx(sampled)
+        assert min(sampled) <= row["sampled_success"]["iqm"] <= max(sampled)
         assert row["env_id"] == PROBE
         assert row["seeds"] == list(SEEDS)
         assert row["steps"] == QUICK_STEPS
@@ -289,7 +305,7 @@ def test_grid_summary(grid: Grid) -> None:
     assert rows["sb3-default"]["masked_success"] == {}
 
     md = (grid.root / "summary.md").read_text()
-    assert "IQM [95% CI]" in md and "chance" in md
+    assert "IQM [95% CI]" in md and "chance" in md and "greedy / sampled" in md
     lines = [line for line in md.splitlines() if line.startswith(f"| {PROBE} |")]
     assert [line.split("|")[2].strip() for line in lines] == list(rows)
     concat = next(line for line in lines if "| concat |" in line)
@@ -394,9 +410,10 @@ def test_stopped_runs_are_completed_on_the_next_call(
     shutil.rmtree(stopped / "final")
     shutil.rmtree(stopped / "checkpoints" / f"step-{QUICK_STEPS:012d}")
     metrics_before = (stopped / "metrics.csv").read_text()
-    # stopped after the final evaluation, before the masked one
+    # stopped after the final evaluation, before the sampled and masked ones
     no_drop = runs / "ModalityProbe-concat-s0"
-    (no_drop / "eval-drop-image.json").unlink()
+    for name in ("eval-sampled", "eval-drop-image", "eval-sampled-drop-image"):
+        (no_drop / f"{name}.json").unlink()
     # died before writing its config: a stray folder
     stray = runs / "ModalityProbe-mask-image-s1"
     shutil.rmtree(stray)
@@ -420,7 +437,8 @@ def test_stopped_runs_are_completed_on_the_next_call(
         assert main([*argv, "--quick", "--backend", "sequential", "--out", str(root)]) == 130
     err = capsys.readouterr().err
     assert "ModalityProbe-concat-s1" in err and "again to resume" in err
-    assert (no_drop / "eval-drop-image.json").is_file()  # came before the stop
+    for name in ("eval-sampled", "eval-drop-image", "eval-sampled-drop-image"):
+        assert (no_drop / f"{name}.json").is_file(), name  # came before the stop
     assert not (stopped / "eval.json").exists()
     assert not (stopped / "eval-drop-image.json").exists()  # not of an unfinished policy
     assert (stray / "junk.txt").is_file()  # the grid did not go on
@@ -433,7 +451,8 @@ def test_stopped_runs_are_completed_on_the_next_call(
     for run in (stopped, no_drop, stray):
         assert (run / "eval.json").is_file(), run.name
     for run in (stopped, no_drop):
-        assert (run / "eval-drop-image.json").is_file(), run.name
+        for name in ("eval-sampled", "eval-drop-image", "eval-sampled-drop-image"):
+            assert (run / f"{name}.json").is_file(), (run.name, name)
     assert (stopped / "final" / "model.json").is_file()
     assert json.loads((stopped / "eval.json").read_text())["meta"]["run"] == stopped.name
     # resumed, not started over: the early rows are kept, and rows past the restart
@@ -481,6 +500,77 @@ def test_summary_of_a_partly_run_grid(
     assert "| mbm/ModalityProbe-v0 | concat | 2 |" in out
     assert "| film |" not in out
     assert not (root / "runs" / "ModalityProbe-film-s0").exists()
+
+
+def test_summary_of_a_game_scored_on_sampled_actions(
+    grid: Grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``sampled=True`` game (the navigation games) is scored on ``eval-sampled*.json``."""
+    assert [g for g, spec in REFERENCE_GAMES.items() if spec.sampled] == [
+        "mbm/FindSound-v0",
+        "mbm/GoToObject-v0",
+        "mbm/SoundMaze-v0",
+    ]
+    root = copy_tree(grid.root, tmp_path / "bench")
+    monkeypatch.setitem(REFERENCE_GAMES, PROBE, replace(REFERENCE_GAMES[PROBE], sampled=True))
+    cells = build_grid([PROBE], ["concat"], list(SEEDS))
+    rows = {r["variant"]: r for r in write_summary(cells, root)["rows"]}
+
+    def rates(variant: str, name: str) -> list[float]:
+        return [
+            json.loads((grid.run(variant, s) / f"{name}.json").read_text())["success"]["rate"]
+            for s in SEEDS
+        ]
+
+    assert sorted(rows) == sorted(VARIANTS)
+    for variant, row in rows.items():
+        assert row["actions"] == "sampled"
+        assert row["per_seed_success"] == pytest.approx(rates(variant, "eval-sampled"))
+        assert row["per_seed_greedy_success"] == pytest.approx(rates(variant, "eval"))
+    assert rows["concat"]["masked_success"] == {
+        "image": pytest.approx(np.mean(rates("concat", "eval-sampled-drop-image")))
+    }
+    assert "| sampled |" in (root / "summary.md").read_text()
+
+
+def test_summary_only_evaluates_runs_of_an_earlier_version(
+    grid: Grid, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs made before the sampled evaluation existed: left out with a warning, then
+    ``--summary-only`` evaluates them without training and summarises them."""
+    root = copy_tree(grid.root, tmp_path / "bench")
+    old = [root / "runs" / f"ModalityProbe-concat-s{s}" for s in SEEDS]
+    for run in old:
+        for name in ("eval-sampled", "eval-sampled-drop-image"):
+            (run / f"{name}.json").unlink()
+            (run / f"{name}.md").unlink()
+    untouched = {
+        str(f.relative_to(root)): f.stat().st_mtime_ns
+        for run in old
+        for f in (run / "eval.json", run / "metrics.csv", run / "best" / "model.safetensors")
+    }
+    with pytest.warns(UserWarning, match="lack eval-sampled.json.*--summary-only"):
+        summary = write_summary(grid.cells, root)
+    assert sorted(r["variant"] for r in summary["rows"]) == ["mask-image", "sb3-default"]
+
+    argv = ["bench", "--games", PROBE, "--fusions", "concat", "--seeds", *map(str, SEEDS)]
+    assert main([*argv, "--summary-only", "--out", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "ModalityProbe-concat-s0: evaluating (eval-sampled, eval-sampled-drop-image)" in out
+    assert "ModalityProbe-mask-image-s0: evaluating" not in out  # complete already
+    assert "| mbm/ModalityProbe-v0 | concat | 2 |" in out
+    for run in old:
+        assert (run / "eval-sampled.json").is_file() and (
+            run / "eval-sampled-drop-image.json"
+        ).is_file()
+    for name, mtime in untouched.items():  # evaluated, not retrained
+        assert (root / name).stat().st_mtime_ns == mtime, name
+    # the new reports equal the grid's own: a sampled evaluation is seeded, so repeatable
+    for s in SEEDS:
+        for name in ("eval-sampled", "eval-sampled-drop-image"):
+            new = json.loads((old[s] / f"{name}.json").read_text())["episodes"]
+            first = json.loads((grid.run("concat", s) / f"{name}.json").read_text())["episodes"]
+            assert new == first, (s, name)
 
 
 # -- export of a bench run --------------------------------------------------------------------
