@@ -12,8 +12,9 @@ plus ablations and a baseline, and writes under ``runs/reference/`` (default):
 - ``curves-<game>.png``: held-out success against environment steps, mean over seeds.
 
 Variants: a fusion mode (``concat``, ``film``, ``attention``, ``gated``);
-``mask-<modality>``: the game's default fusion trained without that key (the
-encoder ignores it), so it is masked at training and at evaluation;
+``mask-<modality>``: the game's recipe without that key (the encoder ignores
+it), so it is masked at training and at evaluation: its default fusion trained
+by PPO, or on a game with a BC recipe, that recipe (clone and fine-tune);
 ``sb3-default``: SB3's own ``MultiInputPolicy`` (``CombinedExtractor``) on the
 same observations and budget. Runs that finished (``eval.json`` present) are
 skipped, runs that stopped are resumed from their last checkpoint, so the
@@ -148,6 +149,14 @@ BC_PPO = "bc-ppo"
 DEMO_SEED_STRIDE = 100_000
 
 
+def uses_bc(game: GameSpec, variant: str) -> bool:
+    """Whether a variant follows the game's BC recipe (clone, then fine-tune with PPO).
+
+    ``bc-ppo`` does, and so do the ``mask-<m>`` ablations of a game with a recipe.
+    """
+    return game.bc is not None and (variant == BC_PPO or variant.startswith("mask-"))
+
+
 def full_sense(variant: str) -> bool:
     """Whether a variant sees every modality (its masked evaluations are then run)."""
     return variant in FUSION_MODES or variant == BC_PPO
@@ -241,13 +250,18 @@ def build_grid(
                 )
             )
         if ablations:
-            variants += [
-                (
-                    f"mask-{m}",
-                    {"encoder": {"fusion": game.fusion}, "modalities": {m: "ignore"}},
+            for m in game.required:
+                # the game's own recipe without m: PPO from scratch with its default
+                # fusion, or (a game PPO alone does not learn) its BC recipe
+                recipe: dict[str, Any] = (
+                    {"encoder": {"fusion": game.fusion}}
+                    if game.bc is None
+                    else {
+                        "encoder": dict(game.bc.encoder),
+                        "algo_kwargs": {"learning_rate": game.bc.learning_rate},
+                    }
                 )
-                for m in game.required
-            ]
+                variants.append((f"mask-{m}", {**recipe, "modalities": {m: "ignore"}}))
         if baseline:
             variants.append(("sb3-default", {"extractor": "sb3"}))
         for variant, overrides in variants:
@@ -259,7 +273,8 @@ def build_grid(
 
 def default_steps(game: GameSpec, variant: str) -> int:
     """A variant's budget unless ``--steps`` says otherwise (``bc-ppo``: its PPO steps)."""
-    if variant == BC_PPO and game.bc is not None:
+    if uses_bc(game, variant):
+        assert game.bc is not None
         return game.bc.ppo_steps
     return game.steps
 
@@ -328,7 +343,7 @@ def run_cell(
     if command is None:  # the grid command that (re)runs this cell, as typed
         command = ["mbm-agent", *sys.argv[1:]] if "bench" in sys.argv[1:2] else ["mbm_agent.bench"]
     command = list(command)
-    if cell.variant == BC_PPO:
+    if uses_bc(cell.game, cell.variant):
         from mbm_agent.agent import source_architecture
 
         cloned = _cloned_policy(cell, root, quick=quick, command=command)
@@ -351,10 +366,12 @@ def run_cell(
 
 
 def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str]) -> Path:
-    """The ``bc-ppo`` cell's BC run (``runs/<game>-bc-s<seed>``), made first if missing.
+    """The BC run a :func:`uses_bc` cell starts from, made first if missing.
 
-    Demonstrations go to ``root/demos/<game>-s<seed>.npz`` (kept: a rerun after a
-    stop reuses them); a BC run without its evaluation (stopped) is made again.
+    ``runs/<game>-bc-s<seed>`` for ``bc-ppo``, ``runs/<game>-bc-mask-<m>-s<seed>``
+    (cloned with ``m`` ignored) for an ablation. Demonstrations go to
+    ``root/demos/<game>-s<seed>.npz``, shared by a seed's cells (kept: a rerun
+    after a stop reuses them); a BC run without its evaluation (stopped) is made again.
     """
     from mbm_agent.bc import BCConfig, bc_run, load_demos, record_demos, save_demos
 
@@ -362,7 +379,8 @@ def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str
     if recipe is None:
         raise ValueError(f"{cell.game.env_id} has no BC recipe; {BC_PPO} does not apply to it.")
     game = envs.game_name(cell.game.env_id)
-    run_dir = root / "runs" / f"{game}-bc-s{cell.seed}"
+    ablation = "" if cell.variant == BC_PPO else f"-{cell.variant}"
+    run_dir = root / "runs" / f"{game}-bc{ablation}-s{cell.seed}"
     if (run_dir / "best").is_dir() and (run_dir / "eval.json").is_file():
         return run_dir
     episodes = min(recipe.episodes, 64) if quick else recipe.episodes
@@ -385,6 +403,7 @@ def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str
         epochs=1 if quick else recipe.epochs,
         seed=cell.seed,
         encoder=dict(recipe.encoder),
+        modalities=dict(cell.overrides.get("modalities", {})),
         eval_episodes=QUICK["final_eval_episodes"] if quick else 200,
         gif_episodes=0,
     )
@@ -781,7 +800,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "for ModalityProbe; both modes' IQM success is listed (periodic evaluations and "
         "steps to 90% are greedy). `mask-X` variants never see X (masked at training and "
         "evaluation); the masked column of a fusion variant drops X at evaluation only. "
-        "`bc-ppo`: behaviour cloning from noisy expert demonstrations (their env steps "
+        "`bc-ppo` (and the `mask-X` runs of its games, cloned without X): behaviour "
+        "cloning from noisy expert demonstrations (their env steps "
         "listed as `demo`), then PPO from the cloned policy; its wall time is PPO's."
     )
     return "\n".join(lines) + "\n"

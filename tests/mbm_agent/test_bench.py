@@ -116,7 +116,10 @@ def test_build_grid_cells_and_overrides(env_id: str) -> None:
         assert cell.game is game
         o = cell.overrides
         assert o["seed"] == cell.seed
-        assert o["steps"] == (game.bc.ppo_steps if cell.variant == "bc-ppo" else game.steps)
+        bc_recipe = game.bc is not None and (
+            cell.variant == "bc-ppo" or cell.variant.startswith("mask-")
+        )
+        assert o["steps"] == (game.bc.ppo_steps if bc_recipe else game.steps)
         if cell.variant == "bc-ppo":
             assert o["encoder"] == dict(game.bc.encoder)
             assert o["algo_kwargs"] == {"learning_rate": game.bc.learning_rate}
@@ -127,8 +130,13 @@ def test_build_grid_cells_and_overrides(env_id: str) -> None:
         elif cell.variant.startswith("mask-"):
             modality = cell.variant.removeprefix("mask-")
             assert o["modalities"] == {modality: "ignore"}
-            assert o["encoder"] == {"fusion": game.fusion}
             assert "extractor" not in o
+            if game.bc is None:  # the game's default fusion, PPO from scratch
+                assert o["encoder"] == {"fusion": game.fusion}
+                assert "algo_kwargs" not in o
+            else:  # the BC recipe without the modality
+                assert o["encoder"] == dict(game.bc.encoder)
+                assert o["algo_kwargs"] == {"learning_rate": game.bc.learning_rate}
         else:
             assert o["extractor"] == "sb3"
             assert "encoder" not in o and "modalities" not in o
@@ -143,11 +151,13 @@ def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
         # the ablations use the game's default fusion (its YAML's)
         assert cell.game.fusion == env_fusion(cell.game.env_id)
         cfg = resolve_config(cell.game.env_id, overrides=dict(cell.overrides))
-        if cell.variant == "bc-ppo":
-            recipe = cell.game.bc
+        recipe = cell.game.bc
+        if recipe is not None and (cell.variant == "bc-ppo" or cell.variant.startswith("mask-")):
             assert cfg.seed == 0 and cfg.steps == recipe.ppo_steps
             assert cfg.fusion == recipe.encoder["fusion"] and cfg.extractor == "mbm"
             assert cfg.algo_kwargs["learning_rate"] == recipe.learning_rate
+            masked = cell.variant.removeprefix("mask-")
+            assert cfg.modalities == ({masked: "ignore"} if masked != cell.variant else {})
             continue
         assert cfg.seed == 0 and cfg.steps == cell.game.steps
         if cell.variant == "sb3-default":
@@ -676,6 +686,37 @@ def test_bc_ppo_cell_clones_the_expert_then_fine_tunes(
     assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
     assert (bc_dir / "eval.json").is_file() and (run / "eval.json").is_file()
     assert demos_file.stat().st_mtime_ns == demos_mtime  # demos reused, not re-recorded
+
+
+def test_ablation_of_a_bc_game_clones_without_the_modality(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Quick: SoundMaze mask-text = the BC recipe with text ignored, from the seed's demos."""
+    soundmaze = "mbm/SoundMaze-v0"
+    root = tmp_path / "bench"
+    argv = ["bench", "--games", soundmaze, "--variants", "mask-text", "--seeds", "0", "--quick"]
+    assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| mbm/SoundMaze-v0 | mask-text | 1 |" in out and " demo |" in out
+
+    bc_dir = root / "runs" / "SoundMaze-bc-mask-text-s0"
+    run = root / "runs" / "SoundMaze-mask-text-s0"
+    assert sorted(p.name for p in (root / "runs").iterdir()) == sorted([bc_dir.name, run.name])
+    assert sorted(p.name for p in (root / "demos").iterdir()) == ["SoundMaze-s0-quick.npz"]
+    bc_config = json.loads((bc_dir / "config.json").read_text())
+    assert bc_config["modalities"] == {"text": "ignore"}
+    assert bc_config["demos"]["seed"] == 1  # the same demos as bc-ppo's seed 0
+    assert load_agent(bc_dir).policy.features_extractor.encoder.keys == ["audio", "image"]
+    config = json.loads((run / "config.json").read_text())
+    assert Path(config["init_from"]) == bc_dir
+    assert config["modalities"] == {"text": "ignore"}
+    assert load_agent(run).policy.features_extractor.encoder.keys == ["audio", "image"]
+    # trained without text: no masked evaluations of its own, scored on sampled actions
+    assert (run / "eval-sampled.json").is_file()
+    assert not list(run.glob("eval*-drop-*.json"))
+    (row,) = json.loads((root / "summary.json").read_text())["rows"]
+    assert row["variant"] == "mask-text" and row["demo_steps"] > 0
+    assert row["masked_success"] == {"text": pytest.approx(row["per_seed_success"][0])}
 
 
 def test_bench_variants_filter(capsys: pytest.CaptureFixture[str]) -> None:
