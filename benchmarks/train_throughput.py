@@ -5,8 +5,9 @@ one after the other, and report environment steps per second of ``learn()``
 (rollouts and updates included):
 
 (a) ours, as ``mbm-agent train`` runs it: the native batched vector env
-    (``envs.sb3.SB3VecEnv``), frames left channel-last (``KeepChannelsLast``)
-    and the default ``MultimodalExtractor`` (images scaled inside the encoder);
+    (``envs.sb3.SB3VecEnv``), frames left channel-last (``KeepChannelsLast``),
+    the default ``MultimodalExtractor`` (images scaled inside the encoder),
+    multi-tensor Adam and the ``MultimodalRolloutBuffer`` (``mbm_agent.sb3.algorithm_kwargs``);
 (b) SB3's default: ``MultiInputPolicy`` with ``CombinedExtractor`` (NatureCNN on
     the frame, everything else flattened) over a ``DummyVecEnv`` of single envs.
 
@@ -32,7 +33,7 @@ import envs
 from envs.sb3 import SB3VecEnv
 from mbm_agent.agent import policy_kwargs_for
 from mbm_agent.encoder import EncoderConfig
-from mbm_agent.sb3 import KeepChannelsLast
+from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs
 
 TARGET = 3.0
 
@@ -86,6 +87,7 @@ def main() -> None:
         policy_kwargs=policy_kwargs_for(
             EncoderConfig(**dict(kv.split("=") for kv in args.encoder)), {}, {"net_arch": [64]}
         ),
+        **algorithm_kwargs("ppo", ours_env.observation_space),
         **hyper,
     )
     sb3_env: VecEnv = VecMonitor(

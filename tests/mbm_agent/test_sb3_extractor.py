@@ -194,3 +194,64 @@ def test_babyai_goto_obj_trains_with_ppo():
     assert encoder.encoders["symbolic_grid"].value_scale == 255.0  # SB3 divides the grid
     model.learn(256)
     assert model.num_timesteps >= 256
+
+
+def test_rollout_buffer_yields_what_sb3s_buffer_yields():
+    """MultimodalRolloutBuffer: the same minibatches (values, dtypes, shapes) as SB3's."""
+    from stable_baselines3.common.buffers import DictRolloutBuffer
+
+    from mbm_agent.sb3 import MultimodalRolloutBuffer
+
+    obs_space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (8, 8, 3), np.uint8),
+            "text": spaces.Box(0, 50, (5,), np.int64),
+            "audio": spaces.Box(-5.0, 5.0, (2, 4, 3), np.float32),
+        }
+    )
+    action_space = spaces.Discrete(4)
+    n_steps, n_envs = 6, 3
+    rng = np.random.default_rng(0)
+    buffers = [
+        cls(n_steps, obs_space, action_space, device="cpu", n_envs=n_envs)
+        for cls in (DictRolloutBuffer, MultimodalRolloutBuffer)
+    ]
+    for _ in range(n_steps):
+        obs = {k: np.stack([s.sample() for _ in range(n_envs)]) for k, s in obs_space.items()}
+        action = rng.integers(0, 4, (n_envs, 1))
+        reward = rng.normal(size=n_envs).astype(np.float32)
+        start = rng.random(n_envs) < 0.2
+        value, log_prob = torch.randn(n_envs, 1), torch.randn(n_envs)
+        for buf in buffers:
+            buf.add(obs, action, reward, start, value, log_prob)
+    last_values = torch.randn(n_envs, 1)
+    for buf in buffers:
+        buf.compute_returns_and_advantage(last_values, np.zeros(n_envs, bool))
+    for seed in range(3):
+        batches = []
+        for buf in buffers:
+            np.random.seed(seed)  # noqa: NPY002 (SB3 permutes with the global generator)
+            batches.append(list(buf.get(batch_size=4)))
+        assert len(batches[0]) == len(batches[1]) == 5  # 18 samples: 4 x 4 + 2
+        for theirs, ours in zip(*batches, strict=True):
+            for key in obs_space:
+                a, b = theirs.observations[key], ours.observations[key]
+                assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), key
+            for field in ("actions", "old_values", "old_log_prob", "advantages", "returns"):
+                a, b = getattr(theirs, field), getattr(ours, field)
+                assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), field
+
+
+def test_trainer_uses_the_rollout_buffer(tmp_path):
+    from mbm_agent.config import resolve_config
+    from mbm_agent.sb3 import MultimodalRolloutBuffer
+    from mbm_agent.trainer import build_algorithm, make_train_env
+
+    cfg = resolve_config("mbm/ModalityProbe-v0", overrides={"n_envs": 2, "runs_dir": str(tmp_path)})
+    venv, _ = make_train_env(cfg, seed=0)
+    try:
+        model = build_algorithm(cfg, venv, None)
+        assert type(model.rollout_buffer) is MultimodalRolloutBuffer
+        model.learn(2 * model.n_steps * cfg.n_envs)  # collects and trains from it
+    finally:
+        venv.close()
