@@ -282,10 +282,11 @@ def default_steps(game: GameSpec, variant: str) -> int:
 def grid_evaluations(cell: Cell) -> list[tuple[str, tuple[str, ...], bool]]:
     """``(report name, masked modalities, greedy)`` of a grid run's evaluations.
 
-    These follow the trainer's own greedy ``eval.json``. Every run is evaluated with sampled actions too (:data:`SAMPLED`): PPO trains the
-    stochastic policy, and the greedy one of a memoryless policy in a partially
-    observed game can cycle until time-out. Full-sense runs are also evaluated with
-    each required modality masked, in both modes (``eval-drop-<m>``, greedy, and
+    These follow the trainer's own greedy ``eval.json``. Every run is evaluated
+    with sampled actions too (:data:`SAMPLED`): PPO trains the stochastic policy,
+    and the greedy one of a memoryless policy in a partially observed game can
+    cycle until time-out. Full-sense runs are also evaluated with each required
+    modality masked, in both modes (``eval-drop-<m>``, greedy, and
     ``eval-sampled-drop-<m>``).
     """
     evals: list[tuple[str, tuple[str, ...], bool]] = [(SAMPLED, (), False)]
@@ -420,7 +421,7 @@ def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str
 
 
 def _grid_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
-    """Write the run's missing :func:`grid_evaluations` reports (same held-out seeds as ``eval.json``)."""
+    """Write the run's missing :func:`grid_evaluations` reports (``eval.json``'s seeds)."""
     from mbm_agent.agent import load_agent
     from mbm_agent.evaluation import evaluate_agent, write_report
 
