@@ -655,9 +655,10 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
     for (env_id, variant), members in groups.items():
         game = members[0].game
         dirs = [root / "runs" / c.name for c in members]
-        runs = [load_run(d, game.headline) for d in dirs]
-        greedy = [load_run(d)["success"] for d in dirs]
-        sampled = [load_run(d, SAMPLED)["success"] for d in dirs]
+        by_mode = {name: [load_run(d, name) for d in dirs] for name in ("eval", SAMPLED)}
+        runs = by_mode[game.headline]
+        greedy = [r["success"] for r in by_mode["eval"]]
+        sampled = [r["success"] for r in by_mode[SAMPLED]]
         agg = aggregate_runs(
             {
                 "success": {env_id: [r["success"] for r in runs]},
