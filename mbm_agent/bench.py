@@ -296,12 +296,15 @@ def grid_evaluations(cell: Cell) -> list[tuple[str, tuple[str, ...], bool]]:
     return evals
 
 
+def missing_evaluations(cell: Cell, run_dir: Path) -> list[tuple[str, tuple[str, ...], bool]]:
+    """The cell's :func:`grid_evaluations` whose report is not in ``run_dir`` yet."""
+    return [e for e in grid_evaluations(cell) if not (run_dir / f"{e[0]}.json").is_file()]
+
+
 def cell_done(cell: Cell, root: Path) -> bool:
     """Whether the cell's run is trained and has every evaluation of :func:`grid_evaluations`."""
     run_dir = root / "runs" / cell.name
-    if not (run_dir / "eval.json").is_file():
-        return False
-    return all((run_dir / f"{name}.json").is_file() for name, _, _ in grid_evaluations(cell))
+    return (run_dir / "eval.json").is_file() and not missing_evaluations(cell, run_dir)
 
 
 def run_cell(
@@ -425,7 +428,7 @@ def _grid_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
     from mbm_agent.agent import load_agent
     from mbm_agent.evaluation import evaluate_agent, write_report
 
-    todo = [e for e in grid_evaluations(cell) if not (run_dir / f"{e[0]}.json").is_file()]
+    todo = missing_evaluations(cell, run_dir)
     if not todo:
         return
     agent = load_agent(run_dir, "best")
@@ -557,11 +560,9 @@ def complete_evaluations(
     root = Path(root)
     for cell in cells:
         run_dir = root / "runs" / cell.name
-        if (run_dir / "eval.json").is_file() and not cell_done(cell, root):
-            todo = [
-                n for n, _, _ in grid_evaluations(cell) if not (run_dir / f"{n}.json").is_file()
-            ]
-            log(f"{cell.name}: evaluating ({', '.join(todo)})")
+        todo = missing_evaluations(cell, run_dir)
+        if (run_dir / "eval.json").is_file() and todo:
+            log(f"{cell.name}: evaluating ({', '.join(name for name, _, _ in todo)})")
             run_cell(cell, root)
 
 

@@ -67,8 +67,9 @@ def load_run(run_dir: str | Path, report: str = "eval") -> dict[str, Any]:
     """Read one evaluated run: its config and per-run metrics.
 
     Args:
-        run_dir: A run folder with ``config.json`` and ``eval.json``.
-        report: Which evaluation report to read (file stem, e.g. ``eval-sampled``).
+        run_dir: A run folder with ``config.json`` and the report.
+        report: Which evaluation report to read (file stem: ``eval``, or e.g.
+            ``eval-sampled``, which ``mbm-agent bench`` writes).
 
     Returns:
         ``path``, ``config``, ``episodes``, ``return`` (mean episode return),
@@ -78,7 +79,7 @@ def load_run(run_dir: str | Path, report: str = "eval") -> dict[str, Any]:
     Raises:
         NotARunError: When the folder is missing or has no ``config.json``.
         MissingEvalError: When the run has no ``<report>.json``.
-        ValueError: When a file is not valid JSON or ``eval.json`` lacks episodes.
+        ValueError: When a file is not valid JSON or the report lacks episodes.
     """
     folder = Path(run_dir)
     config_path, eval_path = folder / "config.json", folder / f"{report}.json"

@@ -637,6 +637,14 @@ def test_train_rejects_an_unknown_extractor(
     assert list(tmp_path.iterdir()) == []
 
 
+def quick_bench(root: Path, game: str, variant: str, seed: int) -> list[str]:
+    """Run one variant of one game at one seed in --quick mode, in-process; its argv."""
+    argv = ["bench", "--games", game, "--variants", variant, "--seeds", str(seed), "--quick"]
+    argv += ["--backend", "sequential", "--out", str(root)]
+    assert main(argv) == 0
+    return argv
+
+
 # -- the bc-ppo variant -------------------------------------------------------------------------
 def test_bc_ppo_cell_clones_the_expert_then_fine_tunes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -646,8 +654,7 @@ def test_bc_ppo_cell_clones_the_expert_then_fine_tunes(
     recipe = REFERENCE_GAMES[soundmaze].bc
     assert recipe is not None
     root = tmp_path / "bench"
-    argv = ["bench", "--games", soundmaze, "--variants", "bc-ppo", "--seeds", "1", "--quick"]
-    assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
+    argv = quick_bench(root, soundmaze, "bc-ppo", seed=1)
     out = capsys.readouterr().out
     assert "| mbm/SoundMaze-v0 | bc-ppo | 1 |" in out and " demo |" in out
 
@@ -679,11 +686,11 @@ def test_bc_ppo_cell_clones_the_expert_then_fine_tunes(
     # (from the kept demos), and its PPO run then starts from it
     before = eval_mtimes(root)
     demos_mtime = demos_file.stat().st_mtime_ns
-    assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
+    assert main(argv) == 0
     assert eval_mtimes(root) == before
     shutil.rmtree(run)
     (bc_dir / "eval.json").unlink()
-    assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
+    assert main(argv) == 0
     assert (bc_dir / "eval.json").is_file() and (run / "eval.json").is_file()
     assert demos_file.stat().st_mtime_ns == demos_mtime  # demos reused, not re-recorded
 
@@ -694,8 +701,7 @@ def test_ablation_of_a_bc_game_clones_without_the_modality(
     """Quick: SoundMaze mask-text = the BC recipe with text ignored, from the seed's demos."""
     soundmaze = "mbm/SoundMaze-v0"
     root = tmp_path / "bench"
-    argv = ["bench", "--games", soundmaze, "--variants", "mask-text", "--seeds", "0", "--quick"]
-    assert main([*argv, "--backend", "sequential", "--out", str(root)]) == 0
+    quick_bench(root, soundmaze, "mask-text", seed=0)
     out = capsys.readouterr().out
     assert "| mbm/SoundMaze-v0 | mask-text | 1 |" in out and " demo |" in out
 
