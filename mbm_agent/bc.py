@@ -39,6 +39,7 @@ import envs
 from envs.core.text import Vocabulary
 from mbm_agent.agent import (
     build_policy,
+    fast_adam,
     policy_spec,
     save_policy,
 )
@@ -387,7 +388,7 @@ def _fit_torch(
     net: PolicyNetwork, train: Demos, val: Demos | None, cfg: BCConfig, log: Any
 ) -> list[dict[str, float]]:
     gen = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, foreach=True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, **fast_adam())
     loss_fn = nn.CrossEntropyLoss()
     obs_t = to_tensor_obs(train.obs)
     actions = torch.as_tensor(train.actions)

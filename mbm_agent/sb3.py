@@ -27,6 +27,11 @@ dict(normalize_images=False))``); a mismatch is caught on the first batch.
 The weights are those of a raw-input :class:`~mbm_agent.encoder.MultimodalEncoder`
 (``extractor.encoder.state_dict()`` loads into one built from the env's
 untransposed space), so the trained encoder can be exported without SB3.
+
+For speed, ``mbm-agent train`` also gives SB3 :class:`KeepChannelsLast` (no frame
+transpose), :class:`MultimodalActorCriticPolicy` (:func:`policy_for`) and
+:class:`MultimodalRolloutBuffer` (:func:`algorithm_kwargs`); each computes what
+SB3's own class computes.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer
+from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
+from stable_baselines3.common.type_aliases import DictRolloutBufferSamples, PyTorchObs
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecTransposeImage
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
@@ -201,6 +208,73 @@ class MultimodalRolloutBuffer(DictRolloutBuffer):
             advantages=take(self.advantages).flatten(),
             returns=take(self.returns).flatten(),
         )
+
+
+class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
+    """SB3's ``MultiInputActorCriticPolicy`` with a leaner training path for discrete actions.
+
+    SB3 builds a ``torch.distributions.Categorical`` for every rollout step and
+    every update minibatch: logits normalised by ``logsumexp``, probabilities by
+    ``softmax``, entropy and log-probabilities each a few more small ops, and as
+    many again in the backward pass. With ``Discrete`` actions and a shared
+    features extractor, :meth:`forward` (rollouts) and :meth:`evaluate_actions`
+    (updates) here compute ``log_softmax`` once and read the log-probabilities,
+    the entropy and the sampled actions off it. Actions are drawn the way
+    ``Categorical.sample`` draws them (``torch.multinomial`` of the
+    probabilities), so a seeded run draws the same actions. Everything else
+    (parameters, state dict, ``predict``, other action spaces, separate
+    extractors) is SB3's. :func:`policy_for` makes our trainer use it.
+    """
+
+    def _lean(self) -> bool:
+        return self.share_features_extractor and isinstance(
+            self.action_dist, CategoricalDistribution
+        )
+
+    def _heads(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
+        """Log-probabilities of every action ``(B, n)`` and values ``(B, 1)``."""
+        latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
+        return torch.log_softmax(self.action_net(latent_pi), dim=-1), self.value_net(latent_vf)
+
+    def forward(
+        self, obs: PyTorchObs, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Actions, values and log-probabilities of the actions (as SB3's)."""
+        if not self._lean():
+            return super().forward(obs, deterministic)
+        log_probs, values = self._heads(obs)
+        if deterministic:
+            actions = log_probs.argmax(dim=-1)
+        else:
+            actions = torch.multinomial(log_probs.exp(), 1, True).squeeze(-1)
+        return actions, values, log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+    def evaluate_actions(
+        self, obs: PyTorchObs, actions: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Values, log-probabilities of ``actions`` and entropies (as SB3's)."""
+        if not self._lean():
+            return super().evaluate_actions(obs, actions)
+        log_probs, values = self._heads(obs)
+        taken = log_probs.gather(-1, actions.long().reshape(-1, 1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+        return values, taken, entropy
+
+
+def policy_for(
+    algo: str, observation_space: spaces.Space[Any], extractor: str = "mbm"
+) -> str | type[MultiInputActorCriticPolicy]:
+    """The policy our trainer gives an SB3 algorithm.
+
+    :class:`MultimodalActorCriticPolicy` for on-policy actor-critics (``ppo``,
+    ``a2c``) over a Dict space with our extractor; SB3's own names otherwise
+    (``extractor="sb3"`` is the untouched SB3 baseline).
+    """
+    if algo == "recurrent_ppo":
+        return "MultiInputLstmPolicy"
+    if algo in ("ppo", "a2c") and extractor == "mbm" and isinstance(observation_space, spaces.Dict):
+        return MultimodalActorCriticPolicy
+    return "MultiInputPolicy"
 
 
 def algorithm_kwargs(algo: str, observation_space: spaces.Space[Any]) -> dict[str, Any]:

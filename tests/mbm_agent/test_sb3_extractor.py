@@ -255,3 +255,143 @@ def test_trainer_uses_the_rollout_buffer(tmp_path):
         model.learn(2 * model.n_steps * cfg.n_envs)  # collects and trains from it
     finally:
         venv.close()
+
+
+def _twin_policies(action_space: spaces.Space) -> tuple:
+    """SB3's MultiInputActorCriticPolicy and ours, with the same weights."""
+    from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+
+    from mbm_agent.agent import policy_kwargs_for
+    from mbm_agent.sb3 import MultimodalActorCriticPolicy
+
+    obs_space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (16, 16, 3), np.uint8),
+            "text": spaces.Box(0, 9, (4,), np.int64),
+            "audio": spaces.Box(-5.0, 5.0, (2, 8, 4), np.float32),
+        }
+    )
+    kwargs = policy_kwargs_for(EncoderConfig(), {}, {"net_arch": [32]})
+    torch.manual_seed(0)
+    theirs = MultiInputActorCriticPolicy(obs_space, action_space, lambda _: 1e-3, **kwargs)
+    ours = MultimodalActorCriticPolicy(obs_space, action_space, lambda _: 1e-3, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    obs_space.seed(0)
+    batch = [obs_space.sample() for _ in range(64)]
+    obs = {k: torch.as_tensor(np.stack([o[k] for o in batch])) for k in obs_space}
+    return theirs, ours, obs
+
+
+def test_policy_acts_and_evaluates_as_sb3s_policy():
+    """MultimodalActorCriticPolicy: SB3's actions, values, log-probs, entropies and gradients."""
+    theirs, ours, obs = _twin_policies(spaces.Discrete(5))
+    with torch.no_grad():
+        for deterministic in (True, False):
+            for seed in range(5):
+                results = []
+                for policy in (theirs, ours):
+                    torch.manual_seed(seed)
+                    results.append(policy(obs, deterministic=deterministic))
+                (a1, v1, lp1), (a2, v2, lp2) = results
+                assert a1.shape == a2.shape == (64,) and torch.equal(a1, a2)
+                torch.testing.assert_close(v1, v2)
+                torch.testing.assert_close(lp1, lp2)
+        assert len(torch.unique(a2)) > 1  # sampled, not argmax
+    actions = torch.arange(64) % 5
+    grads = []
+    for policy in (theirs, ours):
+        policy.zero_grad()
+        values, log_prob, entropy = policy.evaluate_actions(obs, actions.float())
+        (values.sum() + log_prob.sum() + 0.1 * entropy.sum()).backward()
+        grads.append(
+            {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        )
+        assert values.shape == (64, 1) and log_prob.shape == entropy.shape == (64,)
+    theirs_out = theirs.evaluate_actions(obs, actions.float())
+    ours_out = ours.evaluate_actions(obs, actions.float())
+    for a, b in zip(theirs_out, ours_out, strict=True):
+        torch.testing.assert_close(a, b)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_policy_leaves_other_action_spaces_to_sb3():
+    theirs, ours, obs = _twin_policies(spaces.Box(-1.0, 1.0, (2,), np.float32))
+    with torch.no_grad():
+        torch.manual_seed(3)
+        a1, v1, lp1 = theirs(obs)
+        torch.manual_seed(3)
+        a2, v2, lp2 = ours(obs)
+    assert a2.shape == (64, 2)
+    for a, b in ((a1, a2), (v1, v2), (lp1, lp2)):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(theirs.evaluate_actions(obs, a1), ours.evaluate_actions(obs, a1), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_trainer_uses_our_policy_and_fused_adam_sb3_baseline_stays_sb3s(tmp_path):
+    from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+
+    from mbm_agent.config import resolve_config
+    from mbm_agent.sb3 import MultimodalActorCriticPolicy
+    from mbm_agent.trainer import build_algorithm, make_train_env
+
+    for extractor, policy_type in (
+        ("mbm", MultimodalActorCriticPolicy),
+        ("sb3", MultiInputActorCriticPolicy),
+    ):
+        cfg = resolve_config(
+            "mbm/ModalityProbe-v0",
+            overrides={"n_envs": 2, "runs_dir": str(tmp_path), "extractor": extractor},
+        )
+        venv, _ = make_train_env(cfg, seed=0)
+        try:
+            model = build_algorithm(cfg, venv, None)
+        finally:
+            venv.close()
+        assert type(model.policy) is policy_type
+        if extractor == "mbm":
+            assert model.policy.optimizer.param_groups[0]["fused"] is True
+
+
+def test_optimizer_choice_in_the_config_is_kept():
+    """A config naming foreach (as runs made before fused Adam do) keeps it; fused is not added."""
+    from mbm_agent.agent import fast_adam, policy_kwargs_for
+
+    assert fast_adam() == {"fused": True}  # torch >= 2.4 here
+    assert policy_kwargs_for(EncoderConfig(), {}, {})["optimizer_kwargs"] == {"fused": True}
+    kept = policy_kwargs_for(EncoderConfig(), {}, {"optimizer_kwargs": {"foreach": True}})
+    assert kept["optimizer_kwargs"] == {"foreach": True}
+    import envs
+
+    env = DummyVecEnv([lambda: envs.make("mbm/ModalityProbe-v0")])
+    model = PPO("MultiInputPolicy", env, policy_kwargs=kept, n_steps=8, batch_size=8, device="cpu")
+    group = model.policy.optimizer.param_groups[0]
+    assert group["foreach"] is True and not group["fused"]
+
+
+def test_readme_sb3_snippets_build_what_they_say():
+    """The README's SB3 code blocks run and give our policy, buffer, wrapper and fused Adam."""
+    import re
+    from pathlib import Path
+
+    from mbm_agent.sb3 import KeepChannelsLast, MultimodalActorCriticPolicy, MultimodalRolloutBuffer
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## The encoder in your own code", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    try:
+        assert type(model.policy) is MultimodalActorCriticPolicy
+        assert type(model.rollout_buffer) is MultimodalRolloutBuffer
+        assert isinstance(model.get_env(), KeepChannelsLast)
+        assert model.policy.optimizer.param_groups[0]["fused"] is True
+        actions, _ = model.predict(model.get_env().reset())
+        assert actions.shape == (32,)
+    finally:
+        namespace["venv"].close()
