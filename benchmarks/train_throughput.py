@@ -7,7 +7,8 @@ one after the other, and report environment steps per second of ``learn()``
 (a) ours, as ``mbm-agent train`` runs it: the native batched vector env
     (``envs.sb3.SB3VecEnv``), frames left channel-last (``KeepChannelsLast``),
     the default ``MultimodalExtractor`` (images scaled inside the encoder),
-    multi-tensor Adam and the ``MultimodalRolloutBuffer`` (``mbm_agent.sb3.algorithm_kwargs``);
+    fused Adam, the ``MultimodalActorCriticPolicy`` (``mbm_agent.sb3.policy_for``)
+    and the ``MultimodalRolloutBuffer`` (``mbm_agent.sb3.algorithm_kwargs``);
 (b) SB3's default: ``MultiInputPolicy`` with ``CombinedExtractor`` (NatureCNN on
     the frame, everything else flattened) over a ``DummyVecEnv`` of single envs.
 
@@ -33,17 +34,28 @@ import envs
 from envs.sb3 import SB3VecEnv
 from mbm_agent.agent import policy_kwargs_for
 from mbm_agent.encoder import EncoderConfig
-from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs
+from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs, policy_for
 
 TARGET = 3.0
 
 
-def measure(model: PPO, steps: int, warmup: int) -> float:
-    """Env-steps/s of ``learn(steps)`` after a warm-up ``learn(warmup)``."""
-    model.learn(warmup)
-    start = time.perf_counter()
-    model.learn(steps, reset_num_timesteps=False)
-    return steps / (time.perf_counter() - start)
+def measure(models: dict[str, PPO], steps: int, warmup: int, rounds: int) -> dict[str, float]:
+    """Env-steps/s of each model's ``learn()``, timed in interleaved rounds.
+
+    After a warm-up ``learn(warmup)`` each, the models take turns at
+    ``learn(steps // rounds)``, ``rounds`` times, so a slow spell of a shared
+    machine falls on both pipelines rather than on whichever ran then.
+    """
+    for model in models.values():
+        model.learn(warmup)
+    chunk = steps // rounds
+    seconds = dict.fromkeys(models, 0.0)
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.learn(chunk, reset_num_timesteps=False)
+            seconds[name] += time.perf_counter() - start
+    return {name: chunk * rounds / seconds[name] for name in models}
 
 
 def main() -> None:
@@ -54,6 +66,9 @@ def main() -> None:
     parser.add_argument("--env", default="mbm/SoundMaze-v0", choices=envs.ENV_IDS)
     parser.add_argument("--steps", type=int, default=16384, help="timed steps per pipeline")
     parser.add_argument("--warmup", type=int, default=4096)
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="interleaved timing rounds per pipeline"
+    )
     parser.add_argument("--n-envs", type=int, default=32)
     parser.add_argument(
         "--threads",
@@ -82,7 +97,7 @@ def main() -> None:
 
     ours_env: VecEnv = KeepChannelsLast(VecMonitor(SB3VecEnv(args.env, args.n_envs)))
     ours = PPO(
-        "MultiInputPolicy",
+        policy_for("ppo", ours_env.observation_space),
         ours_env,
         policy_kwargs=policy_kwargs_for(
             EncoderConfig(**dict(kv.split("=") for kv in args.encoder)), {}, {"net_arch": [64]}
@@ -95,19 +110,22 @@ def main() -> None:
     )
     sb3 = PPO("MultiInputPolicy", sb3_env, policy_kwargs={"net_arch": [64]}, **hyper)
 
-    rows = []
-    for name, model in (
-        ("ours (native vec env + MultimodalExtractor)", ours),
-        ("SB3 default (DummyVecEnv + CombinedExtractor)", sb3),
-    ):
-        params = sum(p.numel() for p in model.policy.parameters())
-        rows.append((name, measure(model, args.steps, args.warmup), params))
+    models = {
+        "ours (native vec env + MultimodalExtractor)": ours,
+        "SB3 default (DummyVecEnv + CombinedExtractor)": sb3,
+    }
+    fps = measure(models, args.steps, args.warmup, args.rounds)
+    rows = [
+        (name, fps[name], sum(p.numel() for p in model.policy.parameters()))
+        for name, model in models.items()
+    ]
     print(
-        f"PPO on {args.env}, {args.n_envs} envs, n_steps=64, batch 256, 4 epochs, {args.threads} torch threads"
+        f"PPO on {args.env}, {args.n_envs} envs, n_steps=64, batch 256, 4 epochs, "
+        f"{args.threads} torch threads, {args.steps} steps each in {args.rounds} interleaved rounds"
     )
     print(f"{'pipeline':<48} {'env-steps/s':>12} {'params':>10}")
-    for name, fps, params in rows:
-        print(f"{name:<48} {fps:>12,.0f} {params:>10,}")
+    for name, rate, params in rows:
+        print(f"{name:<48} {rate:>12,.0f} {params:>10,}")
     ratio = rows[0][1] / rows[1][1]
     print(
         f"ratio ours / SB3 default: {ratio:.2f}x (target >= {TARGET:.0f}x): {'met' if ratio >= TARGET else 'NOT met'}"
