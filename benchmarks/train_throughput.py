@@ -7,7 +7,7 @@ one after the other, and report environment steps per second of ``learn()``
 (a) ours, as ``mbm-agent train`` runs it: the native batched vector env
     (``envs.sb3.SB3VecEnv``), frames left channel-last (``KeepChannelsLast``),
     the default ``MultimodalExtractor`` (images scaled inside the encoder),
-    fused Adam, the ``MultimodalActorCriticPolicy`` (``mbm_agent.sb3.policy_for``)
+    fused Adam, the ``MultimodalActorCriticPolicy`` (``mbm_agent.agent.policy_class``)
     and the ``MultimodalRolloutBuffer`` (``mbm_agent.sb3.algorithm_kwargs``);
 (b) SB3's default: ``MultiInputPolicy`` with ``CombinedExtractor`` (NatureCNN on
     the frame, everything else flattened) over a ``DummyVecEnv`` of single envs.
@@ -32,9 +32,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 import envs
 from envs.sb3 import SB3VecEnv
-from mbm_agent.agent import policy_kwargs_for
+from mbm_agent.agent import policy_class, policy_kwargs_for
 from mbm_agent.encoder import EncoderConfig
-from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs, policy_for
+from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs
 
 TARGET = 3.0
 
@@ -97,7 +97,7 @@ def main() -> None:
 
     ours_env: VecEnv = KeepChannelsLast(VecMonitor(SB3VecEnv(args.env, args.n_envs)))
     ours = PPO(
-        policy_for("ppo", ours_env.observation_space),
+        policy_class("ppo"),
         ours_env,
         policy_kwargs=policy_kwargs_for(
             EncoderConfig(**dict(kv.split("=") for kv in args.encoder)), {}, {"net_arch": [64]}

@@ -53,7 +53,11 @@ def activation_name(fn: type[nn.Module]) -> str:
 
 
 def policy_class(algo: str, extractor: str = "mbm") -> type[BasePolicy]:
-    """The SB3 policy class an algorithm trains (as :func:`mbm_agent.sb3.policy_for` picks it)."""
+    """The SB3 policy class an algorithm trains and loads.
+
+    PPO and A2C with our extractor get :class:`MultimodalActorCriticPolicy`;
+    ``extractor="sb3"`` (the SB3-default baseline) gets SB3's own class.
+    """
     if algo in ("ppo", "a2c"):
         from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 

@@ -29,7 +29,7 @@ The weights are those of a raw-input :class:`~mbm_agent.encoder.MultimodalEncode
 untransposed space), so the trained encoder can be exported without SB3.
 
 For speed, ``mbm-agent train`` also gives SB3 :class:`KeepChannelsLast` (no frame
-transpose), :class:`MultimodalActorCriticPolicy` (:func:`policy_for`) and
+transpose), :class:`MultimodalActorCriticPolicy` (``agent.policy_class``) and
 :class:`MultimodalRolloutBuffer` (:func:`algorithm_kwargs`); each computes what
 SB3's own class computes.
 """
@@ -223,7 +223,8 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
     ``Categorical.sample`` draws them (``torch.multinomial`` of the
     probabilities), so a seeded run draws the same actions. Everything else
     (parameters, state dict, ``predict``, other action spaces, separate
-    extractors) is SB3's. :func:`policy_for` makes our trainer use it.
+    extractors) is SB3's. :func:`mbm_agent.agent.policy_class` makes our trainer
+    and ``load_agent`` use it.
     """
 
     def _lean(self) -> bool:
@@ -259,22 +260,6 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
         taken = log_probs.gather(-1, actions.long().reshape(-1, 1)).squeeze(-1)
         entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
         return values, taken, entropy
-
-
-def policy_for(
-    algo: str, observation_space: spaces.Space[Any], extractor: str = "mbm"
-) -> str | type[MultiInputActorCriticPolicy]:
-    """The policy our trainer gives an SB3 algorithm.
-
-    :class:`MultimodalActorCriticPolicy` for on-policy actor-critics (``ppo``,
-    ``a2c``) over a Dict space with our extractor; SB3's own names otherwise
-    (``extractor="sb3"`` is the untouched SB3 baseline).
-    """
-    if algo == "recurrent_ppo":
-        return "MultiInputLstmPolicy"
-    if algo in ("ppo", "a2c") and extractor == "mbm" and isinstance(observation_space, spaces.Dict):
-        return MultimodalActorCriticPolicy
-    return "MultiInputPolicy"
 
 
 def algorithm_kwargs(algo: str, observation_space: spaces.Space[Any]) -> dict[str, Any]:

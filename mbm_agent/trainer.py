@@ -41,10 +41,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 import envs
 from envs.core.text import Vocabulary
-from mbm_agent.agent import Agent, policy_kwargs_for, policy_spec, save_policy
+from mbm_agent.agent import Agent, policy_class, policy_kwargs_for, policy_spec, save_policy
 from mbm_agent.config import ConfigError, TrainConfig, save_config
 from mbm_agent.evaluation import EVAL_SEED_BASE
-from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs, policy_for
+from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs
 from mbm_agent.storage import (
     CHECKPOINT_FORMAT,
     ModelFileError,
@@ -186,7 +186,7 @@ def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None
             raise ImportError(
                 "--algo recurrent_ppo needs sb3-contrib: pip install 'mbm-agent[contrib]'."
             ) from exc
-    policy = policy_for(cfg.algo, venv.observation_space, cfg.extractor)
+    policy = policy_class(cfg.algo, cfg.extractor)
     common.update(algorithm_kwargs(cfg.algo, venv.observation_space))
     try:
         return Algo(policy, venv, **common, **cfg.algo_kwargs)
