@@ -143,29 +143,35 @@ class BatchedGame(ABC):
         """Validate a batch of actions: shape ``(n,)`` of ints in the action space."""
         n = self.num_worlds
         n_act = len(self.action_names)
-        allowed = (
-            f"integers in [0, {n_act - 1}] ("
-            + ", ".join(f"{i}={a}" for i, a in enumerate(self.action_names))
-            + ")"
-        )
         try:
             arr = np.asarray(actions)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"actions must be {allowed}, got {actions!r}.") from exc
+            raise ValueError(
+                f"actions must be {self._allowed_actions()}, got {actions!r}."
+            ) from exc
         if arr.shape == (n, 1):
             arr = arr[:, 0]
         if arr.shape != (n,):
             raise ValueError(
-                f"actions must have shape ({n},) (one per env) of {allowed}, got shape {arr.shape}."
+                f"actions must have shape ({n},) (one per env) of {self._allowed_actions()}, "
+                f"got shape {arr.shape}."
             )
-        if not np.issubdtype(arr.dtype, np.integer):
-            if np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0):
+        if arr.dtype.kind not in "iu":
+            if arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0):
                 arr = arr.astype(np.int64)
             else:
                 raise ValueError(
-                    f"actions must be {allowed}, got {arr.tolist()!r} (dtype {arr.dtype})."
+                    f"actions must be {self._allowed_actions()}, got {arr.tolist()!r} "
+                    f"(dtype {arr.dtype})."
                 )
-        bad = (arr < 0) | (arr >= n_act)
-        if bad.any():
-            raise ValueError(f"Invalid action {arr[bad][0]!r}: actions must be {allowed}.")
+        if n and (arr.min() < 0 or arr.max() >= n_act):
+            bad = arr[(arr < 0) | (arr >= n_act)][0]
+            raise ValueError(
+                f"Invalid action {bad.item()!r}: actions must be {self._allowed_actions()}."
+            )
         return arr.astype(np.int64, copy=False)
+
+    def _allowed_actions(self) -> str:
+        """The valid actions, for error messages (built only when one is raised)."""
+        names = ", ".join(f"{i}={a}" for i, a in enumerate(self.action_names))
+        return f"integers in [0, {len(self.action_names) - 1}] ({names})"

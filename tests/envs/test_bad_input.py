@@ -87,6 +87,11 @@ def test_vector_env_rejects_invalid_action_values(vec: envs.GameVectorEnv, actio
         vec.step(actions)
 
 
+def test_vector_env_names_the_first_invalid_action(vec: envs.GameVectorEnv) -> None:
+    with pytest.raises(ValueError, match=re.escape("Invalid action -1: actions must be")):
+        vec.step(np.array([0, -1, 7, 0]))
+
+
 def test_vector_env_step_before_reset() -> None:
     with pytest.raises(RuntimeError, match=r"reset\(\) before step\(\)"):
         envs.make_vec("mbm/FindSound-v0", 2).step(np.zeros(2, np.int64))
