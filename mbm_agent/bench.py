@@ -625,9 +625,9 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
     """Aggregate the finished cells into ``summary.json``, ``summary.md`` and curve plots.
 
     Success and return are scored on the game's :attr:`GameSpec.headline` report
-    (sampled or greedy actions); both modes' success stand next to them. Runs trained but not yet evaluated with sampled actions (by an earlier
-    version) are left out with a warning: ``mbm-agent bench --summary-only``
-    evaluates them.
+    (sampled or greedy actions); both modes' success stand next to them. Runs
+    trained but not yet evaluated with sampled actions (by an earlier version) are
+    left out with a warning: ``mbm-agent bench --summary-only`` evaluates them.
     """
     import warnings
 

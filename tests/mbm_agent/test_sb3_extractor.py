@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -257,7 +259,9 @@ def test_trainer_uses_the_rollout_buffer(tmp_path):
         venv.close()
 
 
-def _twin_policies(action_space: spaces.Space) -> tuple:
+def _twin_policies(
+    action_space: spaces.Space,
+) -> tuple[Any, Any, dict[str, torch.Tensor]]:
     """SB3's MultiInputActorCriticPolicy and ours, with the same weights."""
     from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
