@@ -33,7 +33,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 import envs
 from envs.sb3 import SB3VecEnv
 from mbm_agent.agent import policy_class, policy_kwargs_for
-from mbm_agent.encoder import EncoderConfig
+from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs
 
 TARGET = 3.0

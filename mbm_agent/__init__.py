@@ -9,15 +9,10 @@ from typing import TYPE_CHECKING
 
 from envs.core.text import Vocabulary
 from mbm_agent._version import __version__
-from mbm_agent.encoder import (
-    DEFAULT_MODALITIES,
-    MODALITIES,
-    EncoderConfig,
-    MultimodalEncoder,
-    to_tensor_obs,
-)
-from mbm_agent.encoders import IMAGE_ENCODERS, TEXT_ENCODERS
-from mbm_agent.fusion import FUSION_MODES, Fusion, make_fusion
+from mbm_agent.encoding.config import DEFAULT_MODALITIES, MODALITIES, EncoderConfig
+from mbm_agent.encoding.encoders import IMAGE_ENCODERS, TEXT_ENCODERS
+from mbm_agent.encoding.fusion import FUSION_MODES, Fusion, make_fusion
+from mbm_agent.encoding.multimodal import MultimodalEncoder, to_tensor_obs
 from mbm_agent.sb3 import MultimodalExtractor
 from mbm_agent.wrappers import (
     BABYAI_WORDS,

@@ -20,7 +20,7 @@ from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 
 from envs.core.text import Vocabulary
-from mbm_agent.encoder import EncoderConfig
+from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.sb3 import MultimodalActorCriticPolicy, MultimodalExtractor
 from mbm_agent.storage import (
     FORMAT,

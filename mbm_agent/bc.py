@@ -43,7 +43,8 @@ from mbm_agent.agent import (
     policy_spec,
     save_policy,
 )
-from mbm_agent.encoder import EncoderConfig, to_tensor_obs
+from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.multimodal import to_tensor_obs
 from mbm_agent.evaluation import _success
 from mbm_agent.inference import PolicyNetwork
 from mbm_agent.storage import atomic_write_bytes, atomic_write_text

@@ -38,7 +38,7 @@ import numpy as np
 
 import envs
 from mbm_agent.config import merge
-from mbm_agent.fusion import FUSION_MODES
+from mbm_agent.encoding.fusion import FUSION_MODES
 from mbm_agent.storage import atomic_write_text
 
 #: Report of a run's policy with sampled actions (the trainer's ``eval.json`` is greedy).

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 import envs
-from mbm_agent.encoder import EncoderConfig
+from mbm_agent.encoding.config import EncoderConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ALGOS = ("ppo", "a2c", "dqn", "recurrent_ppo")

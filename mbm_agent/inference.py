@@ -32,7 +32,8 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from mbm_agent.encoder import EncoderConfig, MultimodalEncoder
+from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.multimodal import MultimodalEncoder
 
 if TYPE_CHECKING:
     from mbm_agent.agent import Agent

@@ -39,8 +39,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from mbm_agent.encoder import EncoderConfig, MultimodalEncoder
-from mbm_agent.encoders import (
+from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.encoders import (
     AudioEncoder,
     ImageEncoder,
     SpatialEncoder,
@@ -48,7 +48,8 @@ from mbm_agent.encoders import (
     TextEncoder,
     VectorEncoder,
 )
-from mbm_agent.fusion import AttentionFusion, ConcatFusion, FilmFusion, Fusion, GatedFusion
+from mbm_agent.encoding.fusion import AttentionFusion, ConcatFusion, FilmFusion, Fusion, GatedFusion
+from mbm_agent.encoding.multimodal import MultimodalEncoder
 from mbm_agent.inference import PolicyNetwork, UnsupportedPolicyError
 
 try:
@@ -312,7 +313,7 @@ class _ConvTrunk(keras.layers.Layer):
 
 # ---------------------------------------------------------------------------- encoders
 class KerasImageEncoder(keras.layers.Layer):
-    """Keras mirror of :class:`~mbm_agent.encoders.ImageEncoder` (small / nature CNN).
+    """Keras mirror of :class:`~mbm_agent.encoding.encoders.ImageEncoder` (small / nature CNN).
 
     Args:
         template: The torch encoder whose architecture is mirrored (weights not copied).
@@ -352,7 +353,7 @@ class KerasImageEncoder(keras.layers.Layer):
 
 
 class KerasSymbolicGridEncoder(keras.layers.Layer):
-    """Keras mirror of :class:`~mbm_agent.encoders.SymbolicGridEncoder` (per-value embeddings, CNN).
+    """Keras mirror of :class:`~mbm_agent.encoding.encoders.SymbolicGridEncoder` (per-value embeddings, CNN).
 
     Args:
         template: The torch encoder whose architecture is mirrored (weights not copied).
@@ -482,7 +483,7 @@ class KerasTransformerLayer(keras.layers.Layer):
 
 
 class KerasTextEncoder(keras.layers.Layer):
-    """Keras mirror of :class:`~mbm_agent.encoders.TextEncoder` (``gru``, ``bow``, ``attention``).
+    """Keras mirror of :class:`~mbm_agent.encoding.encoders.TextEncoder` (``gru``, ``bow``, ``attention``).
 
     Args:
         template: The torch encoder whose architecture is mirrored (weights not copied).
@@ -568,7 +569,7 @@ class KerasTextEncoder(keras.layers.Layer):
 
 
 class KerasAudioEncoder(keras.layers.Layer):
-    """Keras mirror of :class:`~mbm_agent.encoders.AudioEncoder`.
+    """Keras mirror of :class:`~mbm_agent.encoding.encoders.AudioEncoder`.
 
     torch computes the non-overlapping patch conv as a reshape and a matrix
     product; here it is a ``Conv2D`` with stride = kernel = patch, the same function.
@@ -631,7 +632,7 @@ class KerasAudioEncoder(keras.layers.Layer):
 
 
 class KerasVectorEncoder(keras.layers.Layer):
-    """Keras mirror of :class:`~mbm_agent.encoders.VectorEncoder` (Box, Discrete, MultiDiscrete, MultiBinary).
+    """Keras mirror of :class:`~mbm_agent.encoding.encoders.VectorEncoder` (Box, Discrete, MultiDiscrete, MultiBinary).
 
     Args:
         template: The torch encoder whose architecture is mirrored (weights not copied).
@@ -838,7 +839,7 @@ class KerasFusion(keras.layers.Layer):
 
 # ---------------------------------------------------------------------------- full encoder
 class KerasMultimodalEncoder(keras.layers.Layer):
-    """Keras mirror of :class:`~mbm_agent.encoder.MultimodalEncoder`: raw inputs -> features.
+    """Keras mirror of :class:`~mbm_agent.encoding.multimodal.MultimodalEncoder`: raw inputs -> features.
 
     The architecture is resolved exactly as torch resolves it (a torch encoder
     is built as the template, or given), so the two always agree. Call it on a

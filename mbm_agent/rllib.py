@@ -1,4 +1,4 @@
-"""Ray RLlib integration: our :class:`~mbm_agent.encoder.MultimodalEncoder` as an RLModule.
+"""Ray RLlib integration: our :class:`~mbm_agent.encoding.multimodal.MultimodalEncoder` as an RLModule.
 
 RLlib's new API stack (Ray >= 2.40) builds policies from ``RLModule`` classes.
 :class:`MultimodalPPOModule` is one whose trunk is our encoder, built from the
@@ -19,7 +19,7 @@ Example::
     from ray.rllib.core.columns import Columns
 
     import envs
-    from mbm_agent.encoder import to_tensor_obs
+    from mbm_agent.encoding.multimodal import to_tensor_obs
     from mbm_agent.rllib import ppo_config
 
     ray.init(num_cpus=2, include_dashboard=False)
@@ -64,7 +64,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 import envs
 from mbm_agent.config import resolve_config
-from mbm_agent.encoder import EncoderConfig, MultimodalEncoder, unknown_key_hint
+from mbm_agent.encoding.config import EncoderConfig, unknown_key_hint
+from mbm_agent.encoding.multimodal import MultimodalEncoder
 
 __all__ = [
     "MODULE_KEYS",
@@ -79,7 +80,7 @@ __all__ = [
 _ENCODER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EncoderConfig))
 MODULE_KEYS: tuple[str, ...] = (*_ENCODER_FIELDS, "modalities", "hidden_sizes", "vf_share_layers")
 """Keys :class:`MultimodalPPOModule` reads from ``model_config``: every
-:class:`~mbm_agent.encoder.EncoderConfig` field, ``modalities`` (per-key
+:class:`~mbm_agent.encoding.config.EncoderConfig` field, ``modalities`` (per-key
 declarations), ``hidden_sizes`` (the policy and value heads' hidden layers) and
 ``vf_share_layers`` (one encoder for policy and value, or two)."""
 

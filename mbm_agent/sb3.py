@@ -24,7 +24,7 @@ so pass the same value in ``features_extractor_kwargs`` when you change it
 (``policy_kwargs=dict(normalize_images=False, features_extractor_kwargs=
 dict(normalize_images=False))``); a mismatch is caught on the first batch.
 
-The weights are those of a raw-input :class:`~mbm_agent.encoder.MultimodalEncoder`
+The weights are those of a raw-input :class:`~mbm_agent.encoding.multimodal.MultimodalEncoder`
 (``extractor.encoder.state_dict()`` loads into one built from the env's
 untransposed space), so the trained encoder can be exported without SB3.
 
@@ -52,7 +52,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
 from torch import Tensor
 
-from mbm_agent.encoder import EncoderConfig, MultimodalEncoder, _sb3_is_image
+from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.multimodal import MultimodalEncoder, sb3_is_image
 
 
 class MultimodalExtractor(BaseFeaturesExtractor):
@@ -102,7 +103,7 @@ class MultimodalExtractor(BaseFeaturesExtractor):
             k
             for k in encoder.keys
             if encoder.modalities[k] in ("image", "symbolic_grid")
-            and _sb3_is_image(observation_space[k])
+            and sb3_is_image(observation_space[k])
         ]
         self._scaling_checked = not encoder.check_inputs
         #: Keys treated as missing at every forward call (e.g. ``mbm-agent eval --drop-modality``).

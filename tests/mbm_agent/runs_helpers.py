@@ -70,7 +70,7 @@ def env_fusion(env_id: str = ENV) -> str:
     import yaml
 
     from mbm_agent.config import env_defaults_path
-    from mbm_agent.encoder import EncoderConfig
+    from mbm_agent.encoding.config import EncoderConfig
 
     path = env_defaults_path(env_id)
     data = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}

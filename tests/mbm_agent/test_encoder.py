@@ -6,7 +6,7 @@ import torch
 from gymnasium import spaces
 
 from mbm_agent import FUSION_MODES, EncoderConfig, MultimodalEncoder, make_fusion
-from mbm_agent.encoders import ImageEncoder, TextEncoder
+from mbm_agent.encoding.encoders import ImageEncoder, TextEncoder
 
 SUBSETS = [
     ("image",),

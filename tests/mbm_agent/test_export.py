@@ -23,7 +23,8 @@ from mbm_agent.agent import (
     policy_spec,
     save_policy,
 )
-from mbm_agent.encoder import EncoderConfig, to_tensor_obs
+from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.multimodal import to_tensor_obs
 from mbm_agent.export import (
     FORMATS,
     ExportedPolicy,

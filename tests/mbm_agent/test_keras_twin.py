@@ -24,7 +24,8 @@ except RuntimeError:  # TensorFlow already initialised by another test module
     pass
 
 from mbm_agent import keras_twin  # noqa: E402
-from mbm_agent.encoder import EncoderConfig, MultimodalEncoder, to_tensor_obs  # noqa: E402
+from mbm_agent.encoding.config import EncoderConfig  # noqa: E402
+from mbm_agent.encoding.multimodal import MultimodalEncoder, to_tensor_obs  # noqa: E402
 from mbm_agent.inference import PolicyNetwork  # noqa: E402
 
 N_OBS = 1000

@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from envs.sb3 import SB3VecEnv
 from mbm_agent.agent import Agent, policy_kwargs_for
-from mbm_agent.encoder import EncoderConfig
+from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.evaluation import EVAL_SEED_BASE, evaluate_agent
 
 PROBE = "mbm/ModalityProbe-v0"

@@ -37,7 +37,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule  # noqa: E402
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner  # noqa: E402
 
 import envs  # noqa: E402
-from mbm_agent.encoder import to_tensor_obs  # noqa: E402
+from mbm_agent.encoding.multimodal import to_tensor_obs  # noqa: E402
 from mbm_agent.evaluation import EVAL_SEED_BASE  # noqa: E402
 from mbm_agent.rllib import (  # noqa: E402
     EnvCreator,

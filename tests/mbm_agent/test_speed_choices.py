@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 import envs
 from envs.sb3 import SB3VecEnv
-from mbm_agent.encoders import AudioEncoder
+from mbm_agent.encoding.encoders import AudioEncoder
 from mbm_agent.sb3 import KeepChannelsLast
 
 
@@ -36,7 +36,7 @@ def test_sb3_keeps_frames_channel_last_and_does_not_copy_them():
     from stable_baselines3 import PPO
 
     from mbm_agent.agent import policy_kwargs_for
-    from mbm_agent.encoder import EncoderConfig
+    from mbm_agent.encoding.config import EncoderConfig
 
     venv = KeepChannelsLast(SB3VecEnv("mbm/FindSound-v0", 2))
     model = PPO(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mbm_agent.encoders import FilmParams
+from mbm_agent.encoding.encoders import FilmParams
 
 
 class Fusion(nn.Module):

@@ -4,7 +4,8 @@
 observation tensors straight from the environment (uint8 frames, int64 token
 ids, float spectrograms) and returns ``(B, features_dim)`` features. It is what
 :class:`mbm_agent.sb3.MultimodalExtractor` wraps for Stable-Baselines3 and what
-a hand-written RL loop or an exporter uses directly.
+a hand-written RL loop or an exporter uses directly. Its settings are an
+:class:`~mbm_agent.encoding.config.EncoderConfig`.
 
 Modalities are declared per key. By default the key name decides
 (``image``, ``text``, ``audio``, ``symbolic_grid``; any other small Box,
@@ -15,10 +16,8 @@ overrides it per key, e.g. ``{"image": "symbolic_grid"}`` for MiniGrid or
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,204 +25,24 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from mbm_agent.encoders import (
-    IMAGE_ENCODERS,
-    TEXT_ENCODERS,
+from mbm_agent.encoding.config import DEFAULT_MODALITIES, MODALITIES, EncoderConfig
+from mbm_agent.encoding.encoders import (
     AudioEncoder,
     FilmParams,
     ImageEncoder,
-    InputSpec,
     ModalityEncoder,
     SpatialEncoder,
     SymbolicGridEncoder,
     TextEncoder,
     VectorEncoder,
-    dtype_matches,
 )
-from mbm_agent.fusion import FUSION_MODES, make_fusion
+from mbm_agent.encoding.fusion import make_fusion
+from mbm_agent.encoding.spec import InputSpec, dtype_matches
 
-MODALITIES: tuple[str, ...] = ("image", "text", "audio", "symbolic_grid", "vector", "ignore")
-"""Modality names accepted in ``modalities=`` (``image`` and ``symbolic_grid`` also take a
-``:hwc`` or ``:chw`` layout suffix)."""
-
-DEFAULT_MODALITIES: dict[str, str] = {
-    "image": "image",
-    "text": "text",
-    "audio": "audio",
-    "symbolic_grid": "symbolic_grid",
-}
-"""Modality of a key when it is not declared: by key name; other keys are vectors."""
-
-MISSING_EMBEDDINGS: tuple[str, ...] = ("learned", "zeros")
 _LAYOUTS = ("hwc", "chw")
 _SPATIAL = ("image", "symbolic_grid")
 _MAX_VOCAB = 1_000_000
 _MAX_VECTOR = 4096
-
-
-@dataclass
-class EncoderConfig:
-    """Settings of a :class:`MultimodalEncoder`; every field is checked on creation.
-
-    Attributes:
-        fusion: Fusion mode, a key of ``FUSION_MODES``.
-        features_dim: Width of the fused feature vector.
-        image_encoder: Image CNN, one of ``IMAGE_ENCODERS``.
-        image_dim: Embedding width of image and symbolic-grid encoders.
-        text_encoder: Text encoder, one of ``TEXT_ENCODERS``.
-        word_dim: Word embedding width.
-        text_dim: Text embedding width.
-        audio_dim: Audio embedding width.
-        vector_dim: Embedding width of each vector key.
-        grid_embed_dim: Per-value embedding width of symbolic grids.
-        fusion_dim: Token width (``attention``) or gated width (``gated``).
-        attention_heads: Heads of attention layers (fusion and text).
-        modality_dropout: Training-time probability of dropping each modality
-            per sample (never all of a sample's modalities).
-        missing_embedding: What replaces a missing modality's embedding.
-        check_inputs: Check keys, dtypes and shapes at every forward call.
-    """
-
-    fusion: str = field(default="concat", metadata={"help": "Fusion mode.", "choices": "fusion"})
-    features_dim: int = field(default=256, metadata={"help": "Width of the fused features."})
-    image_encoder: str = field(
-        default="small", metadata={"help": "Image CNN architecture.", "choices": "image"}
-    )
-    image_dim: int = field(default=128, metadata={"help": "Image / grid embedding width."})
-    # Bag-of-words by default: our instructions are short templates whose meaning is
-    # in which words appear; it costs ~1/6 of the GRU and made end-to-end PPO 3.1-3.5x
-    # SB3's default pipeline instead of 2.0-2.3x. Use "gru" (or "attention") where word
-    # order matters, e.g. multi-step BabyAI missions.
-    text_encoder: str = field(
-        default="bow", metadata={"help": "Text encoder architecture.", "choices": "text"}
-    )
-    word_dim: int = field(default=32, metadata={"help": "Word embedding width."})
-    text_dim: int = field(
-        default=32,
-        metadata={"help": "Text embedding width (the GRU's hidden size; it sets its cost)."},
-    )
-    audio_dim: int = field(default=64, metadata={"help": "Audio embedding width."})
-    vector_dim: int = field(default=32, metadata={"help": "Embedding width per vector key."})
-    grid_embed_dim: int = field(
-        default=16, metadata={"help": "Per-value embedding width of symbolic grids."}
-    )
-    fusion_dim: int = field(
-        default=128, metadata={"help": "Token width (attention) or gated width (gated)."}
-    )
-    attention_heads: int = field(default=4, metadata={"help": "Heads of attention layers."})
-    modality_dropout: float = field(
-        default=0.0,
-        metadata={"help": "Training-time per-sample probability of dropping each modality."},
-    )
-    missing_embedding: str = field(
-        default="learned",
-        metadata={"help": "Replacement for a missing modality.", "choices": "missing"},
-    )
-    check_inputs: bool = field(
-        default=True, metadata={"help": "Check keys, dtypes and shapes at every forward call."}
-    )
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @staticmethod
-    def choices() -> dict[str, tuple[str, ...]]:
-        """Allowed values of the fields that take a name."""
-        return {
-            "fusion": tuple(FUSION_MODES),
-            "image_encoder": IMAGE_ENCODERS,
-            "text_encoder": TEXT_ENCODERS,
-            "missing_embedding": MISSING_EMBEDDINGS,
-        }
-
-    @staticmethod
-    def help() -> dict[str, str]:
-        """One line of help per field."""
-        return {f.name: f.metadata["help"] for f in dataclasses.fields(EncoderConfig)}
-
-    def validate(self) -> None:
-        """Check every field's type and value.
-
-        Raises:
-            ValueError: Naming the bad field, its value and what is allowed.
-        """
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            expected = f.type if isinstance(f.type, str) else f.type.__name__
-            ok = {
-                "int": isinstance(value, int) and not isinstance(value, bool),
-                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-                "bool": isinstance(value, bool),
-                "str": isinstance(value, str),
-            }[expected]
-            if not ok:
-                raise ValueError(
-                    f"EncoderConfig.{f.name} must be of type {expected}, got {value!r} "
-                    f"({type(value).__name__})."
-                )
-            if expected == "int" and value < 1:
-                raise ValueError(f"EncoderConfig.{f.name} must be >= 1, got {value}.")
-        for name, allowed in self.choices().items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"EncoderConfig.{name}={getattr(self, name)!r} is not allowed; "
-                    f"choose one of {list(allowed)}."
-                )
-        if not 0.0 <= self.modality_dropout < 1.0:
-            raise ValueError(
-                f"EncoderConfig.modality_dropout must be in [0, 1), got {self.modality_dropout}."
-            )
-        for name in ("fusion_dim", "word_dim"):
-            if getattr(self, name) % self.attention_heads:
-                needed = (self.fusion == "attention" and name == "fusion_dim") or (
-                    self.text_encoder == "attention" and name == "word_dim"
-                )
-                if needed:
-                    raise ValueError(
-                        f"EncoderConfig.{name}={getattr(self, name)} must be divisible by "
-                        f"attention_heads={self.attention_heads}."
-                    )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of all fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
-        """Build a config from a (possibly partial) dict, e.g. parsed JSON or YAML.
-
-        Args:
-            data: Field values; missing fields keep their defaults.
-
-        Returns:
-            The validated config.
-
-        Raises:
-            ValueError: On an unknown field (with the closest known name) or a bad value.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"EncoderConfig.from_dict needs a mapping, got {type(data).__name__}.")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            hints = ", ".join(unknown_key_hint(k, known) for k in unknown)
-            raise ValueError(f"Unknown EncoderConfig field(s): {hints}. Known fields: {known}.")
-        values = dict(data)
-        if isinstance(values.get("modality_dropout"), int) and not isinstance(
-            values.get("modality_dropout"), bool
-        ):
-            values["modality_dropout"] = float(values["modality_dropout"])
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> EncoderConfig:
-        """A copy with some fields changed (validated like :meth:`from_dict`)."""
-        return self.from_dict({**self.to_dict(), **changes})
-
-
-def unknown_key_hint(key: object, known: Sequence[str]) -> str:
-    """``'key'``, with ``(did you mean 'x'?)`` when a known name is close to it."""
-    close = difflib.get_close_matches(str(key), list(known), n=1)
-    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 @dataclass(frozen=True)
@@ -278,7 +97,7 @@ def _finite_scale(space: spaces.Box) -> float:
     return 1.0 / high if np.isfinite(high) and high > 1.0 else 1.0
 
 
-def _sb3_is_image(space: spaces.Space) -> bool:
+def sb3_is_image(space: spaces.Space) -> bool:
     """SB3's ``is_image_space`` test (the spaces its ``preprocess_obs`` divides by 255)."""
     return (
         isinstance(space, spaces.Box)
@@ -445,7 +264,7 @@ class MultimodalEncoder(nn.Module):
             assert isinstance(space, spaces.Box) and plan.channels_last is not None
             integer = np.issubdtype(space.dtype, np.integer)
             scale = _finite_scale(space)
-            if sb3 and self.sb3_normalize_images and _sb3_is_image(space):
+            if sb3 and self.sb3_normalize_images and sb3_is_image(space):
                 scale = 1.0
             kind = "float" if sb3 else ("uint8" if space.dtype == np.uint8 else "number")
             if not integer and not np.issubdtype(space.dtype, np.floating):
@@ -464,7 +283,7 @@ class MultimodalEncoder(nn.Module):
             if np.any(per_channel >= _MAX_VOCAB):
                 raise _space_error(key, space, modality, "its upper bound is not a small integer.")
             value_scale = (
-                255.0 if sb3 and self.sb3_normalize_images and _sb3_is_image(space) else 1.0
+                255.0 if sb3 and self.sb3_normalize_images and sb3_is_image(space) else 1.0
             )
             return SymbolicGridEncoder(
                 space.shape,
