@@ -32,9 +32,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 import envs
 from envs.sb3 import SB3VecEnv
-from mbm_agent.agent import policy_class, policy_kwargs_for
 from mbm_agent.encoding.config import EncoderConfig
-from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs
+from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs, policy_class, policy_kwargs_for
 
 TARGET = 3.0
 

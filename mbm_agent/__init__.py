@@ -13,7 +13,7 @@ from mbm_agent.encoding.config import DEFAULT_MODALITIES, MODALITIES, EncoderCon
 from mbm_agent.encoding.encoders import IMAGE_ENCODERS, TEXT_ENCODERS
 from mbm_agent.encoding.fusion import FUSION_MODES, Fusion, make_fusion
 from mbm_agent.encoding.multimodal import MultimodalEncoder, to_tensor_obs
-from mbm_agent.sb3 import MultimodalExtractor
+from mbm_agent.sb3.extractor import MultimodalExtractor
 from mbm_agent.wrappers import (
     BABYAI_WORDS,
     RenameObservationKeys,

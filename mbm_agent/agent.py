@@ -17,11 +17,11 @@ import torch
 from gymnasium import spaces
 from numpy.typing import NDArray
 from stable_baselines3.common.policies import BasePolicy
-from torch import nn
 
 from envs.core.text import Vocabulary
 from mbm_agent.encoding.config import EncoderConfig
-from mbm_agent.sb3 import MultimodalActorCriticPolicy, MultimodalExtractor
+from mbm_agent.sb3.extractor import MultimodalExtractor
+from mbm_agent.sb3.policy import policy_class, policy_kwargs_for
 from mbm_agent.storage import (
     FORMAT,
     FORMAT_VERSION,
@@ -35,101 +35,6 @@ from mbm_agent.storage import (
     space_from_dict,
     space_to_dict,
 )
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-}
-
-
-def activation_name(fn: type[nn.Module]) -> str:
-    """The config name of an activation class."""
-    for name, cls in ACTIVATIONS.items():
-        if cls is fn:
-            return name
-    raise ValueError(f"Activation {fn.__name__} cannot be saved; use one of {list(ACTIVATIONS)}.")
-
-
-def policy_class(algo: str, extractor: str = "mbm") -> type[BasePolicy]:
-    """The SB3 policy class an algorithm trains and loads.
-
-    PPO and A2C with our extractor get :class:`MultimodalActorCriticPolicy`;
-    ``extractor="sb3"`` (the SB3-default baseline) gets SB3's own class.
-    """
-    if algo in ("ppo", "a2c"):
-        from stable_baselines3.common.policies import MultiInputActorCriticPolicy
-
-        return MultimodalActorCriticPolicy if extractor == "mbm" else MultiInputActorCriticPolicy
-    if algo == "dqn":
-        from stable_baselines3.dqn.policies import MultiInputPolicy
-
-        return MultiInputPolicy
-    if algo == "recurrent_ppo":
-        try:
-            from sb3_contrib.common.recurrent.policies import RecurrentMultiInputActorCriticPolicy
-        except ImportError as exc:
-            raise ImportError(
-                "recurrent_ppo needs sb3-contrib: pip install 'mbm-agent[contrib]'."
-            ) from exc
-        return RecurrentMultiInputActorCriticPolicy
-    raise ModelFileError(
-        f"Unknown algorithm {algo!r} in model.json; known: ppo, a2c, dqn, recurrent_ppo."
-    )
-
-
-def policy_kwargs_for(
-    encoder: EncoderConfig,
-    modalities: Mapping[str, str],
-    extra: Mapping[str, Any],
-    extractor: str = "mbm",
-) -> dict[str, Any]:
-    """SB3 ``policy_kwargs``; ``extra`` is JSON-like (activation by name).
-
-    ``extractor="mbm"`` uses our :class:`MultimodalExtractor`; ``"sb3"`` leaves
-    SB3's default (``CombinedExtractor``, images scaled by SB3) for baselines.
-    """
-    kwargs = dict(extra)
-    act = kwargs.pop("activation_fn", None)
-    if act is not None:
-        if act not in ACTIVATIONS:
-            raise ValueError(
-                f"policy_kwargs.activation_fn={act!r} is not known; use one of {list(ACTIVATIONS)}."
-            )
-        kwargs["activation_fn"] = ACTIVATIONS[act]
-    if extractor == "sb3":
-        return kwargs
-    if extractor != "mbm":
-        raise ValueError(f"extractor={extractor!r} is not known; use 'mbm' or 'sb3'.")
-    kwargs.update(
-        features_extractor_class=MultimodalExtractor,
-        features_extractor_kwargs={
-            "config": encoder.to_dict(),
-            "modalities": dict(modalities),
-            "normalize_images": False,
-        },
-        # Scaling happens inside the encoder, so every consumer (SB3, exports,
-        # plain torch code) feeds raw uint8 frames and gets the same numbers.
-        normalize_images=False,
-    )
-    # Same Adam, one fused kernel per tensor: the policy has many small tensors.
-    # On 2 cores a step of our default policy takes 0.3 ms fused, 0.9 ms with the
-    # multi-tensor (foreach) loop and 1.3 ms with the per-tensor one; a PPO
-    # minibatch is ~30 ms. Kept as given when the config names either.
-    optimizer = kwargs.setdefault("optimizer_kwargs", {})
-    if "fused" not in optimizer and "foreach" not in optimizer:
-        optimizer.update(fast_adam())
-    return kwargs
-
-
-def fast_adam() -> dict[str, bool]:
-    """Adam keyword arguments for the fastest implementation this torch has on CPU.
-
-    Fused CPU kernels arrived in torch 2.4; before that, the multi-tensor loop.
-    """
-    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
-    return {"fused": True} if (major, minor) >= (2, 4) else {"foreach": True}
 
 
 def source_architecture(source: str | Path) -> dict[str, Any]:
@@ -231,7 +136,10 @@ def build_policy(spec: Mapping[str, Any]) -> BasePolicy:
         raise ModelFileError(f"model.json does not describe a buildable policy: {exc}") from exc
     if not isinstance(obs_space, spaces.Dict):
         raise ModelFileError("model.json observation_space must be a Dict space.")
-    cls = policy_class(str(spec.get("algo")), str(spec.get("extractor", "mbm")))
+    try:
+        cls = policy_class(str(spec.get("algo")), str(spec.get("extractor", "mbm")))
+    except ValueError as exc:
+        raise ModelFileError(f"model.json does not describe a buildable policy: {exc}") from exc
     return cls(obs_space, act_space, lambda _: 0.0, **kwargs)
 
 

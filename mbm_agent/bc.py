@@ -37,16 +37,12 @@ from torch import nn
 
 import envs
 from envs.core.text import Vocabulary
-from mbm_agent.agent import (
-    build_policy,
-    fast_adam,
-    policy_spec,
-    save_policy,
-)
+from mbm_agent.agent import build_policy, policy_spec, save_policy
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import to_tensor_obs
 from mbm_agent.evaluation import _success
 from mbm_agent.inference import PolicyNetwork
+from mbm_agent.sb3.policy import fast_adam
 from mbm_agent.storage import atomic_write_bytes, atomic_write_text
 
 DEMOS_FORMAT = "mbm-agent-demos"

@@ -981,7 +981,7 @@ class _Arch:
 
 def _mlp_layers(module: nn.Module, what: str) -> list[tuple[int, str | None]]:
     """``Sequential(Linear, act, Linear, act, ...)`` -> ``[(units, activation name), ...]``."""
-    from mbm_agent.agent import ACTIVATIONS
+    from mbm_agent.sb3.policy import ACTIVATIONS
 
     names = {cls: name for name, cls in ACTIVATIONS.items()}
     children = [] if isinstance(module, nn.Identity) else list(module.children())

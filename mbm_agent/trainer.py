@@ -41,10 +41,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 import envs
 from envs.core.text import Vocabulary
-from mbm_agent.agent import Agent, policy_class, policy_kwargs_for, policy_spec, save_policy
+from mbm_agent.agent import Agent, policy_spec, save_policy
 from mbm_agent.config import ConfigError, TrainConfig, save_config
 from mbm_agent.evaluation import EVAL_SEED_BASE
-from mbm_agent.sb3 import KeepChannelsLast, algorithm_kwargs
+from mbm_agent.sb3.buffer import algorithm_kwargs
+from mbm_agent.sb3.policy import policy_class, policy_kwargs_for
+from mbm_agent.sb3.vec_env import KeepChannelsLast
 from mbm_agent.storage import (
     CHECKPOINT_FORMAT,
     ModelFileError,

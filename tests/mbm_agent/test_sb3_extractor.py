@@ -265,8 +265,7 @@ def _twin_policies(
     """SB3's MultiInputActorCriticPolicy and ours, with the same weights."""
     from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
-    from mbm_agent.agent import policy_kwargs_for
-    from mbm_agent.sb3 import MultimodalActorCriticPolicy
+    from mbm_agent.sb3 import MultimodalActorCriticPolicy, policy_kwargs_for
 
     obs_space = spaces.Dict(
         {
@@ -361,7 +360,7 @@ def test_trainer_uses_our_policy_and_fused_adam_sb3_baseline_stays_sb3s(tmp_path
 
 def test_optimizer_choice_in_the_config_is_kept():
     """A config naming foreach (as runs made before fused Adam do) keeps it; fused is not added."""
-    from mbm_agent.agent import fast_adam, policy_kwargs_for
+    from mbm_agent.sb3 import fast_adam, policy_kwargs_for
 
     assert fast_adam() == {"fused": True}  # torch >= 2.4 here
     assert policy_kwargs_for(EncoderConfig(), {}, {})["optimizer_kwargs"] == {"fused": True}

@@ -35,8 +35,8 @@ def test_audio_patch_conv_equals_a_strided_conv2d(shape):
 def test_sb3_keeps_frames_channel_last_and_does_not_copy_them():
     from stable_baselines3 import PPO
 
-    from mbm_agent.agent import policy_kwargs_for
     from mbm_agent.encoding.config import EncoderConfig
+    from mbm_agent.sb3 import policy_kwargs_for
 
     venv = KeepChannelsLast(SB3VecEnv("mbm/FindSound-v0", 2))
     model = PPO(

@@ -23,9 +23,10 @@ from runs_helpers import (
 )
 from safetensors.torch import load_file
 
-from mbm_agent.agent import load_agent, policy_class
+from mbm_agent.agent import load_agent
 from mbm_agent.config import ConfigError, merge, resolve_config
 from mbm_agent.evaluation import evaluate_agent
+from mbm_agent.sb3 import policy_class
 from mbm_agent.trainer import (
     SuccessInfo,
     _unique_run_dir,
