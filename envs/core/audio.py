@@ -17,6 +17,7 @@ against librosa).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -264,6 +265,16 @@ class AudioBank:
         mix = np.einsum("nkc,nks->ncs", gains.astype(np.float64), clips)
         noise = self.clips[variant, self.n_sources :]  # (n, 2, S)
         return mix + noise_gain[:, None, None] * noise
+
+
+@cache
+def shared_bank(cfg: AudioConfig, tones: tuple[float, ...] = ()) -> AudioBank:
+    """The :class:`AudioBank` of a config and extra tones, built once per process.
+
+    A bank takes a moment to build and every env of a config hears the same clips,
+    so all games (and every env of one game) share it; treat it as read-only.
+    """
+    return AudioBank(cfg, tuple(float(f) for f in tones))
 
 
 def stereo_gains(

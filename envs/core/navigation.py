@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from envs.core.audio import AudioBank, GainTable
+from envs.core.audio import GainTable, shared_bank
 from envs.core.game import BatchedGame, Obs, check_int_arg, frame_size_arg
 from envs.core.grid import (
     ACTION_NAMES,
@@ -47,16 +47,6 @@ FLOOR_TILE, WALL_TILE = 0, 1
 VIEWS = ("egocentric", "topdown")
 #: Tile id of the object every sound-emitting game draws (they all look alike).
 SPEAKER_TILE = 2 + len(COLOUR_NAMES) * len(SHAPES)
-
-_BANKS: dict[tuple[object, ...], AudioBank] = {}
-
-
-def shared_bank(game: BatchedGame, tones: tuple[float, ...] = ()) -> AudioBank:
-    """The audio bank for a config, built once per process."""
-    key = (game.audio_cfg, tones)
-    if key not in _BANKS:
-        _BANKS[key] = AudioBank(game.audio_cfg, tones)
-    return _BANKS[key]
 
 
 def object_tile(
@@ -247,7 +237,7 @@ class NavigationGame(BatchedGame):
                 f"noise must be a (low, high) pair with 0 <= low <= high <= 1, got {noise!r}."
             )
         n, k = self.num_worlds, self.n_objects
-        self.bank = shared_bank(self)
+        self.bank = shared_bank(self.audio_cfg)
         self.src_id = np.zeros((n, k), dtype=np.int64)
         self.loudness = np.zeros((n, k), dtype=np.float32)
         self.noise_level = np.zeros(n, dtype=np.float32)

@@ -2,6 +2,8 @@
 
 Token id 0 is padding and id 1 is the unknown word, so any instruction a user
 types (or a MiniGrid mission string) maps to ids without a crash.
+:func:`instruction_table` encodes every instruction a game can say once, so
+games look token ids up instead of tokenising each episode.
 """
 
 from __future__ import annotations
@@ -188,3 +190,29 @@ class Vocabulary:
         if not p.is_file():
             raise FileNotFoundError(f"Vocabulary file {p} does not exist.")
         return cls.from_json(p.read_text(encoding="utf-8"))
+
+
+def instruction_table(
+    templates: tuple[str, ...], fields: dict[str, tuple[str, ...]], max_len: int
+) -> tuple[Vocabulary, NDArray[np.int64], NDArray[np.object_]]:
+    """Every instruction a game can say, encoded once.
+
+    Args:
+        templates: Format strings with a ``{field}`` for each key of ``fields``.
+        fields: The values each field takes, in index order.
+        max_len: Token length of every encoded instruction.
+
+    Returns:
+        The vocabulary of all the instructions, their token ids
+        ``(len(templates), *field sizes, max_len)`` and their texts
+        ``(len(templates), *field sizes)``, both indexed ``[template, *field indices]``.
+    """
+    names = list(fields)
+    shape = (len(templates), *(len(fields[f]) for f in names))
+    texts = np.empty(shape, dtype=object)
+    for index in np.ndindex(*shape):
+        values = {f: fields[f][i] for f, i in zip(names, index[1:], strict=True)}
+        texts[index] = templates[index[0]].format(**values)
+    vocab = Vocabulary.from_texts(texts.reshape(-1).tolist(), max_len=max_len)
+    ids = vocab.encode_batch(texts.reshape(-1).tolist()).reshape(*shape, max_len)
+    return vocab, ids, texts

@@ -10,7 +10,7 @@ from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.game import Obs
 from envs.core.navigation import NavigationGame, object_tile
 from envs.core.render import COLOUR_NAMES, SHAPES
-from envs.core.text import Vocabulary
+from envs.core.text import instruction_table
 
 TEMPLATES = (
     "go to the {colour} {shape}",
@@ -21,21 +21,6 @@ TEMPLATES = (
     "please reach the {colour} {shape}",
 )
 MAX_LEN = 8
-
-
-def instruction_table(
-    templates: tuple[str, ...], fields: dict[str, tuple[str, ...]], max_len: int
-) -> tuple[Vocabulary, NDArray[np.int64], NDArray[np.object_]]:
-    """Every instruction a game can say, encoded once: ``(template, *fields)`` indexed."""
-    names = list(fields)
-    shape = (len(templates), *(len(fields[f]) for f in names))
-    texts = np.empty(shape, dtype=object)
-    for index in np.ndindex(*shape):
-        values = {f: fields[f][i] for f, i in zip(names, index[1:], strict=True)}
-        texts[index] = templates[index[0]].format(**values)
-    vocab = Vocabulary.from_texts(texts.reshape(-1).tolist(), max_len=max_len)
-    ids = vocab.encode_batch(texts.reshape(-1).tolist()).reshape(*shape, max_len)
-    return vocab, ids, texts
 
 
 class GoToObjectGame(NavigationGame):

@@ -8,10 +8,9 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
-from envs.core.audio import TIMBRE_NAMES
+from envs.core.audio import TIMBRE_NAMES, shared_bank
 from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.game import BatchedGame, Obs, check_int_arg, frame_size_arg
-from envs.core.navigation import shared_bank
 from envs.core.text import Vocabulary
 
 CUES = ("image", "text", "audio")
@@ -93,7 +92,7 @@ class ModalityProbeGame(BatchedGame):
             int(np.flatnonzero(ids == self.vocabulary.word_id("zero"))[0])
             for ids in self._template_ids
         ]
-        self.bank = shared_bank(self, TONES)
+        self.bank = shared_bank(self.audio_cfg, TONES)
         cfg = self.audio_cfg
         self.observation_space = spaces.Dict(
             {

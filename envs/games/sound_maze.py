@@ -11,7 +11,7 @@ from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.game import Obs
 from envs.core.grid import border_walls
 from envs.core.navigation import SPEAKER_TILE, NavigationGame
-from envs.games.goto_object import instruction_table
+from envs.core.text import instruction_table
 
 TEMPLATES = (
     "go to the one that {verb}",
