@@ -7,10 +7,12 @@ same game code.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -42,6 +44,20 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
     """A single env: the ``n = 1`` view of a batched game.
 
     Subclasses set ``game_class``; keyword arguments go to the game.
+
+    Conventions (Gymnasium's, and what SB3 and RL Zoo read):
+
+    * ``info`` has ``instruction`` (str), ``success`` and ``is_success`` (bool, the
+      same value: True on the step that reaches the goal, so at an episode's end it
+      says whether the episode succeeded; SB3's ``Monitor(info_keywords=("is_success",))``
+      and ``EvalCallback`` read it).
+    * ``step()`` after the episode terminated or was truncated raises
+      :class:`gymnasium.error.ResetNeeded`: call ``reset()``; the single env never
+      resets itself (the vector env does).
+    * ``render()`` returns None unless a ``render_mode`` was given.
+    * ``spec.max_episode_steps`` (set when made by ``gym.make``) is the game's own
+      limit for the arguments it was made with: the game truncates itself, so no
+      ``TimeLimit`` is registered.
     """
 
     game_class: ClassVar[type[BatchedGame]]
@@ -59,6 +75,25 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
         self.render_mode = render_mode
         self._idx = np.zeros(1, dtype=np.intp)
         self._window: Any = None
+        #: None before the first reset, then whether the episode has ended.
+        self._ended: bool | None = None
+        self._spec: EnvSpec | None = None
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """How ``gym.make`` made this env; ``max_episode_steps`` is the game's own limit."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        # The limit depends on the game's arguments (2 * grid_size**2 by default), so it
+        # is filled in per env rather than registered (a registered limit would also
+        # make gym.make add a TimeLimit that cuts longer configurations short).
+        self._spec = (
+            None
+            if value is None
+            else dataclasses.replace(value, max_episode_steps=self.game.max_steps)
+        )
 
     @property
     def vocabulary(self) -> Any:
@@ -69,7 +104,15 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
         return {k: v[0] for k, v in batch.items()}
 
     def _info(self) -> dict[str, Any]:
-        return {"instruction": str(self.game.instruction[0]), "success": bool(self.game.success[0])}
+        success = bool(self.game.success[0])
+        return {
+            "instruction": str(self.game.instruction[0]),
+            "success": success,
+            "is_success": success,
+        }
+
+    def _name(self) -> str:
+        return self.spec.id if self.spec is not None else type(self).__name__
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -78,6 +121,7 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
         super().reset(seed=seed)
         self.game.check_options(options)
         self.game.reset_worlds(self._idx, np.array([draw_key(self.np_random)], dtype=np.uint64))
+        self._ended = False
         if self.render_mode == "human":
             self.render()
         return self._obs(self.game.observe()), self._info()
@@ -85,7 +129,15 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
     def step(
         self, action: Any
     ) -> tuple[dict[str, NDArray[Any]], SupportsFloat, bool, bool, dict[str, Any]]:
-        """Take one action (an int in the action space)."""
+        """Take one action (an int in the action space).
+
+        Raises:
+            gymnasium.error.ResetNeeded: Before the first ``reset()``, or once the
+                episode has terminated or been truncated (stepping on would replay
+                the last transition, and pay its reward again).
+        """
+        if self._ended is not False:
+            self._reset_needed()
         if type(action) is int and 0 <= action < len(self.game.action_names):
             actions = np.array([action], dtype=np.int64)  # the common case, checked cheaply
         elif isinstance(action, bool | str) or np.ndim(action) != 0:
@@ -96,6 +148,7 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
         else:
             actions = self.game.check_actions(np.asarray([action]))
         reward, terminated, truncated = self.game.step(actions)
+        self._ended = bool(terminated[0] or truncated[0])
         if self.render_mode == "human":
             self.render()
         return (
@@ -106,12 +159,25 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
             self._info(),
         )
 
+    def _reset_needed(self) -> None:
+        if self._ended is None:
+            raise gym.error.ResetNeeded(f"{self._name()}: call reset() before the first step().")
+        raise gym.error.ResetNeeded(
+            f"{self._name()}: step() called after the episode ended (terminated or truncated); "
+            "call reset() to start a new episode (only the vector env resets by itself)."
+        )
+
     def expert_action(self) -> int:
         """The oracle's action in the current state."""
         return int(self.game.expert_actions()[0])
 
     def render(self) -> NDArray[np.uint8] | None:
-        """The frame with the instruction under it (``rgb_array``), or show it (``human``)."""
+        """The frame with the instruction under it (``rgb_array``), or show it (``human``).
+
+        Returns None when the env was made without a ``render_mode`` (Gymnasium's convention).
+        """
+        if self.render_mode is None:
+            return None
         frame = caption_frame(self.game.frames()[0], str(self.game.instruction[0]))
         if self.render_mode == "human":
             from envs.play import show_frame
@@ -143,6 +209,9 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
 
     Slot ``i`` seeded with ``seed + i`` behaves exactly as the single env reset
     with that seed (and then reset without a seed after each episode).
+
+    Infos are Gymnasium's dict of arrays: ``instruction``, ``success`` and
+    ``is_success`` (the same bools, one per world), each with its ``_key`` mask.
     """
 
     game_class: ClassVar[type[BatchedGame]]
@@ -203,11 +272,14 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
 
     def _infos(self) -> dict[str, Any]:
         ones = np.ones(self.num_envs, dtype=bool)
+        success = self.game.success.copy()
         return {
             "instruction": self.game.instruction.copy(),
             "_instruction": ones,
-            "success": self.game.success.copy(),
+            "success": success,
             "_success": ones.copy(),
+            "is_success": success.copy(),
+            "_is_success": ones.copy(),
         }
 
     def reset(

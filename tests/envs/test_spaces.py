@@ -121,7 +121,7 @@ def test_dtypes_and_shapes_are_exact(env_id: str) -> None:
 def test_frame_size_sets_image_shape(
     env_id: str, frame_size: int | tuple[int, int], shape: tuple[int, int, int]
 ) -> None:
-    env = envs.make(env_id, frame_size=frame_size)
+    env = envs.make(env_id, frame_size=frame_size, render_mode="rgb_array")
     assert env.observation_space["image"].shape == shape
     obs, _ = env.reset(seed=1)
     assert obs["image"].shape == shape
