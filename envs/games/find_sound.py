@@ -43,7 +43,16 @@ class FindSoundGame(NavigationGame):
     timbre and background noise level.
 
     ## Episode End
-    Termination: the agent walks into any object. Truncation: ``max_steps`` steps.
+    Termination: the agent walks into any object. Truncation: after ``max_steps``
+    steps (by default ``2 * grid_size**2``: 128 at the default ``grid_size`` 8). The game
+    truncates itself, so ``gym.make`` adds no ``TimeLimit``; ``env.spec.max_episode_steps``
+    holds the limit of the env's own arguments.
+    ``info["success"]`` and ``info["is_success"]`` (the same bool; ``is_success`` is the
+    key SB3's ``Monitor`` and RL Zoo read) are True on the winning step, so at the
+    episode's end they say whether it succeeded; ``info["instruction"]`` holds the
+    instruction as text. Once the episode has ended, ``step()`` raises
+    ``gymnasium.error.ResetNeeded`` until ``reset()`` (the vector env resets finished
+    worlds itself).
 
     ## Arguments
     ``grid_size`` (8), ``n_objects`` (3, in [2, 6]), ``frame_size`` (64),
@@ -58,7 +67,9 @@ class FindSoundGame(NavigationGame):
     ``render()`` always shows the top-down room.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Since added without changing any episode: ``info["is_success"]``,
+      ``spec.max_episode_steps``, ``render()`` returns None without a ``render_mode``, and
+      ``step()`` after the episode's end raises instead of replaying the last step.
     """
 
     modalities = ("image", "audio")

@@ -54,7 +54,16 @@ class GoToObjectGame(NavigationGame):
     reachable around the other objects.
 
     ## Episode End
-    Termination: the agent walks into any object. Truncation: ``max_steps`` steps.
+    Termination: the agent walks into any object. Truncation: after ``max_steps``
+    steps (by default ``2 * grid_size**2``: 128 at the default ``grid_size`` 8). The game
+    truncates itself, so ``gym.make`` adds no ``TimeLimit``; ``env.spec.max_episode_steps``
+    holds the limit of the env's own arguments.
+    ``info["success"]`` and ``info["is_success"]`` (the same bool; ``is_success`` is the
+    key SB3's ``Monitor`` and RL Zoo read) are True on the winning step, so at the
+    episode's end they say whether it succeeded; ``info["instruction"]`` holds the
+    instruction as text. Once the episode has ended, ``step()`` raises
+    ``gymnasium.error.ResetNeeded`` until ``reset()`` (the vector env resets finished
+    worlds itself).
 
     ## Arguments
     ``grid_size`` (8, walls included), ``n_objects`` (3, in [2, 6]), ``frame_size``
@@ -66,10 +75,11 @@ class GoToObjectGame(NavigationGame):
     sees ``view_size - 1`` cells ahead and ``view_size // 2`` to each side). ``frame_size``
     must be at least ``3 * max(grid_size, view_size)`` (``3 * grid_size`` top-down);
     ``render()`` always shows the top-down room.
-    ``info["instruction"]`` holds the raw instruction, ``info["success"]`` whether it was reached.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Since added without changing any episode: ``info["is_success"]``,
+      ``spec.max_episode_steps``, ``render()`` returns None without a ``render_mode``, and
+      ``step()`` after the episode's end raises instead of replaying the last step.
     """
 
     modalities = ("image", "text")

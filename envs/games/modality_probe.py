@@ -54,14 +54,23 @@ class ModalityProbeGame(BatchedGame):
     A uniformly random answer; noise levels drawn each step.
 
     ## Episode End
-    Termination: after the single answer. Truncation: never.
+    Termination: after the single answer. Truncation: never
+    (``env.spec.max_episode_steps`` is 1).
+    ``info["success"]`` and ``info["is_success"]`` (the same bool; ``is_success`` is the
+    key SB3's ``Monitor`` and RL Zoo read) are True on the winning step, so at the
+    episode's end they say whether it succeeded; ``info["instruction"]`` holds the
+    instruction as text. Once the episode has ended, ``step()`` raises
+    ``gymnasium.error.ResetNeeded`` until ``reset()`` (the vector env resets finished
+    worlds itself).
 
     ## Arguments
     ``cue`` ("image", "text" or "audio"; default "image"), ``n_answers`` (4, in
     [2, 8]), ``frame_size`` (64).
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Since added without changing any episode: ``info["is_success"]``,
+      ``spec.max_episode_steps``, ``render()`` returns None without a ``render_mode``, and
+      ``step()`` after the episode's end raises instead of replaying the last step.
     """
 
     modalities = ("image", "text", "audio")

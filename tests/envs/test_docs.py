@@ -126,6 +126,18 @@ def test_action_space_section_matches(env_id: str) -> None:
             assert re.search(rf"{i} [^,]*{name}", body), (i, name)
 
 
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_episode_end_documents_is_success_and_the_default_limit(env_id: str) -> None:
+    """The card says what users' tools read: ``info["is_success"]`` and the default
+    configuration's ``spec.max_episode_steps``."""
+    body = sections(env_class(env_id).__doc__ or "")["Episode End"]
+    assert 'info["is_success"]' in body and 'info["success"]' in body
+    assert "ResetNeeded" in body and "reset()" in body
+    limit = gym.make(env_id).spec.max_episode_steps
+    assert "max_episode_steps" in body
+    assert re.search(rf"\b{limit}\b", body), f"the default limit {limit} is not stated"
+
+
 def test_parser_notices_a_missing_row() -> None:
     """The table parser is what the checks above rely on: it must see a dropped row."""
     doc = env_class("mbm/SoundMaze-v0").__doc__ or ""
