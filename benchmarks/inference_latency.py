@@ -44,13 +44,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs
 from envs.sb3 import SB3VecEnv
-from mbm_agent.agent import policy_spec
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.fusion import FUSION_MODES
 from mbm_agent.encoding.multimodal import to_tensor_obs
 from mbm_agent.export import FORMATS, export_policy, load_exported
 from mbm_agent.inference import PolicyNetwork
 from mbm_agent.sb3 import KeepChannelsLast, policy_kwargs_for
+from mbm_agent.training.agent import policy_spec
 
 TARGET_RATIO = 5.0
 TARGET_P50_MS = 1.0

@@ -7,7 +7,7 @@ one after the other, and report environment steps per second of ``learn()``
 (a) ours, as ``mbm-agent train`` runs it: the native batched vector env
     (``envs.sb3.SB3VecEnv``), frames left channel-last (``KeepChannelsLast``),
     the default ``MultimodalExtractor`` (images scaled inside the encoder),
-    fused Adam, the ``MultimodalActorCriticPolicy`` (``mbm_agent.agent.policy_class``)
+    fused Adam, the ``MultimodalActorCriticPolicy`` (``mbm_agent.sb3.policy_class``)
     and the ``MultimodalRolloutBuffer`` (``mbm_agent.sb3.algorithm_kwargs``);
 (b) SB3's default: ``MultiInputPolicy`` with ``CombinedExtractor`` (NatureCNN on
     the frame, everything else flattened) over a ``DummyVecEnv`` of single envs.

@@ -14,7 +14,7 @@ from mbm_agent.encoding.encoders import IMAGE_ENCODERS, TEXT_ENCODERS
 from mbm_agent.encoding.fusion import FUSION_MODES, Fusion, make_fusion
 from mbm_agent.encoding.multimodal import MultimodalEncoder, to_tensor_obs
 from mbm_agent.sb3.extractor import MultimodalExtractor
-from mbm_agent.wrappers import (
+from mbm_agent.training.wrappers import (
     BABYAI_WORDS,
     RenameObservationKeys,
     TokenizeMission,
@@ -22,18 +22,18 @@ from mbm_agent.wrappers import (
 )
 
 if TYPE_CHECKING:
-    from mbm_agent.agent import Agent
+    from mbm_agent.training.agent import Agent
 
 
 def load_agent(path: str, which: str = "best", device: str = "cpu") -> Agent:
     """Load a trained agent from a run or policy folder (JSON + safetensors, no pickle).
 
-    See :func:`mbm_agent.agent.load_agent`; imported lazily so ``import mbm_agent``
+    See :func:`mbm_agent.training.agent.load_agent`; imported lazily so ``import mbm_agent``
     stays light.
     """
-    from mbm_agent.agent import load_agent as _load
+    from mbm_agent.training import agent
 
-    return _load(path, which, device)
+    return agent.load_agent(path, which, device)
 
 
 def __getattr__(name: str) -> object:

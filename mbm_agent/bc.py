@@ -37,13 +37,13 @@ from torch import nn
 
 import envs
 from envs.core.text import Vocabulary
-from mbm_agent.agent import build_policy, policy_spec, save_policy
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import to_tensor_obs
-from mbm_agent.evaluation import _success
+from mbm_agent.evaluation import episode_success
 from mbm_agent.inference import PolicyNetwork
 from mbm_agent.sb3.policy import fast_adam
-from mbm_agent.storage import atomic_write_bytes, atomic_write_text
+from mbm_agent.training.agent import build_policy, policy_spec, save_policy
+from mbm_agent.training.storage import atomic_write_bytes, atomic_write_text
 
 DEMOS_FORMAT = "mbm-agent-demos"
 DEMOS_VERSION = 1
@@ -157,7 +157,7 @@ def record_demos(
         for i in np.flatnonzero(done):
             ep = int(slot_episode[i])
             finished.add(ep)
-            success = _success(info, int(i))
+            success = episode_success(info, int(i))
             successes[ep] = bool(reward[i] > 0) if success is None else success
             slot_episode[i] = next_episode
             next_episode += 1
@@ -336,7 +336,7 @@ def _spec_for(
         "modalities": dict(cfg.modalities),
         "policy_kwargs": cfg.policy_kwargs(),
     }
-    from mbm_agent.storage import space_to_dict
+    from mbm_agent.training.storage import space_to_dict
 
     proto["observation_space"] = space_to_dict(env.observation_space)
     proto["action_space"] = space_to_dict(env.action_space)
@@ -608,10 +608,10 @@ def bc_run(
         raise
     report = None
     if cfg.eval_episodes > 0:
-        from mbm_agent.agent import load_agent
-        from mbm_agent.config import TrainConfig
         from mbm_agent.evaluation import evaluate_agent, write_report
-        from mbm_agent.trainer import record_gif
+        from mbm_agent.training.agent import load_agent
+        from mbm_agent.training.config import TrainConfig
+        from mbm_agent.training.trainer import record_gif
 
         agent = load_agent(run_dir, "best")
         env_kwargs = dict(demos.meta.get("env_kwargs", {}))

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 import envs
-from mbm_agent.config import merge
 from mbm_agent.encoding.fusion import FUSION_MODES
-from mbm_agent.storage import atomic_write_text
+from mbm_agent.training.config import merge
+from mbm_agent.training.storage import atomic_write_text
 
 #: Report of a run's policy with sampled actions (the trainer's ``eval.json`` is greedy).
 SAMPLED = "eval-sampled"
@@ -325,8 +325,8 @@ def run_cell(
         progress: Show the training progress bar.
         command: The command recorded in the run folder (default: this process's).
     """
-    from mbm_agent.config import resolve_config
-    from mbm_agent.trainer import train
+    from mbm_agent.training.config import resolve_config
+    from mbm_agent.training.trainer import train
 
     runs = root / "runs"
     run_dir = runs / cell.name
@@ -334,7 +334,7 @@ def run_cell(
         # Trained (a stop came after the final evaluation, or an earlier version ran
         # fewer evaluations): finish the missing ones, train nothing.
         if not cell_done(cell, root):
-            from mbm_agent.config import load_run_config
+            from mbm_agent.training.config import load_run_config
 
             _grid_evals(cell, run_dir, load_run_config(run_dir).final_eval_episodes)
         return run_dir
@@ -348,7 +348,7 @@ def run_cell(
         command = ["mbm-agent", *sys.argv[1:]] if "bench" in sys.argv[1:2] else ["mbm_agent.bench"]
     command = list(command)
     if uses_bc(cell.game, cell.variant):
-        from mbm_agent.agent import source_architecture
+        from mbm_agent.training.agent import source_architecture
 
         cloned = _cloned_policy(cell, root, quick=quick, command=command)
         overrides = merge(source_architecture(cloned), {**overrides, "init_from": str(cloned)})
@@ -425,8 +425,8 @@ def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str
 
 def _grid_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
     """Write the run's missing :func:`grid_evaluations` reports (``eval.json``'s seeds)."""
-    from mbm_agent.agent import load_agent
     from mbm_agent.evaluation import evaluate_agent, write_report
+    from mbm_agent.training.agent import load_agent
 
     todo = missing_evaluations(cell, run_dir)
     if not todo:

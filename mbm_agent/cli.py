@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 import envs
-from mbm_agent.config import ALGOS, ConfigError, TrainConfig
+from mbm_agent.training.config import ALGOS, ConfigError, TrainConfig
 
 EPILOG = """examples:
   mbm-agent demo                                  # short training + evaluation into runs/
@@ -100,7 +100,7 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
     Resolving the defaults again would raise a small run's budget to the default
     ``steps`` of ``default.yaml``.
     """
-    from mbm_agent.config import load_run_config
+    from mbm_agent.training.config import load_run_config
 
     if not args.resume.is_dir():
         raise ConfigError(f"--resume {args.resume}: no such run folder.")
@@ -125,9 +125,9 @@ def _print_headline(run_dir: Path, report: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mbm_agent.agent import source_architecture
-    from mbm_agent.config import merge, resolve_config
-    from mbm_agent.trainer import train
+    from mbm_agent.training.agent import source_architecture
+    from mbm_agent.training.config import merge, resolve_config
+    from mbm_agent.training.trainer import train
 
     overrides = _parse_set(args.set)
     flags = {
@@ -210,8 +210,8 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mbm_agent.agent import load_agent
     from mbm_agent.evaluation import evaluate_agent, report_markdown, write_report
+    from mbm_agent.training.agent import load_agent
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}.")
@@ -259,7 +259,7 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from mbm_agent.compare import compare_markdown, compare_plot, compare_runs
-    from mbm_agent.storage import atomic_write_text
+    from mbm_agent.training.storage import atomic_write_text
 
     result = compare_runs(
         args.runs, group_by=tuple(g.strip() for g in args.group_by.split(",") if g.strip())
@@ -293,7 +293,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from mbm_agent.demo import run_demo
+    from mbm_agent.training.demo import run_demo
 
     return run_demo(quick=args.quick, runs_dir=args.runs_dir, seed=args.seed)
 

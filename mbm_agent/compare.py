@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mbm_agent.stats import aggregate_runs, probability_of_improvement
+from mbm_agent.training.storage import read_json
 
 #: Shown in place of a config value the run does not record.
 MISSING = "?"
@@ -56,13 +57,6 @@ def _lookup(config: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); {what}.") from exc
-
-
 def load_run(run_dir: str | Path, report: str = "eval") -> dict[str, Any]:
     """Read one evaluated run: its config and per-run metrics.
 
@@ -96,11 +90,9 @@ def load_run(run_dir: str | Path, report: str = "eval") -> dict[str, Any]:
             if report == "eval"
             else f"{folder} has no {report}.json; `mbm-agent bench --summary-only` writes it."
         )
-    config = _read_json(config_path, "rerun training or fix the file")
-    if not isinstance(config, Mapping):
-        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}.")
-    data = _read_json(eval_path, f"rerun `mbm-agent eval {folder}`")
-    episodes = data.get("episodes") if isinstance(data, Mapping) else None
+    config = read_json(config_path, "the run's config", fix="rerun training or fix the file")
+    data = read_json(eval_path, "the evaluation report", fix=f"rerun `mbm-agent eval {folder}`")
+    episodes = data.get("episodes")
     if (
         not isinstance(episodes, Mapping)
         or not episodes.get("returns")

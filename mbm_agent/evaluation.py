@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from gymnasium.vector import VectorEnv
 from numpy.typing import NDArray
 
 from mbm_agent.stats import normalized_score, success_interval, summarize
+from mbm_agent.training.envs import is_our_game, make_eval_env
+from mbm_agent.training.storage import atomic_write_text
 
 if TYPE_CHECKING:
-    from mbm_agent.agent import Agent
+    from mbm_agent.training.agent import Agent
 
 #: First evaluation seed. Training seeds are small integers (0, 1, 2, ...) and
 #: the vector env gives slot ``i`` the seed ``seed + i``; this prime keeps the
@@ -130,7 +131,7 @@ def _flag(info: Mapping[str, Any], key: str, i: int) -> bool | None:
     return bool(np.asarray(info[key])[i])
 
 
-def _success(info: Mapping[str, Any], i: int) -> bool | None:
+def episode_success(info: Mapping[str, Any], i: int) -> bool | None:
     """Success of slot ``i``'s finished episode, if the env reports one.
 
     With same-step autoreset the step's ``info`` already belongs to the next
@@ -225,7 +226,7 @@ def evaluate_episodes(
             steps[running] += 1
             finished = running & (np.asarray(terminated) | np.asarray(truncated))
             for i in np.flatnonzero(finished):
-                success = _success(info, int(i))
+                success = episode_success(info, int(i))
                 successes[start + i] = ret[i] > 0 if success is None else success
             running &= ~finished
             if running.any() and steps.max() >= STEP_LIMIT:
@@ -240,8 +241,6 @@ def evaluate_episodes(
 
 def _game_venv(env_id: str, num_envs: int, env_kwargs: dict[str, Any]) -> Any:
     """Our game's same-step vector env (the one the trainer evaluates on)."""
-    from mbm_agent.trainer import make_eval_env
-
     return make_eval_env(env_id, env_kwargs, num_envs, None)
 
 
@@ -462,24 +461,6 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); give it the permissions open() would.
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     report: Mapping[str, Any], run_dir: str | Path, name: str = "eval"
 ) -> tuple[Path, Path]:
@@ -497,8 +478,8 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
     text = json.dumps(_jsonable(report), indent=2, allow_nan=False)
-    _write_atomic(json_path, text + "\n")
-    _write_atomic(md_path, report_markdown(report))
+    atomic_write_text(json_path, text + "\n")
+    atomic_write_text(md_path, report_markdown(report))
     return json_path, md_path
 
 
@@ -506,6 +487,7 @@ __all__ = [
     "EVAL_SEED_BASE",
     "EpisodeResults",
     "build_report",
+    "episode_success",
     "eval_seeds",
     "evaluate_episodes",
     "expert_baseline",
@@ -548,10 +530,6 @@ def evaluate_agent(
         The report (see :func:`build_report`); ``report["success"]["rate"]`` and
         ``report["returns"]["mean"]`` are the headline numbers.
     """
-    import torch
-
-    from mbm_agent.trainer import is_our_game, make_eval_env
-
     kwargs = dict(env_kwargs or {})
     seeds = eval_seeds(episodes, seed_base)
     venv = make_eval_env(env_id, kwargs, max(1, min(n_envs, episodes)), agent.vocabulary)

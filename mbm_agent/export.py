@@ -1,7 +1,7 @@
 """Deployable exports of a trained policy: ONNX, TorchScript, TF SavedModel and TFLite.
 
 :func:`export_policy` turns a run (or a policy folder, an
-:class:`~mbm_agent.agent.Agent`, a :class:`~mbm_agent.inference.PolicyNetwork`)
+:class:`~mbm_agent.training.agent.Agent`, a :class:`~mbm_agent.inference.PolicyNetwork`)
 into a folder holding the model file, ``export.json`` (what the inputs and
 outputs are) and, for text games, ``vocabulary.json``. :func:`load_exported`
 reads that folder back and acts, with no SB3 and no training code involved::
@@ -56,11 +56,11 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from mbm_agent.inference import PolicyNetwork, UnsupportedPolicyError
-from mbm_agent.storage import ModelFileError, fresh_tmp_dir, read_json, replace_dir
+from mbm_agent.training.storage import ModelFileError, fresh_tmp_dir, read_json, replace_dir
 
 if TYPE_CHECKING:
     from envs.core.text import Vocabulary
-    from mbm_agent.agent import Agent
+    from mbm_agent.training.agent import Agent
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "savedmodel", "tflite")
 """Export formats :func:`export_policy` writes."""
@@ -118,7 +118,7 @@ def export_policy(
 
     Args:
         source: A run folder (``runs/NAME``), a policy folder (``runs/NAME/best``),
-            a loaded :class:`~mbm_agent.agent.Agent` or a
+            a loaded :class:`~mbm_agent.training.agent.Agent` or a
             :class:`~mbm_agent.inference.PolicyNetwork`.
         fmt: One of :data:`FORMATS`.
         out_dir: Export folder. Defaults to ``<run>/exports/<fmt>/`` for a run
@@ -192,7 +192,7 @@ def _resolve_source(
     source: str | Path | Agent | PolicyNetwork, which: str
 ) -> tuple[PolicyNetwork, dict[str, Any], Vocabulary | None, Path | None, str | None]:
     """``(net, spec, vocabulary, folder for default exports, where the policy came from)``."""
-    from mbm_agent.agent import Agent, load_agent, resolve_model_dir
+    from mbm_agent.training.agent import Agent, load_agent, resolve_model_dir
 
     if isinstance(source, PolicyNetwork):
         return source, {}, None, None, None

@@ -36,7 +36,7 @@ from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import MultimodalEncoder
 
 if TYPE_CHECKING:
-    from mbm_agent.agent import Agent
+    from mbm_agent.training.agent import Agent
 
 
 class UnsupportedPolicyError(ValueError):
@@ -87,7 +87,7 @@ class PolicyNetwork(nn.Module):
 
     @classmethod
     def from_agent(cls, agent: Agent) -> PolicyNetwork:
-        """Build from a loaded :class:`~mbm_agent.agent.Agent` (weights copied).
+        """Build from a loaded :class:`~mbm_agent.training.agent.Agent` (weights copied).
 
         Raises:
             UnsupportedPolicyError: Recurrent policies and non-Discrete action spaces.

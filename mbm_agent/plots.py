@@ -143,9 +143,9 @@ def save_gif(frames: Sequence[NDArray[np.uint8]], path: str | Path, fps: int = 6
     Returns:
         The GIF path.
     """
-    from envs.play import save_gif as _save_gif
+    from envs import play
 
-    return _save_gif(list(frames), path, fps)
+    return play.save_gif(list(frames), path, fps)
 
 
 __all__ = ["learning_curve", "new_figure", "read_metrics", "save_gif"]

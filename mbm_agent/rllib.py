@@ -63,9 +63,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 import envs
-from mbm_agent.config import resolve_config
 from mbm_agent.encoding.config import EncoderConfig, unknown_key_hint
 from mbm_agent.encoding.multimodal import MultimodalEncoder
+from mbm_agent.training.config import resolve_config
 
 __all__ = [
     "MODULE_KEYS",
@@ -308,7 +308,7 @@ class EnvCreator:
 
     Attributes:
         env_id: A Gymnasium id: one of ``envs.ENV_IDS``, a MiniGrid / BabyAI id
-            (wrapped by :func:`mbm_agent.wrappers.make_minigrid_env`, so the
+            (wrapped by :func:`mbm_agent.training.wrappers.make_minigrid_env`, so the
             mission becomes ``text`` token ids), or any registered id of an env
             with Dict observations (``"module:EnvId"`` imports ``module`` first).
     """
@@ -333,7 +333,7 @@ class EnvCreator:
 
     def _make_one(self, kwargs: Mapping[str, Any]) -> gym.Env:
         if self.env_id.split(":")[-1].startswith(("MiniGrid-", "BabyAI-")):
-            from mbm_agent.wrappers import make_minigrid_env
+            from mbm_agent.training.wrappers import make_minigrid_env
 
             return make_minigrid_env(self.env_id.split(":")[-1], **kwargs)
         return gym.make(self.env_id, **kwargs)

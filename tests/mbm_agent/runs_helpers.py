@@ -69,8 +69,8 @@ def env_fusion(env_id: str = ENV) -> str:
     """
     import yaml
 
-    from mbm_agent.config import env_defaults_path
     from mbm_agent.encoding.config import EncoderConfig
+    from mbm_agent.training.config import env_defaults_path
 
     path = env_defaults_path(env_id)
     data = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
@@ -179,7 +179,7 @@ def rollout_steps(rows: Sequence[dict[str, str]]) -> list[int]:
 
 def tiny_config(env_id: str = ENV, **overrides: Any) -> Any:
     """A resolved :class:`TrainConfig` with the tiny budget and ``overrides`` on top."""
-    from mbm_agent.config import merge, resolve_config
+    from mbm_agent.training.config import merge, resolve_config
 
     return resolve_config(env_id, overrides=merge(dict(TINY), overrides))
 
@@ -188,7 +188,7 @@ def train_tiny(
     runs_dir: Path, env_id: str = ENV, *, finalize: bool = True, **overrides: Any
 ) -> Any:
     """Train in-process with the tiny budget; returns the :class:`TrainResult`."""
-    from mbm_agent.trainer import train
+    from mbm_agent.training.trainer import train
 
     cfg = tiny_config(env_id, runs_dir=str(runs_dir), **overrides)
     return train(cfg, command=["pytest"], progress=False, finalize=finalize)

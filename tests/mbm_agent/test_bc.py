@@ -468,7 +468,8 @@ def test_cli_bc_foreign_demos_file(tmp_path: Path, capsys: pytest.CaptureFixture
 # -- train --init-from ----------------------------------------------------------------
 @pytest.mark.slow
 def test_init_from_loads_the_bc_weights_at_step_zero(torch_run: tuple[Path, Any]) -> None:
-    from mbm_agent.trainer import build_algorithm, init_policy_from, make_train_env
+    from mbm_agent.training.envs import make_train_env
+    from mbm_agent.training.trainer import build_algorithm, init_policy_from
 
     run, _ = torch_run
     # In-process configs name the source's architecture themselves (the CLI adopts it).

@@ -145,7 +145,7 @@ def test_build_grid_cells_and_overrides(env_id: str) -> None:
 def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
     from runs_helpers import env_fusion
 
-    from mbm_agent.config import resolve_config
+    from mbm_agent.training.config import resolve_config
 
     for cell in build_grid(seeds=[0]):
         # the ablations use the game's default fusion (its YAML's)
@@ -375,12 +375,12 @@ def test_second_run_skips_finished_runs(
     assert len(before) == len(grid.cells)
 
     import mbm_agent.evaluation
-    import mbm_agent.trainer
+    import mbm_agent.training.trainer
 
     def no_training(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(mbm_agent.trainer, "train", no_training)
+    monkeypatch.setattr(mbm_agent.training.trainer, "train", no_training)
     monkeypatch.setattr(mbm_agent.evaluation, "evaluate_agent", no_training)
     log: list[str] = []
     start = time.perf_counter()
@@ -432,7 +432,7 @@ def test_stopped_runs_are_completed_on_the_next_call(
     before = eval_mtimes(root)
 
     # Ctrl-C while the stopped run trains again: the grid stops there (exit 130)
-    from mbm_agent.trainer import TrainerCallback
+    from mbm_agent.training.callback import TrainerCallback
 
     on_step = TrainerCallback._on_step
 

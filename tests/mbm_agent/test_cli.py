@@ -28,7 +28,7 @@ from runs_helpers import (
     step_dir,
 )
 
-import mbm_agent.config
+import mbm_agent.training.config
 from mbm_agent.cli import main
 
 
@@ -264,7 +264,9 @@ def test_print_config_precedence(
 ) -> None:
     configs = tmp_path / "configs"
     configs.mkdir()
-    shutil.copy(Path(mbm_agent.config.CONFIG_DIR) / "default.yaml", configs / "default.yaml")
+    shutil.copy(
+        Path(mbm_agent.training.config.CONFIG_DIR) / "default.yaml", configs / "default.yaml"
+    )
     (configs / "mbm_GoToObject-v0.yaml").write_text(
         yaml.safe_dump(
             {
@@ -289,7 +291,7 @@ def test_print_config_precedence(
             }
         )
     )
-    monkeypatch.setattr(mbm_agent.config, "CONFIG_DIR", configs)
+    monkeypatch.setattr(mbm_agent.training.config, "CONFIG_DIR", configs)
     runs = tmp_path / "runs"
     cfg = _print_config(
         [

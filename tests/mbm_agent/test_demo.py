@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from runs_helpers import run_cli
 
-from mbm_agent.demo import DEMO_ENV
+from mbm_agent.training.demo import DEMO_ENV
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ from gymnasium import spaces
 
 import envs
 import mbm_agent
-from mbm_agent.agent import Agent, load_agent, policy_spec, save_policy
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import to_tensor_obs
 from mbm_agent.export import (
@@ -27,7 +26,8 @@ from mbm_agent.export import (
 )
 from mbm_agent.inference import PolicyNetwork
 from mbm_agent.sb3 import policy_class, policy_kwargs_for
-from mbm_agent.storage import ModelFileError
+from mbm_agent.training.agent import Agent, load_agent, policy_spec, save_policy
+from mbm_agent.training.storage import ModelFileError
 
 ENV_ID = "mbm/SoundMaze-v0"
 N_OBS = 1000

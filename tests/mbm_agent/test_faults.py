@@ -26,24 +26,20 @@ from runs_helpers import (
 )
 from safetensors.torch import load_file
 
-from mbm_agent.agent import load_agent, save_policy
 from mbm_agent.cli import main
-from mbm_agent.config import load_run_config
-from mbm_agent.storage import (
+from mbm_agent.training.agent import load_agent, save_policy
+from mbm_agent.training.callback import TrainerCallback
+from mbm_agent.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from mbm_agent.training.config import load_run_config
+from mbm_agent.training.envs import make_train_env
+from mbm_agent.training.storage import (
     ModelFileError,
     atomic_save_tensors,
     atomic_write_bytes,
     atomic_write_text,
     load_tensors,
 )
-from mbm_agent.trainer import (
-    TrainerCallback,
-    build_algorithm,
-    latest_checkpoint,
-    load_checkpoint,
-    make_train_env,
-    save_checkpoint,
-)
+from mbm_agent.training.trainer import build_algorithm
 
 
 def _model_for(run: Path) -> Any:
@@ -416,7 +412,7 @@ def test_failed_checkpoint_write_leaves_no_partial_checkpoint(
     state = load_checkpoint(step_dir(ckpt_run, 3 * ROLLOUT), model)
     model.num_timesteps = 4 * ROLLOUT
     before = checkpoint_steps(ckpt_run)
-    monkeypatch.setattr("mbm_agent.trainer.atomic_save_tensors", _fail)
+    monkeypatch.setattr("mbm_agent.training.checkpoints.atomic_save_tensors", _fail)
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(ckpt_run, model, cfg, None, state)
     assert checkpoint_steps(ckpt_run) == before  # nothing half-written, nothing pruned

@@ -63,8 +63,8 @@ def _sb3_net(env_id: str, algo: str, settings: dict[str, Any]) -> PolicyNetwork:
 
     import envs  # noqa: F401  (registers the games)
     from envs.sb3 import SB3VecEnv
-    from mbm_agent.agent import policy_spec
     from mbm_agent.sb3 import KeepChannelsLast, policy_kwargs_for
+    from mbm_agent.training.agent import policy_spec
 
     config = EncoderConfig(features_dim=64, **settings)
     venv = KeepChannelsLast(SB3VecEnv(env_id, 2))

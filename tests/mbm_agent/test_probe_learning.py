@@ -18,10 +18,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecMonitor
 
 from envs.sb3 import SB3VecEnv
-from mbm_agent.agent import Agent
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.evaluation import EVAL_SEED_BASE, evaluate_agent
 from mbm_agent.sb3 import policy_kwargs_for
+from mbm_agent.training.agent import Agent
 
 PROBE = "mbm/ModalityProbe-v0"
 N_ENVS = 32

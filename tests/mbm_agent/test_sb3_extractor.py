@@ -245,9 +245,10 @@ def test_rollout_buffer_yields_what_sb3s_buffer_yields():
 
 
 def test_trainer_uses_the_rollout_buffer(tmp_path):
-    from mbm_agent.config import resolve_config
     from mbm_agent.sb3 import MultimodalRolloutBuffer
-    from mbm_agent.trainer import build_algorithm, make_train_env
+    from mbm_agent.training.config import resolve_config
+    from mbm_agent.training.envs import make_train_env
+    from mbm_agent.training.trainer import build_algorithm
 
     cfg = resolve_config("mbm/ModalityProbe-v0", overrides={"n_envs": 2, "runs_dir": str(tmp_path)})
     venv, _ = make_train_env(cfg, seed=0)
@@ -336,9 +337,10 @@ def test_policy_leaves_other_action_spaces_to_sb3():
 def test_trainer_uses_our_policy_and_fused_adam_sb3_baseline_stays_sb3s(tmp_path):
     from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
-    from mbm_agent.config import resolve_config
     from mbm_agent.sb3 import MultimodalActorCriticPolicy
-    from mbm_agent.trainer import build_algorithm, make_train_env
+    from mbm_agent.training.config import resolve_config
+    from mbm_agent.training.envs import make_train_env
+    from mbm_agent.training.trainer import build_algorithm
 
     for extractor, policy_type in (
         ("mbm", MultimodalActorCriticPolicy),

@@ -64,6 +64,6 @@ def test_sb3_keeps_frames_channel_last_and_does_not_copy_them():
     importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed"
 )
 def test_importing_the_trainer_does_not_import_tensorflow():
-    code = "import sys, mbm_agent.trainer; print('tensorflow' in sys.modules)"
+    code = "import sys, mbm_agent.training.trainer; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -26,10 +26,11 @@ from runs_helpers import (
 )
 
 import envs
-from mbm_agent.agent import build_policy, load_agent, read_spec, save_policy
 from mbm_agent.cli import main
-from mbm_agent.config import resolve_config
-from mbm_agent.storage import (
+from mbm_agent.training.agent import build_policy, load_agent, model_spec, read_spec, save_policy
+from mbm_agent.training.config import resolve_config
+from mbm_agent.training.envs import make_train_env
+from mbm_agent.training.storage import (
     FORMAT_VERSION,
     ModelFileError,
     atomic_write_text,
@@ -38,7 +39,7 @@ from mbm_agent.storage import (
     space_from_dict,
     space_to_dict,
 )
-from mbm_agent.trainer import _spec, build_algorithm, make_train_env
+from mbm_agent.training.trainer import build_algorithm
 
 ALGO_KWARGS: dict[str, dict[str, Any]] = {
     "ppo": {"n_steps": 16, "batch_size": 32},
@@ -96,7 +97,7 @@ def ppo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved PPO policy folder (model.json, model.safetensors, vocabulary.json)."""
     root = tmp_path_factory.mktemp("policy")
     cfg, vocab, model = _model("ppo", root)
-    return save_policy(model.policy, _spec(model, cfg, vocab), root / "final", vocab)
+    return save_policy(model.policy, model_spec(model, cfg, vocab), root / "final", vocab)
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_load_agent_round_trip_is_exact(algo: str, tmp_path: Path) -> None:
     if algo == "recurrent_ppo":
         pytest.importorskip("sb3_contrib")
     cfg, vocab, model = _model(algo, tmp_path)
-    out = save_policy(model.policy, _spec(model, cfg, vocab), tmp_path / "policy", vocab)
+    out = save_policy(model.policy, model_spec(model, cfg, vocab), tmp_path / "policy", vocab)
     assert sorted(p.name for p in out.iterdir()) == sorted(POLICY_FILES)
     agent = load_agent(out)
     assert type(agent.policy) is type(model.policy)
@@ -385,16 +386,18 @@ def test_cli_eval_on_bad_policy_files_exits_2(
 # -- file permissions --------------------------------------------------------------------
 def test_saved_files_follow_the_umask(tmp_path: Path, ppo_folder: Path) -> None:
     """Atomic writes go through mkstemp/mkdtemp (0600/0700); saved files must not stay private."""
-    from mbm_agent.evaluation import _write_atomic
+    from mbm_agent.evaluation import EpisodeResults, build_report, write_report
 
     umask = os.umask(0o022)
     os.umask(umask)
     atomic_write_text(tmp_path / "a.txt", "x")
-    _write_atomic(tmp_path / "eval.json", "{}")
+    results = EpisodeResults([1.0, 0.0], [3, 5], [True, False], [7, 8])
+    write_report(build_report(results, meta={}), tmp_path)
     agent = load_agent(ppo_folder)
     out = save_policy(agent.policy, agent.spec, tmp_path / "policy", agent.vocabulary)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask
-    assert stat.S_IMODE((tmp_path / "eval.json").stat().st_mode) == 0o666 & ~umask
+    for name in ("eval.json", "eval.md"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     for name in POLICY_FILES:
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name

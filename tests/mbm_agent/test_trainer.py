@@ -23,18 +23,13 @@ from runs_helpers import (
 )
 from safetensors.torch import load_file
 
-from mbm_agent.agent import load_agent
-from mbm_agent.config import ConfigError, merge, resolve_config
 from mbm_agent.evaluation import evaluate_agent
 from mbm_agent.sb3 import policy_class
-from mbm_agent.trainer import (
-    SuccessInfo,
-    _unique_run_dir,
-    build_algorithm,
-    load_checkpoint,
-    make_train_env,
-    train,
-)
+from mbm_agent.training.agent import load_agent
+from mbm_agent.training.checkpoints import load_checkpoint
+from mbm_agent.training.config import ConfigError, merge, resolve_config
+from mbm_agent.training.envs import SuccessInfo, make_train_env
+from mbm_agent.training.trainer import _unique_run_dir, build_algorithm, train
 
 ALGO_BUDGETS: dict[str, dict[str, Any]] = {
     "a2c": {"algo_kwargs": {"n_steps": 8}, "sb3_zip": True, "eval_every": 0},
@@ -251,7 +246,7 @@ def test_success_info_marks_episode_ends() -> None:
 
 
 def test_agent_from_run_prefers_best(tmp_path: Path) -> None:
-    from mbm_agent.agent import resolve_model_dir
+    from mbm_agent.training.agent import resolve_model_dir
 
     for name in ("best", "final"):
         (tmp_path / name).mkdir()

@@ -1,7 +1,7 @@
 """Typed training configuration: defaults, per-environment YAML, file and CLI overrides.
 
-Precedence (later wins): the dataclass defaults, ``configs/default.yaml``, the
-environment's own YAML (``configs/<env id with / replaced by _>.yaml``), a
+Precedence (later wins): the dataclass defaults, ``mbm_agent/configs/default.yaml``,
+the environment's own YAML (``configs/<env id with / replaced by _>.yaml``), a
 ``--config FILE``, then command-line flags. The resolved config is saved with
 every run as ``config.yaml`` and ``config.json``.
 """
@@ -20,8 +20,10 @@ import yaml
 
 import envs
 from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.training.storage import atomic_write_text
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+#: The YAML defaults: ``default.yaml`` and one file per environment id.
+CONFIG_DIR = Path(__file__).parent.parent / "configs"
 ALGOS = ("ppo", "a2c", "dqn", "recurrent_ppo")
 EXTRACTORS = ("mbm", "sb3")
 DEVICES = ("cpu", "cuda", "auto")
@@ -296,8 +298,6 @@ def resolve_config(
 
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:
     """Write ``config.yaml`` and ``config.json`` into a run folder."""
-    from mbm_agent.storage import atomic_write_text
-
     data = cfg.to_dict()
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
     atomic_write_text(run_dir / "config.json", json.dumps(data, indent=2))

@@ -136,18 +136,18 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path} is corrupt or truncated ({exc}); {RESTORE_HINT}.") from exc
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """Read a JSON object, with errors naming the file and what it should be."""
+def read_json(path: Path, what: str, fix: str = RESTORE_HINT) -> dict[str, Any]:
+    """Read a JSON object, with errors naming the file, what it should be and ``fix``."""
     if not path.is_file():
-        raise ModelFileError(f"{path} is missing: {what} cannot be loaded; {RESTORE_HINT}.")
+        raise ModelFileError(f"{path} is missing: {what} cannot be loaded; {fix}.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(
-            f"{path} is corrupt ({exc}); {what} cannot be loaded; {RESTORE_HINT}."
+            f"{path} is corrupt, not valid JSON ({exc}); {what} cannot be loaded; {fix}."
         ) from exc
     if not isinstance(data, dict):
-        raise ModelFileError(f"{path} must hold a JSON object ({what}); {RESTORE_HINT}.")
+        raise ModelFileError(f"{path} must hold a JSON object ({what}); {fix}.")
     return data
 
 

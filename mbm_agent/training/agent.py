@@ -1,6 +1,6 @@
 """A trained policy ready to act, saved and loaded without pickle.
 
-``save_policy`` writes a policy folder (see :mod:`mbm_agent.storage`);
+``save_policy`` writes a policy folder (see :mod:`mbm_agent.training.storage`);
 ``load_agent`` rebuilds the SB3 policy from its JSON description and loads the
 weights from safetensors. Nothing on that path unpickles anything.
 """
@@ -8,6 +8,8 @@ weights from safetensors. Nothing on that path unpickles anything.
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,13 +18,16 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from numpy.typing import NDArray
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 
 from envs.core.text import Vocabulary
+from mbm_agent._version import __version__
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.sb3.extractor import MultimodalExtractor
 from mbm_agent.sb3.policy import policy_class, policy_kwargs_for
-from mbm_agent.storage import (
+from mbm_agent.training.config import TrainConfig
+from mbm_agent.training.storage import (
     FORMAT,
     FORMAT_VERSION,
     ModelFileError,
@@ -64,8 +69,6 @@ def policy_spec(
     extractor: str = "mbm",
 ) -> dict[str, Any]:
     """The JSON description a policy folder stores."""
-    from mbm_agent._version import __version__
-
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -83,22 +86,33 @@ def policy_spec(
     }
 
 
+def model_spec(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary | None) -> dict[str, Any]:
+    """The JSON description (:func:`policy_spec`) of a model trained with ``cfg``."""
+    return policy_spec(
+        model.policy,
+        algo=cfg.algo,
+        env_id=cfg.env_id,
+        env_kwargs=cfg.env_kwargs,
+        encoder=cfg.encoder_config(),
+        modalities=cfg.modalities,
+        policy_kwargs=cfg.policy_kwargs,
+        vocabulary=vocab,
+        extractor=cfg.extractor,
+    )
+
+
 def save_policy(
     policy: BasePolicy, spec: Mapping[str, Any], out_dir: Path, vocabulary: Vocabulary | None
 ) -> Path:
     """Write a policy folder atomically (a crash leaves the previous one intact)."""
     tmp = fresh_tmp_dir(out_dir)
     try:
-        import json
-
         atomic_write_text(tmp / "model.json", json.dumps(spec, indent=2))
         atomic_save_module(tmp / "model.safetensors", policy, metadata={"format": FORMAT})
         if vocabulary is not None:
             vocabulary.save(tmp / "vocabulary.json")
         replace_dir(tmp, out_dir)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mbm_agent.config import resolve_config
-from mbm_agent.trainer import train
+from mbm_agent.training.config import resolve_config
+from mbm_agent.training.trainer import train
 
 DEMO_ENV = "mbm/FindSound-v0"
 #: The success rate the full demo must reach on held-out seeds.

@@ -1,0 +1,334 @@
+"""Training: build the env and the agent, learn, checkpoint, evaluate, write the run folder.
+
+Run folder layout (see ``runs/README.md``)::
+
+    runs/NAME/
+      config.yaml, config.json   resolved configuration
+      command.txt                the exact command line
+      metrics.csv                one row per rollout (and per periodic evaluation)
+      tb/                        TensorBoard logs
+      checkpoints/step-N/        resumable checkpoints (policy, optimizer, counters)
+      best/                      policy with the best periodic evaluation
+      final/                     policy at the end of training
+      eval.json, eval.md         final evaluation on held-out seeds
+      learning_curve.png         return and success vs environment steps
+      episodes.gif               a few evaluation episodes
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+
+from envs.core.text import Vocabulary
+from envs.play import save_gif
+from mbm_agent.evaluation import EVAL_SEED_BASE, evaluate_agent, write_report
+from mbm_agent.plots import learning_curve
+from mbm_agent.sb3.buffer import algorithm_kwargs
+from mbm_agent.sb3.policy import policy_class, policy_kwargs_for
+from mbm_agent.training.agent import (
+    Agent,
+    load_agent,
+    model_spec,
+    read_spec,
+    resolve_model_dir,
+    save_policy,
+)
+from mbm_agent.training.callback import TrainerCallback
+from mbm_agent.training.checkpoints import TrainState, latest_checkpoint, truncate_metrics
+from mbm_agent.training.config import ConfigError, TrainConfig, load_run_config, save_config
+from mbm_agent.training.envs import make_single_env, make_train_env
+from mbm_agent.training.storage import load_module
+
+
+def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None) -> BaseAlgorithm:
+    """The SB3 algorithm with our multimodal extractor."""
+    kwargs = policy_kwargs_for(
+        cfg.encoder_config(), cfg.modalities, cfg.policy_kwargs, cfg.extractor
+    )
+    common: dict[str, Any] = {
+        "policy_kwargs": kwargs,
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "verbose": 0,
+        "tensorboard_log": str(tensorboard_dir) if tensorboard_dir is not None else None,
+    }
+    if cfg.algo == "ppo":
+        from stable_baselines3 import PPO as Algo
+    elif cfg.algo == "a2c":
+        from stable_baselines3 import A2C as Algo  # type: ignore[assignment]
+    elif cfg.algo == "dqn":
+        from stable_baselines3 import DQN as Algo  # type: ignore[assignment]
+    else:
+        try:
+            from sb3_contrib import RecurrentPPO as Algo  # type: ignore[assignment]
+        except ImportError as exc:
+            raise ImportError(
+                "--algo recurrent_ppo needs sb3-contrib: pip install 'mbm-agent[contrib]'."
+            ) from exc
+    policy = policy_class(cfg.algo, cfg.extractor)
+    common.update(algorithm_kwargs(cfg.algo, venv.observation_space))
+    try:
+        return Algo(policy, venv, **common, **cfg.algo_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"algo_kwargs for {cfg.algo}: {exc}") from exc
+
+
+def init_policy_from(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary | None) -> Path:
+    """Load the weights of ``cfg.init_from`` (a run or policy folder) into a fresh model's policy.
+
+    The source must describe the same game spaces and architecture (encoder,
+    modalities, ``net_arch`` and activation) and be an actor-critic policy when
+    the target is; a behaviour-cloning run from ``mbm-agent bc`` is the usual
+    source of a PPO warm start.
+
+    Raises:
+        ConfigError: The source does not fit (the message names what differs and how to fix it).
+    """
+    assert cfg.init_from is not None
+    model_dir = resolve_model_dir(cfg.init_from, "best")
+    theirs = read_spec(model_dir)
+    mine = model_spec(model, cfg, vocab)
+    families = {"ppo": "ac", "a2c": "ac", "recurrent_ppo": "rec", "dqn": "q"}
+    if families.get(str(theirs.get("algo"))) != families.get(cfg.algo):
+        raise ConfigError(
+            f"--init-from {cfg.init_from}: a {theirs.get('algo')} policy cannot start a {cfg.algo} "
+            "run (different network heads); use an actor-critic source (ppo, a2c, bc) for ppo/a2c."
+        )
+    defaults = {"activation_fn": "tanh"}
+    for key in (
+        "observation_space",
+        "action_space",
+        "extractor",
+        "encoder",
+        "modalities",
+        "policy_kwargs",
+    ):
+        a, b = theirs.get(key), mine.get(key)
+        if key == "policy_kwargs":
+            a = {**defaults, **(a or {})}
+            b = {**defaults, **(b or {})}
+        if a != b:
+            raise ConfigError(
+                f"--init-from {cfg.init_from}: its {key} differs from this run's "
+                f"({a} vs {b}); train with the same settings (e.g. --fusion, --set "
+                f"policy_kwargs.net_arch=[...]) or pick another source."
+            )
+    load_module(model_dir / "model.safetensors", model.policy)
+    if hasattr(model, "q_net_target"):
+        model.q_net_target.load_state_dict(model.q_net.state_dict())
+    return model_dir
+
+
+def _tensorboard_dir(run_dir: Path) -> Path | None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        warnings.warn(
+            "tensorboard is not installed; no TensorBoard logs (pip install tensorboard).",
+            stacklevel=2,
+        )
+        return None
+    return run_dir / "tb"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind."""
+
+    run_dir: Path
+    interrupted: bool
+    num_timesteps: int
+    report: dict[str, Any] | None
+
+
+def _unique_run_dir(cfg: TrainConfig) -> Path:
+    root = Path(cfg.runs_dir)
+    name = cfg.run_name or cfg.default_run_name()
+    run_dir = root / name
+    if run_dir.exists():
+        if cfg.run_name is not None:
+            raise ConfigError(
+                f"Run folder {run_dir} already exists; continue it with --resume {run_dir}, or pick another --run-name."
+            )
+        i = 2
+        while (root / f"{name}-{i}").exists():
+            i += 1
+        run_dir = root / f"{name}-{i}"
+    return run_dir
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    command: Sequence[str] | None = None,
+    progress: bool = True,
+    finalize: bool = True,
+) -> TrainResult:
+    """Train an agent and write its run folder.
+
+    Args:
+        cfg: Resolved configuration (ignored except for ``steps`` when resuming:
+            the run's saved config is used, with ``steps`` raised if larger).
+        resume: A run folder to continue from its newest readable checkpoint.
+        command: The command line to record (default: ``sys.argv``).
+        progress: Show a progress bar.
+        finalize: Run the final evaluation, plot and GIF.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume {run_dir}: no such run folder.")
+        saved = load_run_config(run_dir)
+        if cfg.steps > saved.steps:
+            saved.steps = cfg.steps
+        cfg = saved
+    else:
+        run_dir = _unique_run_dir(cfg)
+
+    # Env and algorithm come first: a bad env id or hyperparameter is then an
+    # error that leaves no half-made run folder behind.
+    # 0 keeps torch's default (all cores): fastest for one run on a quiet machine
+    # (FindSound: ~1750 vs ~1000 steps/s with 1 thread on 2 cores). When other work
+    # shares the cores, set 1: 2 threads on 2 busy cores ran up to ~7x slower.
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    venv, vocab = make_train_env(cfg, cfg.seed)
+    try:
+        model = build_algorithm(cfg, venv, _tensorboard_dir(run_dir))
+    except BaseException:
+        venv.close()
+        raise
+    if resume is None and cfg.init_from is not None:
+        try:
+            init_policy_from(model, cfg, vocab)
+        except BaseException:
+            venv.close()
+            raise
+    if resume is None:
+        run_dir.mkdir(parents=True)
+        save_config(cfg, run_dir)
+    cmd = " ".join(shlex.quote(a) for a in (command if command is not None else sys.argv))
+    with (run_dir / "command.txt").open("a", encoding="utf-8") as fh:
+        fh.write(cmd + "\n")
+    state = TrainState()
+    if resume is not None:
+        loaded = latest_checkpoint(run_dir, model)
+        truncate_metrics(run_dir / "metrics.csv", loaded.num_timesteps if loaded else 0)
+        if loaded is not None:
+            state = loaded
+            venv.seed(
+                cfg.seed + state.num_timesteps
+            )  # fresh episodes, not a replay of the first ones
+
+    def periodic(agent: Agent, episodes: int) -> dict[str, Any]:
+        return evaluate_agent(
+            agent, cfg.env_id, cfg.env_kwargs, episodes=episodes, n_envs=min(episodes, 32)
+        )
+
+    callback = TrainerCallback(cfg, run_dir, vocab, state, periodic, progress)
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if callback.stop_requested:  # a second Ctrl-C aborts at once
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        callback.stop_requested = True
+        print(
+            "\nCtrl-C: saving a checkpoint and stopping (press again to abort)...", file=sys.stderr
+        )
+
+    # Signal handlers can only be set from the main thread; elsewhere (a Ray Tune
+    # trial runs its function in a thread) Ctrl-C is the caller's business.
+    own_sigint = threading.current_thread() is threading.main_thread()
+    if own_sigint:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        remaining = cfg.steps - state.num_timesteps
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=callback,
+                reset_num_timesteps=resume is None or state.num_timesteps == 0,
+                tb_log_name="train",
+                progress_bar=False,
+            )
+    finally:
+        if own_sigint:
+            signal.signal(signal.SIGINT, previous)
+    callback.model = model
+    ckpt = callback.checkpoint()
+    save_policy(model.policy, model_spec(model, cfg, vocab), run_dir / "final", vocab)
+    if not (run_dir / "best").exists():
+        shutil.copytree(run_dir / "final", run_dir / "best")
+    if cfg.sb3_zip:
+        model.save(run_dir / "sb3_model.zip")
+    venv.close()
+    interrupted = callback.stop_requested
+    if interrupted:
+        print(
+            f"Stopped at {model.num_timesteps} steps; checkpoint {ckpt}. Continue with: mbm-agent train {cfg.env_id} --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return TrainResult(run_dir, True, model.num_timesteps, None)
+    report = finalize_run(run_dir, cfg) if finalize else None
+    return TrainResult(run_dir, False, model.num_timesteps, report)
+
+
+def finalize_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Final evaluation (report), learning curve and episode GIF of a finished run."""
+    agent = load_agent(run_dir, "best")
+    report = evaluate_agent(
+        agent,
+        cfg.env_id,
+        cfg.env_kwargs,
+        episodes=cfg.final_eval_episodes,
+        n_envs=min(cfg.final_eval_episodes, 64),
+        meta={"run": run_dir.name, "policy": "best"},
+    )
+    write_report(report, run_dir)
+    try:
+        learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
+    except ImportError as exc:
+        warnings.warn(f"No learning curve: {exc}", stacklevel=2)
+    if cfg.gif_episodes > 0:
+        record_gif(agent, cfg, run_dir / "episodes.gif", cfg.gif_episodes)
+    return report
+
+
+def record_gif(agent: Agent, cfg: TrainConfig, path: Path, episodes: int) -> Path:
+    """Play ``episodes`` evaluation episodes with the agent and save them as a GIF."""
+    env, _ = make_single_env(cfg.env_id, cfg.env_kwargs, agent.vocabulary, render_mode="rgb_array")
+    frames = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=EVAL_SEED_BASE + 10_000_000 + ep)
+        done = False
+        while not done:
+            frame = env.render()
+            if frame is not None:
+                frames.append(np.asarray(frame))
+            action = agent.act({k: np.asarray(v)[None] for k, v in obs.items()})[0]
+            obs, _, terminated, truncated, _ = env.step(int(action))
+            done = terminated or truncated
+        frame = env.render()
+        if frame is not None:
+            frames.append(np.asarray(frame))
+    env.close()
+    if not frames:
+        raise RuntimeError(f"{cfg.env_id} rendered no frames; cannot write {path}.")
+    return save_gif(frames, path)
