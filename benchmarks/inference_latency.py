@@ -9,11 +9,11 @@ in the machine's load falls on all of them alike:
   ``CombinedExtractor`` (NatureCNN on the frame), the peer;
 - ours through SB3: ``model.predict`` of a policy with our default
   ``MultimodalExtractor``;
-- ours as a plain torch module: :class:`~mbm_agent.inference.PolicyNetwork`
+- ours as a plain torch module: :class:`~mbm_agent.deploy.network.PolicyNetwork`
   under ``torch.inference_mode``;
-- the exports, through :func:`mbm_agent.export.load_exported` (input checks
+- the exports, through :func:`mbm_agent.deploy.runtime.load_exported` (input checks
   included): TorchScript, ONNX Runtime, and TFLite / SavedModel when
-  :mod:`mbm_agent.keras_twin` and TensorFlow are installed;
+  :mod:`mbm_agent.deploy.keras` and TensorFlow are installed;
 - ONNX Runtime's bare ``session.run`` (no input checks), to show their cost.
 
 Policies are untrained (latency does not depend on the weights). Target: the
@@ -44,11 +44,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs
 from envs.sb3 import SB3VecEnv
+from mbm_agent.deploy.export import export_policy
+from mbm_agent.deploy.network import PolicyNetwork
+from mbm_agent.deploy.runtime import FORMATS, load_exported
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.fusion import FUSION_MODES
 from mbm_agent.encoding.multimodal import to_tensor_obs
-from mbm_agent.export import FORMATS, export_policy, load_exported
-from mbm_agent.inference import PolicyNetwork
 from mbm_agent.sb3 import KeepChannelsLast, policy_kwargs_for
 from mbm_agent.training.agent import policy_spec
 

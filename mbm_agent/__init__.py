@@ -38,14 +38,18 @@ def load_agent(path: str, which: str = "best", device: str = "cpu") -> Agent:
 
 def __getattr__(name: str) -> object:
     """Lazy access to the heavier API: exports, the plain torch policy network."""
-    if name in ("export_policy", "load_exported"):
-        from mbm_agent import export
+    if name == "export_policy":
+        from mbm_agent.deploy import export
 
-        return getattr(export, name)
+        return export.export_policy
+    if name == "load_exported":
+        from mbm_agent.deploy import runtime
+
+        return runtime.load_exported
     if name == "PolicyNetwork":
-        from mbm_agent.inference import PolicyNetwork
+        from mbm_agent.deploy import network
 
-        return PolicyNetwork
+        return network.PolicyNetwork
     raise AttributeError(f"module 'mbm_agent' has no attribute {name!r}")
 
 

@@ -37,10 +37,10 @@ from torch import nn
 
 import envs
 from envs.core.text import Vocabulary
+from mbm_agent.deploy.network import PolicyNetwork
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import to_tensor_obs
 from mbm_agent.evaluation import episode_success
-from mbm_agent.inference import PolicyNetwork
 from mbm_agent.sb3.policy import fast_adam
 from mbm_agent.training.agent import build_policy, policy_spec, save_policy
 from mbm_agent.training.storage import atomic_write_bytes, atomic_write_text
@@ -437,7 +437,7 @@ def _fit_keras(
     try:
         import keras
 
-        from mbm_agent.keras_twin import keras_to_torch, torch_to_keras
+        from mbm_agent.deploy.keras import keras_to_torch, torch_to_keras
     except ImportError as exc:
         raise ImportError(
             f"backend='keras' needs TensorFlow and Keras 3: pip install 'mbm-agent[tf]' ({exc})."

@@ -423,7 +423,7 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="export a trained policy to ONNX, TorchScript, TF SavedModel or TFLite",
         description="Write a deployable model that takes raw observations (uint8 frames, int64 "
         "token ids, float32 audio; any batch size) and returns action, logits and value, with "
-        "export.json describing the inputs. Act with it: mbm_agent.export.load_exported(DIR).act(obs).",
+        "export.json describing the inputs. Act with it: mbm_agent.load_exported(DIR).act(obs).",
     )
     p.add_argument("run", type=Path, help="run folder (runs/NAME) or policy folder")
     p.add_argument(
@@ -439,7 +439,7 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from mbm_agent.export import export_policy
+    from mbm_agent.deploy.export import export_policy
 
     if args.out is not None and len(args.fmt) > 1:
         raise ConfigError("--out takes one --format; export one format at a time with --out.")

@@ -390,11 +390,11 @@ def test_keras_bc_clones_the_probe_expert(probe_demos: Demos, tmp_path: Path) ->
     """
     pytest.importorskip("tensorflow")
     try:
-        import mbm_agent.keras_twin as twin
+        from mbm_agent.deploy import keras as twin
     except Exception as exc:  # being written concurrently; a broken file is not BC's fault
-        pytest.skip(f"mbm_agent.keras_twin is not importable: {exc}")
+        pytest.skip(f"mbm_agent.deploy.keras is not importable: {exc}")
     if not (hasattr(twin, "torch_to_keras") and hasattr(twin, "keras_to_torch")):
-        pytest.skip("mbm_agent.keras_twin lacks torch_to_keras / keras_to_torch")
+        pytest.skip("mbm_agent.deploy.keras lacks torch_to_keras / keras_to_torch")
     demos = probe_demos.subset(probe_demos.episode < 2000)
     cfg = BCConfig(backend="keras", epochs=3, eval_episodes=EVAL_EPISODES, gif_episodes=0)
     run, report = bc_run(demos, cfg, runs_dir=tmp_path, command=["pytest"], progress=False)

@@ -31,8 +31,9 @@ from mbm_agent.bench import (
     write_summary,
 )
 from mbm_agent.cli import main
+from mbm_agent.deploy.export import ExportError, export_policy
+from mbm_agent.deploy.runtime import load_exported
 from mbm_agent.encoding.fusion import FUSION_MODES
-from mbm_agent.export import ExportError, export_policy, load_exported
 
 PROBE = "mbm/ModalityProbe-v0"
 SEEDS = (0, 1)

@@ -14,17 +14,12 @@ import torch
 from gymnasium import spaces
 
 import envs
-import mbm_agent
+import mbm_agent.deploy
+from mbm_agent.deploy.export import ExportError, export_policy
+from mbm_agent.deploy.network import PolicyNetwork
+from mbm_agent.deploy.runtime import FORMATS, ExportedPolicy, load_exported
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import to_tensor_obs
-from mbm_agent.export import (
-    FORMATS,
-    ExportedPolicy,
-    ExportError,
-    export_policy,
-    load_exported,
-)
-from mbm_agent.inference import PolicyNetwork
 from mbm_agent.sb3 import policy_class, policy_kwargs_for
 from mbm_agent.training.agent import Agent, load_agent, policy_spec, save_policy
 from mbm_agent.training.storage import ModelFileError
@@ -308,11 +303,11 @@ def test_missing_optional_dependencies_name_the_extra(exported, tmp_path, monkey
     def needs_tf(*args: Any, **kwargs: Any) -> Any:
         raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
 
-    fake = types.ModuleType("mbm_agent.keras_twin")
+    fake = types.ModuleType("mbm_agent.deploy.keras")
     fake.export_savedmodel = needs_tf  # type: ignore[attr-defined]
     fake.export_tflite = needs_tf  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mbm_agent.keras_twin", fake)
-    monkeypatch.setattr(mbm_agent, "keras_twin", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "mbm_agent.deploy.keras", fake)
+    monkeypatch.setattr(mbm_agent.deploy, "keras", fake, raising=False)
     for fmt in ("savedmodel", "tflite"):
         with pytest.raises(
             ImportError, match=rf"{fmt} format needs TensorFlow.*pip install 'mbm-agent\[tf\]'"
@@ -321,11 +316,11 @@ def test_missing_optional_dependencies_name_the_extra(exported, tmp_path, monkey
     assert not any(tmp_path.iterdir())
 
 
-# -- Keras-twin formats (skipped until mbm_agent.keras_twin exists) ---------------------------
+# -- Keras-twin formats (skipped without mbm_agent.deploy.keras) ---------------------------
 @pytest.mark.parametrize(("fmt", "fusion"), [("savedmodel", "concat"), ("tflite", "film")])
 def test_keras_twin_formats_match_torch(game, tmp_path, fmt, fusion):
     pytest.importorskip("tensorflow")
-    pytest.importorskip("mbm_agent.keras_twin")
+    pytest.importorskip("mbm_agent.deploy.keras")
     _, _, net = build(game, fusion=fusion)
     policy = load_exported(export_policy(net, fmt, tmp_path / fmt))
     obs = observations(net, 200)

@@ -7,9 +7,9 @@ import torch
 from stable_baselines3 import DQN, PPO
 
 from envs.sb3 import SB3VecEnv
+from mbm_agent.deploy.network import PolicyNetwork, UnsupportedPolicyError
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import to_tensor_obs
-from mbm_agent.inference import PolicyNetwork, UnsupportedPolicyError
 from mbm_agent.sb3 import KeepChannelsLast, policy_kwargs_for
 from mbm_agent.training.agent import policy_spec
 

@@ -23,10 +23,10 @@ try:  # one thread, like the torch tests: the machine is shared and has 2 cores
 except RuntimeError:  # TensorFlow already initialised by another test module
     pass
 
-from mbm_agent import keras_twin  # noqa: E402
+from mbm_agent.deploy import keras as twin  # noqa: E402
+from mbm_agent.deploy.network import PolicyNetwork  # noqa: E402
 from mbm_agent.encoding.config import EncoderConfig  # noqa: E402
 from mbm_agent.encoding.multimodal import MultimodalEncoder, to_tensor_obs  # noqa: E402
-from mbm_agent.inference import PolicyNetwork  # noqa: E402
 
 N_OBS = 1000
 ATOL = 1e-4
@@ -181,7 +181,7 @@ def _assert_close(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], atol: 
 @pytest.mark.parametrize("name", [*SB3_NETS, "hand"])
 def test_keras_twin_matches_torch(name: str) -> None:
     net = _net(name)
-    model = keras_twin.torch_to_keras(net)
+    model = twin.torch_to_keras(net)
     assert sorted(i.name for i in model.inputs) == sorted(net.keys)
     obs = _observations(net)
     ref = _torch_outputs(net, obs)
@@ -195,12 +195,12 @@ def test_keras_twin_matches_torch(name: str) -> None:
 def exported(request: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     net = _net(request.param)
     folder = tmp_path_factory.mktemp(request.param)
-    saved = keras_twin.export_savedmodel(net, folder / "saved_model")  # from torch
-    lite = keras_twin.export_tflite(keras_twin.torch_to_keras(net), folder / "policy.tflite")
+    saved = twin.export_savedmodel(net, folder / "saved_model")  # from torch
+    lite = twin.export_tflite(twin.torch_to_keras(net), folder / "policy.tflite")
     return {
         "net": net,
-        "savedmodel": keras_twin.load_savedmodel(saved),
-        "tflite": keras_twin.load_tflite(lite),
+        "savedmodel": twin.load_savedmodel(saved),
+        "tflite": twin.load_tflite(lite),
         "tflite_path": lite,
     }
 
@@ -219,10 +219,10 @@ def test_exports_match_torch(exported: dict[str, Any], backend: str, atol: float
 def test_tflite_uses_builtin_ops_and_dynamic_batch(exported: dict[str, Any]) -> None:
     litert = pytest.importorskip("ai_edge_litert.interpreter")
     interpreter = litert.Interpreter(model_path=str(exported["tflite_path"]))
-    signature = interpreter.get_signature_list()[keras_twin.SIGNATURE]
+    signature = interpreter.get_signature_list()[twin.SIGNATURE]
     assert sorted(signature["inputs"]) == sorted(exported["net"].keys)
-    assert sorted(signature["outputs"]) == sorted(keras_twin.OUTPUTS)
-    details = interpreter.get_signature_runner(keras_twin.SIGNATURE).get_input_details()
+    assert sorted(signature["outputs"]) == sorted(twin.OUTPUTS)
+    details = interpreter.get_signature_runner(twin.SIGNATURE).get_input_details()
     assert all(d["shape_signature"][0] == -1 for d in details.values())
     assert b"Flex" not in Path(exported["tflite_path"]).read_bytes()  # no TF Select ops
 
@@ -249,27 +249,27 @@ def test_runner_errors_name_key_and_shape(exported: dict[str, Any], backend: str
 @pytest.mark.parametrize("name", ["film-gru", "attention-attention", "hand"])
 def test_keras_to_torch_round_trip(name: str) -> None:
     net = _net(name)
-    model = keras_twin.torch_to_keras(net)
+    model = twin.torch_to_keras(net)
     rng = np.random.default_rng(3)
     for variable in model.weights:
         value = variable.numpy()
         variable.assign(value + 0.05 * rng.standard_normal(value.shape).astype(np.float32))
     target = copy.deepcopy(net)
-    keras_twin.keras_to_torch(model, target)
+    twin.keras_to_torch(model, target)
     obs = _observations(net, 300)
     ref = _torch_outputs(target, obs)
     _assert_close(_keras_outputs(model, obs), ref, ATOL)
     assert np.abs(ref["logits"] - _torch_outputs(net, obs)["logits"]).max() > 1e-3
     # and back again: the ports are inverse to each other
-    again = keras_twin.torch_to_keras(target)
+    again = twin.torch_to_keras(target)
     for a, b in zip(model.weights, again.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_keras_to_torch_rejects_other_architecture() -> None:
-    model = keras_twin.torch_to_keras(_net("film-gru"))
+    model = twin.torch_to_keras(_net("film-gru"))
     with pytest.raises(ValueError, match="differ"):
-        keras_twin.keras_to_torch(model, _net("concat-bow"))
+        twin.keras_to_torch(model, _net("concat-bow"))
 
 
 def test_build_from_space_trains_with_fit_and_ports_to_torch() -> None:
@@ -281,7 +281,7 @@ def test_build_from_space_trains_with_fit_and_ports_to_torch() -> None:
         }
     )
     config = EncoderConfig(fusion="gated", features_dim=32)
-    model = keras_twin.build_keras_policy(space, 3, config, net_arch=[32], activation="relu")
+    model = twin.build_keras_policy(space, 3, config, net_arch=[32], activation="relu")
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
         loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
@@ -310,18 +310,18 @@ def test_build_from_space_trains_with_fit_and_ports_to_torch() -> None:
         nn.Sequential(nn.Linear(d, 32), nn.ReLU()),
         nn.Linear(32, 1),
     ).eval()
-    keras_twin.keras_to_torch(model, net)
+    twin.keras_to_torch(model, net)
     _assert_close(_keras_outputs(model, obs), _torch_outputs(net, obs), ATOL)
 
 
 def test_build_keras_policy_dqn_kind_and_argument_errors() -> None:
     space = spaces.Dict({"vec": spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)})
-    model = keras_twin.build_keras_policy(space, 4, EncoderConfig(features_dim=16), kind="q")
+    model = twin.build_keras_policy(space, 4, EncoderConfig(features_dim=16), kind="q")
     out = _keras_outputs(model, {"vec": np.zeros((2, 3), np.float32)})
     np.testing.assert_allclose(out["value"], out["logits"].max(axis=1))
     with pytest.raises(ValueError, match="n_actions"):
-        keras_twin.build_keras_policy(space)
+        twin.build_keras_policy(space)
     with pytest.raises(ValueError, match="activation"):
-        keras_twin.build_keras_policy(space, 2, activation="swish")
+        twin.build_keras_policy(space, 2, activation="swish")
     with pytest.raises(ValueError, match="reads the architecture"):
-        keras_twin.build_keras_policy(_net("concat-bow"), 3)
+        twin.build_keras_policy(_net("concat-bow"), 3)

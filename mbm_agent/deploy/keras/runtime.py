@@ -1,0 +1,151 @@
+"""Run SavedModel and TFLite files of the Keras twin on numpy: :class:`PolicyRunner`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+OUTPUTS: tuple[str, ...] = ("action", "logits", "value")
+"""Output names of the policy model, the SavedModel signature and the TFLite signature."""
+
+SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True)
+class _InputSpec:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class PolicyRunner:
+    """Run an exported policy on a dict of numpy observations.
+
+    Calling it with ``{key: (B, *shape) array}`` returns ``{"action", "logits",
+    "value"}`` as numpy arrays. Inputs are checked by name (missing key, shape)
+    and cast to the expected dtype when that loses no kind (e.g. int32 ids to
+    int64); extra keys are ignored.
+
+    Args:
+        inputs: Expected per-sample shape and dtype of every input, by name.
+        run: Function from the checked input dict to the output dict.
+        source: Description of the file, for error messages.
+
+    Attributes:
+        inputs: Expected per-sample shape and dtype of every input, by name.
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+        run: Callable[[dict[str, np.ndarray]], Mapping[str, Any]],
+        source: str,
+    ) -> None:
+        self.inputs = {k: _InputSpec(tuple(s), np.dtype(d)) for k, (s, d) in inputs.items()}
+        self._run = run
+        self.source = source
+
+    def check(self, obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate and convert the observation dict.
+
+        Raises:
+            ValueError: Naming the key and the expected shape / dtype.
+        """
+        if not isinstance(obs, Mapping):
+            raise ValueError(f"Observations must be a dict of arrays keyed by {list(self.inputs)}.")
+        out: dict[str, np.ndarray] = {}
+        batch: int | None = None
+        for key, spec in self.inputs.items():
+            expected = f"a {spec.dtype} array of shape (B, *{spec.shape})"
+            if key not in obs:
+                raise ValueError(f"obs lacks key {key!r}: {self.source} expects {expected}.")
+            x = np.asarray(obs[key])
+            if spec.shape == () and x.ndim == 2 and x.shape[1] == 1:
+                x = x.reshape(-1)
+            if x.shape[1:] != spec.shape or x.ndim != len(spec.shape) + 1:
+                hint = " It lacks the batch dimension." if x.shape == spec.shape else ""
+                raise ValueError(f"obs[{key!r}] has shape {x.shape}, expected {expected}.{hint}")
+            if x.dtype != spec.dtype:
+                if not np.can_cast(x.dtype, spec.dtype, casting="same_kind"):
+                    raise ValueError(f"obs[{key!r}] has dtype {x.dtype}, expected {expected}.")
+                x = x.astype(spec.dtype)
+            if batch is None:
+                batch = x.shape[0]
+            elif x.shape[0] != batch:
+                raise ValueError(f"obs[{key!r}] has batch size {x.shape[0]}, other keys {batch}.")
+            out[key] = np.ascontiguousarray(x)
+        return out
+
+    def __call__(self, obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``{key: (B, *shape)}`` -> ``{"action": (B,), "logits": (B, A), "value": (B,)}``."""
+        out = self._run(self.check(obs))
+        return {k: np.asarray(out[k]) for k in OUTPUTS}
+
+
+def load_savedmodel(path: str | os.PathLike[str]) -> PolicyRunner:
+    """Load a SavedModel written by :func:`export_savedmodel` as a numpy runner.
+
+    Args:
+        path: The SavedModel directory.
+
+    Returns:
+        A :class:`PolicyRunner`.
+    """
+    loaded = tf.saved_model.load(str(path))
+    if SIGNATURE not in loaded.signatures:
+        raise ValueError(
+            f"{path} has no {SIGNATURE!r} signature; was it written by export_savedmodel?"
+        )
+    fn = loaded.signatures[SIGNATURE]
+    specs = fn.structured_input_signature[1]
+    inputs = {
+        name: (tuple(spec.shape[1:]), spec.dtype.as_numpy_dtype) for name, spec in specs.items()
+    }
+
+    def run(obs: dict[str, np.ndarray]) -> dict[str, Any]:
+        out = fn(**{k: tf.constant(v) for k, v in obs.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+    runner = PolicyRunner(inputs, run, f"the SavedModel {path}")
+    runner._loaded = loaded  # type: ignore[attr-defined]  # keep the variables alive
+    return runner
+
+
+def load_tflite(path: str | os.PathLike[str], num_threads: int | None = None) -> PolicyRunner:
+    """Load a TFLite file written by :func:`export_tflite` as a numpy runner.
+
+    Uses ``ai_edge_litert`` when installed, else ``tf.lite.Interpreter``. Inputs
+    and outputs are matched by signature name; the input tensors are resized to
+    each call's batch.
+
+    Args:
+        path: The ``.tflite`` file.
+        num_threads: Interpreter threads (None: the runtime's default).
+
+    Returns:
+        A :class:`PolicyRunner`.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+    if SIGNATURE not in interpreter.get_signature_list():
+        raise ValueError(f"{path} has no {SIGNATURE!r} signature; was it written by export_tflite?")
+    runner_fn = interpreter.get_signature_runner(SIGNATURE)
+    details = runner_fn.get_input_details()
+    inputs = {
+        name: (tuple(int(s) for s in d["shape_signature"][1:]), np.dtype(d["dtype"]))
+        for name, d in details.items()
+    }
+
+    def run(obs: dict[str, np.ndarray]) -> dict[str, Any]:
+        return runner_fn(**obs)
+
+    runner = PolicyRunner(inputs, run, f"the TFLite model {path}")
+    runner._interpreter = interpreter  # type: ignore[attr-defined]
+    return runner

@@ -1,0 +1,404 @@
+"""Acting with an exported policy, with no SB3 and no training code: :func:`load_exported`.
+
+:func:`load_exported` reads an export folder written by
+:func:`mbm_agent.deploy.export.export_policy` (``export.json``, the model file and,
+for text games, ``vocabulary.json``) and returns an :class:`ExportedPolicy` that
+checks each observation against ``export.json`` and runs the model with its
+format's runtime (ONNX Runtime, TorchScript, TensorFlow or LiteRT)::
+
+    from mbm_agent.deploy.runtime import load_exported
+    policy = load_exported("runs/my-run/exports/onnx")
+    action = policy.act(obs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from mbm_agent.training.storage import ModelFileError, read_json
+
+if TYPE_CHECKING:
+    from envs.core.text import Vocabulary
+
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "savedmodel", "tflite")
+"""Export formats :func:`export_policy` writes."""
+
+OUTPUT_NAMES: tuple[str, ...] = ("action", "logits", "value")
+"""Names of the exported model's outputs, in order."""
+
+EXPORT_FORMAT = "mbm-agent/export"
+EXPORT_VERSION = 1
+
+#: The model file (or folder) each format writes inside the export folder.
+MODEL_FILES: dict[str, str] = {
+    "onnx": "policy.onnx",
+    "torchscript": "policy.pt",
+    "savedmodel": "savedmodel",
+    "tflite": "policy.tflite",
+}
+
+EXPORT_EXTRA = "pip install 'mbm-agent[export]'"
+TF_EXTRA = "pip install 'mbm-agent[tf]'"
+Runner = Callable[[dict[str, NDArray[Any]]], dict[str, NDArray[Any]]]
+"""A loaded model: batched, checked inputs by name -> outputs by name."""
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One input of an exported policy.
+
+    Attributes:
+        name: Observation key.
+        dtype: Numpy dtype name (``uint8``, ``int64`` or ``float32``).
+        shape: Per-sample shape (without the batch dimension).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InputInfo:
+        """Inverse of :meth:`to_dict`."""
+        return cls(str(data["name"]), str(data["dtype"]), tuple(int(s) for s in data["shape"]))
+
+
+def require_onnxruntime() -> ModuleType:
+    """ONNX Runtime, or an ImportError naming the pip extra."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(
+            f"Running an ONNX export needs onnxruntime ({exc}): {EXPORT_EXTRA}."
+        ) from exc
+    return onnxruntime
+
+
+_TF_MODULES = ("tensorflow", "keras", "tf_keras")
+
+
+@contextlib.contextmanager
+def tf_import_hint(fmt: str) -> Iterator[None]:
+    """Turn a missing TensorFlow (imported lazily by the Keras twin) into the pip fix."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in _TF_MODULES:
+            raise ImportError(f"The {fmt} format needs TensorFlow ({exc}): {TF_EXTRA}.") from exc
+        raise
+
+
+def require_keras_twin(fmt: str) -> ModuleType:
+    """The Keras twin (:mod:`mbm_agent.deploy.keras`), or an ImportError naming the fix."""
+    try:
+        with tf_import_hint(fmt):
+            from mbm_agent.deploy import keras as twin
+    except ModuleNotFoundError as exc:
+        if exc.name == "mbm_agent.deploy.keras":
+            raise ImportError(
+                f"The {fmt} format needs mbm_agent.deploy.keras, which this installation of "
+                "mbm-agent lacks; export to 'onnx' or 'torchscript' instead."
+            ) from exc
+        raise
+    return twin
+
+
+# -- loading ---------------------------------------------------------------------------
+def normalize_outputs(raw: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
+    """A runner's outputs with the dtypes and shapes every format returns."""
+    out = {name: np.asarray(raw[name]) for name in OUTPUT_NAMES}
+    out["action"] = out["action"].astype(np.int64, copy=False).reshape(-1)
+    out["logits"] = out["logits"].astype(np.float32, copy=False)
+    out["value"] = out["value"].astype(np.float32, copy=False).reshape(-1)
+    return out
+
+
+def onnx_runner(path: Path, threads: int, providers: list[str] | None) -> Runner:
+    """Run an ONNX file with ONNX Runtime."""
+    ort = require_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        str(path), options, providers=providers or ["CPUExecutionProvider"]
+    )
+    outputs = list(OUTPUT_NAMES)
+
+    def run(feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        return dict(zip(outputs, session.run(outputs, feeds), strict=True))
+
+    return run
+
+
+def torchscript_runner(path: Path, names: list[str]) -> Runner:
+    """Run a traced TorchScript file whose inputs are ``names``, in order."""
+    with warnings.catch_warnings():
+        # torch deprecates TorchScript in favour of torch.export, which has no loader
+        # for deployment yet; the format is still read by every torch 2.x.
+        warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        with torch.inference_mode():
+            outs = module(*(torch.from_numpy(feeds[k]) for k in names))
+        return {name: t.numpy() for name, t in zip(OUTPUT_NAMES, outs, strict=True)}
+
+    return run
+
+
+def keras_runner(path: Path, fmt: str, threads: int = 1) -> Runner:
+    """Run a SavedModel or TFLite file through the Keras twin's loaders."""
+    twin = require_keras_twin(fmt)
+    with tf_import_hint(fmt):
+        if fmt == "savedmodel":
+            loaded = twin.load_savedmodel(path)
+        elif "num_threads" in inspect.signature(twin.load_tflite).parameters:
+            loaded = twin.load_tflite(path, num_threads=threads)
+        else:
+            loaded = twin.load_tflite(path)
+
+    def run(feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        return dict(loaded(feeds))
+
+    return run
+
+
+class ExportedPolicy:
+    """An exported policy loaded for acting; see :func:`load_exported`.
+
+    Call it on an observation dict of numpy arrays, either one observation as
+    the env emits it or a batch with a leading batch dimension. Keys, dtypes and
+    shapes are checked against ``export.json`` before the model runs; safe
+    dtype conversions (e.g. int32 token ids to int64) are made, unsafe ones
+    (float frames for a uint8 input) are refused with a message.
+
+    Attributes:
+        path: The export folder.
+        spec: ``export.json``.
+        format: The export format (a member of :data:`FORMATS`).
+        inputs: The model inputs, in order.
+        n_actions: Number of actions.
+        vocabulary: The instruction vocabulary, if the policy reads text.
+    """
+
+    def __init__(self, path: Path, spec: dict[str, Any], run: Runner) -> None:
+        self.path = path
+        self.spec = spec
+        self.format = str(spec["export_format"])
+        self.inputs = [InputInfo.from_dict(d) for d in spec["inputs"]]
+        self.n_actions = int(spec["n_actions"])
+        self._ignored = set(spec.get("ignored_keys") or ())
+        self._run = run
+        self.vocabulary: Vocabulary | None = None
+        if spec.get("vocabulary"):
+            from envs.core.text import Vocabulary
+
+            self.vocabulary = Vocabulary.load(path / str(spec["vocabulary"]))
+
+    @property
+    def input_names(self) -> list[str]:
+        """Observation keys the model reads, in input order."""
+        return [i.name for i in self.inputs]
+
+    def __repr__(self) -> str:
+        inputs = ", ".join(f"{i.name}: {i.dtype}{list(i.shape)}" for i in self.inputs)
+        return f"ExportedPolicy({self.format}, {self.path}, inputs=({inputs}), n_actions={self.n_actions})"
+
+    def __call__(self, obs: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
+        """All outputs: ``action`` (int64), ``logits`` and ``value`` (float32).
+
+        Args:
+            obs: One observation (arrays of the per-sample shapes) or a batch
+                (a leading batch dimension on every key).
+
+        Returns:
+            ``{"action", "logits", "value"}``, batched like ``obs``.
+
+        Raises:
+            ValueError: A key is missing or unknown, or a dtype or shape does not fit
+                (the message names the key, what was expected and what was given).
+        """
+        feeds, batched = self.prepare(obs)
+        out = normalize_outputs(self._run(feeds))
+        if not batched:
+            return {name: np.asarray(value[0]) for name, value in out.items()}
+        return out
+
+    def act(self, obs: Mapping[str, Any]) -> NDArray[Any]:
+        """Deterministic actions: ``(B,)`` int64 for a batch, a 0-d int64 array for one observation."""
+        return self(obs)["action"]
+
+    def prepare(self, obs: Mapping[str, Any]) -> tuple[dict[str, NDArray[Any]], bool]:
+        """Check and convert an observation into model inputs.
+
+        Args:
+            obs: One observation or a batch, keyed like the observation space.
+
+        Returns:
+            ``(batched inputs by name, whether obs was batched)``.
+
+        Raises:
+            ValueError: See :meth:`__call__`.
+        """
+        if not isinstance(obs, Mapping):
+            raise ValueError(
+                f"obs must be a dict of arrays keyed {self.input_names}, got {type(obs).__name__}."
+            )
+        names = self.input_names
+        missing = [k for k in names if k not in obs]
+        unknown = [k for k in obs if k not in names and k not in self._ignored]
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"lacks key(s) {missing}")
+            if unknown:
+                parts.append(f"has unexpected key(s) {unknown}")
+            raise ValueError(
+                f"obs {' and '.join(parts)}; this policy takes {names}"
+                + (f" (keys it ignores: {sorted(self._ignored)})" if self._ignored else "")
+                + ". Pass the observation dict the env emits."
+            )
+        feeds: dict[str, NDArray[Any]] = {}
+        batched: bool | None = None
+        batch: int | None = None
+        for info in self.inputs:
+            x = _cast(info, np.asarray(obs[info.name]))
+            this_batched = _batching(info, x)
+            if batched is None:
+                batched = this_batched
+            elif this_batched != batched:
+                raise ValueError(
+                    f"obs[{info.name!r}] is {'batched' if this_batched else 'a single sample'} "
+                    f"(shape {x.shape}) but obs[{names[0]!r}] is "
+                    f"{'batched' if batched else 'a single sample'}; give every key the same "
+                    "leading batch dimension, or none."
+                )
+            if not this_batched:
+                x = x[None]
+            if batch is None:
+                batch = int(x.shape[0])
+            elif x.shape[0] != batch:
+                raise ValueError(
+                    f"obs[{info.name!r}] has batch size {x.shape[0]} but obs[{names[0]!r}] has "
+                    f"{batch}."
+                )
+            if not x.flags.c_contiguous or not x.flags.writeable:
+                x = np.array(x, order="C", copy=True)
+            feeds[info.name] = x
+        return feeds, bool(batched)
+
+
+def _cast(info: InputInfo, x: NDArray[Any]) -> NDArray[Any]:
+    """``x`` in the input's dtype, refusing conversions that would change values."""
+    want = np.dtype(info.dtype)
+    got = x.dtype
+    if got == want:
+        return x
+    where = f"obs[{info.name!r}] has dtype {got}, expected {want}"
+    if want == np.uint8:
+        if np.issubdtype(got, np.floating):
+            raise ValueError(
+                f"{where}: this input takes the raw frames the env emits (uint8, 0-255); the "
+                "model scales them itself. Frames holding 0-255 values: x.astype(np.uint8); "
+                "frames scaled to [0, 1]: (x * 255).round().astype(np.uint8)."
+            )
+        raise ValueError(f"{where}: convert the frames with x.astype(np.uint8).")
+    if np.issubdtype(want, np.integer):
+        if np.issubdtype(got, np.integer) and np.can_cast(got, want, casting="safe"):
+            return x.astype(want)
+        hint = " (token ids from Vocabulary.encode)" if info.name == "text" else ""
+        raise ValueError(f"{where}: give integers{hint} that fit in {want}.")
+    if any(np.issubdtype(got, kind) for kind in (np.floating, np.integer, np.bool_)):
+        return x.astype(want)
+    raise ValueError(f"{where}: give real numbers.")
+
+
+def _batching(info: InputInfo, x: NDArray[Any]) -> bool:
+    """Whether ``x`` is a batch of the input's samples (else one sample); checks the shape."""
+    shape = tuple(x.shape)
+    if shape == info.shape:
+        return False
+    if shape[1:] == info.shape and len(shape) == len(info.shape) + 1:
+        return True
+    one = info.shape if info.shape else "() (a scalar)"
+    raise ValueError(
+        f"obs[{info.name!r}] has shape {shape}, expected {one} for one observation or "
+        f"(B, {', '.join(str(s) for s in info.shape)}) for a batch."
+        + (
+            " The axes look permuted (channel-first vs channel-last); pass what the env emits."
+            if len(shape) in (len(info.shape), len(info.shape) + 1)
+            and sorted(shape[-len(info.shape) :]) == sorted(info.shape)
+            and info.shape
+            else ""
+        )
+    )
+
+
+def load_exported(
+    path: str | Path, *, threads: int = 1, providers: list[str] | None = None
+) -> ExportedPolicy:
+    """Load an export written by :func:`export_policy` for acting.
+
+    Args:
+        path: The export folder (``runs/NAME/exports/onnx``) or a file in it.
+        threads: ONNX Runtime intra-op threads and TFLite interpreter threads (1
+            suits single-observation latency; raise it for large batches).
+            TorchScript and SavedModel use their framework's thread settings
+            (e.g. ``torch.set_num_threads``).
+        providers: ONNX Runtime execution providers; CPU by default.
+
+    Returns:
+        The policy: ``policy(obs)`` gives all outputs, ``policy.act(obs)`` actions.
+
+    Raises:
+        ModelFileError: No ``export.json`` in the folder, or it is damaged.
+        ImportError: The runtime for the format is not installed (the message
+            names the pip extra).
+    """
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    if not (folder / "export.json").is_file() and (folder / "exports").is_dir():
+        found = sorted(p.name for p in (folder / "exports").iterdir() if p.is_dir())
+        raise ModelFileError(
+            f"{folder} is a run folder, not an export; pass one of its exports: "
+            + ", ".join(str(folder / "exports" / name) for name in found)
+            + "."
+        )
+    spec = read_json(folder / "export.json", "the exported policy")
+    if spec.get("format") != EXPORT_FORMAT or spec.get("version") != EXPORT_VERSION:
+        raise ModelFileError(
+            f"{folder / 'export.json'} is not an mbm-agent export of version {EXPORT_VERSION} "
+            f"(format {spec.get('format')!r}, version {spec.get('version')!r}); re-export the "
+            "policy with this mbm-agent."
+        )
+    fmt = spec.get("export_format")
+    if fmt not in FORMATS:
+        raise ModelFileError(f"{folder / 'export.json'} names an unknown format {fmt!r}.")
+    model = folder / str(spec.get("file", MODEL_FILES[fmt]))
+    if not model.exists():
+        raise ModelFileError(f"{model} is missing; re-export the policy.")
+    if fmt == "onnx":
+        run = onnx_runner(model, threads, providers)
+    elif fmt == "torchscript":
+        run = torchscript_runner(model, [str(d["name"]) for d in spec["inputs"]])
+    else:
+        run = keras_runner(model, fmt, threads)
+    return ExportedPolicy(folder, spec, run)
