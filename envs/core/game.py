@@ -8,7 +8,8 @@ steps them all with array code. The single Gymnasium env is a game with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from numbers import Real
+from typing import Any, ClassVar, TypeGuard
 
 import numpy as np
 from gymnasium import spaces
@@ -29,6 +30,21 @@ def check_int_arg(name: str, value: object, low: int, high: int | None = None) -
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name} must be {allowed}, got {value}.")
     return int(value)
+
+
+def is_real(value: object) -> TypeGuard[Real]:
+    """A real number (numpy's included), not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool | np.bool_)
+
+
+def check_float_arg(name: str, value: object, low: float, high: float) -> float:
+    """Validate a real-valued constructor argument, naming it and its allowed range."""
+    allowed = f"a number in [{low:g}, {high:g}]"
+    if not is_real(value):
+        raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__}).")
+    if not low <= float(value) <= high:  # NaN fails too
+        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+    return float(value)
 
 
 def frame_size_arg(value: int | tuple[int, int], minimum: int, why: str = "") -> tuple[int, int]:

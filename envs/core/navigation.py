@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from envs.core.audio import GainTable, shared_bank
-from envs.core.game import BatchedGame, Obs, check_int_arg, frame_size_arg
+from envs.core.game import BatchedGame, Obs, check_int_arg, frame_size_arg, is_real
 from envs.core.grid import (
     ACTION_NAMES,
     DIR_VEC,
@@ -230,7 +230,7 @@ class NavigationGame(BatchedGame):
         if (
             not isinstance(noise, tuple | list)
             or len(noise) != 2
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in noise)
+            or not all(is_real(v) for v in noise)
             or not 0.0 <= noise[0] <= noise[1] <= 1.0
         ):
             raise ValueError(

@@ -8,7 +8,7 @@ from numpy.typing import NDArray
 
 from envs.core.audio import TIMBRE_NAMES, TIMBRES
 from envs.core.env import GameEnv, GameVectorEnv
-from envs.core.game import Obs
+from envs.core.game import Obs, check_float_arg
 from envs.core.grid import border_walls
 from envs.core.navigation import SPEAKER_TILE, NavigationGame
 from envs.core.text import instruction_table
@@ -109,9 +109,7 @@ class SoundMazeGame(NavigationGame):
             view=view,
             view_size=view_size,
         )
-        if not isinstance(wall_density, float | int) or not 0.0 <= wall_density <= 0.3:
-            raise ValueError(f"wall_density must be a number in [0, 0.3], got {wall_density!r}.")
-        self.wall_density = float(wall_density)
+        self.wall_density = check_float_arg("wall_density", wall_density, 0.0, 0.3)
         self._init_sound(noise)
         self.vocabulary, self._ids, self._texts = instruction_table(
             TEMPLATES, {"verb": tuple(TIMBRES.values())}, MAX_LEN

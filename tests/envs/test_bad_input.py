@@ -166,10 +166,26 @@ def test_frame_size_minimum_scales_with_grid() -> None:
     envs.make("mbm/GoToObject-v0", grid_size=12, frame_size=36)
 
 
-@pytest.mark.parametrize("density", [-0.1, 0.31, "x"])
-def test_wall_density(density: Any) -> None:
-    with pytest.raises(ValueError, match=r"wall_density must be a number in \[0, 0.3\]"):
+@pytest.mark.parametrize(
+    ("density", "error"),
+    [
+        (-0.1, ValueError),
+        (0.31, ValueError),
+        (float("nan"), ValueError),
+        ("x", TypeError),
+        (None, TypeError),
+        (False, TypeError),
+    ],
+    ids=repr,
+)
+def test_wall_density(density: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=r"wall_density must be a number in \[0, 0.3\]"):
         envs.make("mbm/SoundMaze-v0", wall_density=density)
+
+
+@pytest.mark.parametrize("density", [0, 0.3, np.float32(0.1), np.float64(0.2)], ids=repr)
+def test_wall_density_accepts_any_real_number(density: Any) -> None:
+    assert envs.make("mbm/SoundMaze-v0", wall_density=density).game.wall_density == float(density)
 
 
 @pytest.mark.parametrize("env_id", ["mbm/FindSound-v0", "mbm/SoundMaze-v0"])
