@@ -377,7 +377,8 @@ def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str
     ``root/demos/<game>-s<seed>.npz``, shared by a seed's cells (kept: a rerun
     after a stop reuses them); a BC run without its evaluation (stopped) is made again.
     """
-    from mbm_agent.bc import BCConfig, bc_run, load_demos, record_demos, save_demos
+    from mbm_agent.imitation.bc import BCConfig, bc_run
+    from mbm_agent.imitation.demos import load_demos, record_demos, save_demos
 
     recipe = cell.game.bc
     if recipe is None:

@@ -328,7 +328,7 @@ def _add_demos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_demos(args: argparse.Namespace) -> int:
-    from mbm_agent.bc import record_demos, save_demos
+    from mbm_agent.imitation.demos import record_demos, save_demos
 
     env_kwargs = _parse_set(args.set)
     demos = record_demos(
@@ -379,7 +379,8 @@ def _add_bc(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_bc(args: argparse.Namespace) -> int:
-    from mbm_agent.bc import BCConfig, bc_run, load_demos
+    from mbm_agent.imitation.bc import BCConfig, bc_run
+    from mbm_agent.imitation.demos import load_demos
 
     settings = _parse_set(args.set)
     settings.update(

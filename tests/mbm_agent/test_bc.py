@@ -20,19 +20,17 @@ from runs_helpers import TINY_FLAGS, run_cli, tiny_config
 
 import envs
 from mbm_agent import load_agent
-from mbm_agent.bc import (
+from mbm_agent.cli import main
+from mbm_agent.evaluation import evaluate_agent
+from mbm_agent.imitation.bc import BCConfig, bc_run, train_bc
+from mbm_agent.imitation.demos import (
     DEMOS_FORMAT,
-    BCConfig,
     DemoFileError,
     Demos,
-    bc_run,
     load_demos,
     record_demos,
     save_demos,
-    train_bc,
 )
-from mbm_agent.cli import main
-from mbm_agent.evaluation import evaluate_agent
 
 PROBE = "mbm/ModalityProbe-v0"
 FIND = "mbm/FindSound-v0"
