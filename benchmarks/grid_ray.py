@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mbm_agent.bench import build_grid, run_grid
+from mbm_agent.grid.run import run_grid
+from mbm_agent.grid.spec import build_grid
 
 
 def main() -> None:

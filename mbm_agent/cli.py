@@ -515,14 +515,10 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from mbm_agent.bench import (
-        build_grid,
-        complete_evaluations,
-        finished_cells,
-        run_grid,
-        write_summary,
-    )
-    from mbm_agent.ray_grid import GridError
+    from mbm_agent.grid.ray import GridError
+    from mbm_agent.grid.run import complete_evaluations, run_grid
+    from mbm_agent.grid.spec import build_grid, finished_cells
+    from mbm_agent.grid.summary import write_summary
 
     cells = build_grid(
         args.games,
@@ -575,7 +571,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130
-    from mbm_agent.bench import summary_markdown
+    from mbm_agent.grid.summary import summary_markdown
 
     print(summary_markdown(summary))
     print(f"wrote {args.out}/summary.md, summary.json and curves-*.png")

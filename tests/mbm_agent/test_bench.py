@@ -22,18 +22,13 @@ from runs_helpers import PNG_MAGIC, copy_tree, shared_path
 
 import envs
 from mbm_agent import load_agent
-from mbm_agent.bench import (
-    QUICK_STEPS,
-    REFERENCE_GAMES,
-    Cell,
-    build_grid,
-    run_grid,
-    write_summary,
-)
 from mbm_agent.cli import main
 from mbm_agent.deploy.export import ExportError, export_policy
 from mbm_agent.deploy.runtime import load_exported
 from mbm_agent.encoding.fusion import FUSION_MODES
+from mbm_agent.grid.run import run_grid
+from mbm_agent.grid.spec import QUICK_STEPS, REFERENCE_GAMES, Cell, build_grid
+from mbm_agent.grid.summary import write_summary
 
 PROBE = "mbm/ModalityProbe-v0"
 SEEDS = (0, 1)
@@ -375,14 +370,13 @@ def test_second_run_skips_finished_runs(
     before = eval_mtimes(root)
     assert len(before) == len(grid.cells)
 
-    import mbm_agent.evaluation
-    import mbm_agent.training.trainer
+    import mbm_agent.grid.cell
 
     def no_training(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(mbm_agent.training.trainer, "train", no_training)
-    monkeypatch.setattr(mbm_agent.evaluation, "evaluate_agent", no_training)
+    monkeypatch.setattr(mbm_agent.grid.cell, "train", no_training)
+    monkeypatch.setattr(mbm_agent.grid.cell, "evaluate_agent", no_training)
     log: list[str] = []
     start = time.perf_counter()
     summary = run_grid(grid.cells, root, quick=True, log=log.append, backend="sequential")

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from mbm_agent import load_agent
-from mbm_agent.bench import build_grid, resolve_backend, run_grid
 from mbm_agent.cli import main
+from mbm_agent.grid.ray import pid_file
+from mbm_agent.grid.run import resolve_backend, run_grid
+from mbm_agent.grid.spec import build_grid
 from mbm_agent.plots import read_metrics
-from mbm_agent.ray_grid import pid_file
 
 PROBE = "mbm/ModalityProbe-v0"
 STEPS = 3072  # with --quick's 4 envs x 32 steps per rollout: 24 rollouts, a checkpoint every 256

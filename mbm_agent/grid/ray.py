@@ -1,8 +1,8 @@
 """Run grid cells as Ray Tune trials, on this machine or on a Ray cluster.
 
-:func:`mbm_agent.bench.run_grid` calls :func:`run_cells_on_ray` when the
+:func:`mbm_agent.grid.run.run_grid` calls :func:`run_cells_on_ray` when the
 ``ray`` extra is installed (``pip install 'mbm-agent[ray]'``). Each cell is one
-Tune trial that calls :func:`mbm_agent.bench.run_cell`, the same function the
+Tune trial that calls :func:`mbm_agent.grid.cell.run_cell`, the same function the
 sequential runner calls, so trials write ordinary run folders under
 ``OUT/runs/`` that ``mbm-agent eval`` and ``compare`` read unchanged.
 
@@ -23,10 +23,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from mbm_agent.bench import Cell
+import torch
+
+from mbm_agent.grid.cell import run_cell
+from mbm_agent.grid.spec import Cell, cell_done
+from mbm_agent.grid.summary import success_of
 
 RAY_EXTRA = "pip install 'mbm-agent[ray]'"
 #: Where Tune keeps its own experiment state, under the grid's output folder.
@@ -74,10 +77,7 @@ def _trial(
     threads: int,
 ) -> None:
     """Tune trainable: run one cell (in a Ray worker process)."""
-    import torch
     from ray import tune
-
-    from mbm_agent.bench import _success_of, run_cell
 
     torch.set_num_threads(threads)
     name = config["cell"]
@@ -86,7 +86,7 @@ def _trial(
     pids.parent.mkdir(parents=True, exist_ok=True)
     pids.write_text(str(os.getpid()), encoding="utf-8")
     run_dir = run_cell(cells[name], out, quick=quick, command=command)
-    success = _success_of(run_dir / "eval.json")
+    success = success_of(run_dir / "eval.json")
     tune.report({"success": float("nan") if success is None else success})
 
 
@@ -157,8 +157,6 @@ def run_cells_on_ray(
     import ray
     from ray import tune
 
-    from mbm_agent.bench import cell_done
-
     root = Path(root).resolve()
     started = False
     if not ray.is_initialized():
@@ -180,7 +178,7 @@ def run_cells_on_ray(
                 cells={c.name: c for c in cells},
                 root=str(root),
                 quick=quick,
-                command=command or ["mbm_agent.bench"],
+                command=command or ["mbm_agent.grid"],
                 threads=cpus_per_trial,
             ),
             {"cpu": cpus_per_trial},

@@ -1,0 +1,285 @@
+"""What the grid is: the games (:data:`REFERENCE_GAMES`), the variants, the cells, and when a cell is done."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import envs
+from mbm_agent.encoding.fusion import FUSION_MODES
+
+#: Report of a run's policy with sampled actions (the trainer's ``eval.json`` is greedy).
+SAMPLED = "eval-sampled"
+
+
+@dataclass(frozen=True)
+class BCRecipe:
+    """The ``bc-ppo`` variant: clone the expert, then fine-tune the clone with PPO.
+
+    Attributes:
+        episodes: Expert episodes recorded (``mbm-agent demos``); their env steps
+            count towards the budget next to PPO's.
+        noise: DART noise of the recording (random action executed, expert's label kept).
+        epochs: BC epochs (the lowest held-out-loss epoch is kept).
+        encoder: Encoder settings of the cloned (and fine-tuned) policy.
+        ppo_steps: PPO steps after BC (``train --init-from``).
+        learning_rate: PPO's learning rate (lower than from scratch, to keep the clone).
+    """
+
+    episodes: int
+    noise: float
+    epochs: int
+    encoder: Mapping[str, Any]
+    ppo_steps: int = 300_000
+    learning_rate: float = 2e-4
+
+
+@dataclass(frozen=True)
+class GameSpec:
+    """What the reference grid needs to know about one game.
+
+    Attributes:
+        env_id: The game id.
+        required: Modalities (observation keys) the design makes necessary.
+        chance: Success rate the design implies without a required modality.
+        steps: Training budget per run.
+        fusion: The fusion mode the ablations use (the game's default config's).
+        note: Why the chance level is what it is.
+        bc: The ``bc-ppo`` recipe, for games PPO does not learn from scratch
+            within the budget.
+        sampled: Score runs on the policy's sampled actions rather than its
+            greedy (argmax) ones. For the egocentric navigation games: a memoryless
+            policy of a partially observed game may need to randomise (Singh,
+            Jaakkola & Jordan, 1994), and the argmax of an imperfect one can cycle
+            (turn left, turn right, ...) until time-out. Both modes are evaluated
+            and summarised either way.
+    """
+
+    env_id: str
+    required: tuple[str, ...]
+    chance: float
+    steps: int
+    fusion: str
+    note: str = ""
+    bc: BCRecipe | None = None
+    sampled: bool = False
+
+    @property
+    def headline(self) -> str:
+        """Report (file stem) the summary scores: :data:`SAMPLED` or greedy ``eval``."""
+        return SAMPLED if self.sampled else "eval"
+
+
+REFERENCE_GAMES: dict[str, GameSpec] = {
+    "mbm/ModalityProbe-v0": GameSpec(
+        "mbm/ModalityProbe-v0",
+        ("image",),
+        0.25,
+        10_000,
+        "concat",
+        "cue=image: one of 4 answers is shown only in the frame",
+    ),
+    "mbm/FindSound-v0": GameSpec(
+        "mbm/FindSound-v0",
+        ("audio",),
+        1 / 3,
+        300_000,
+        "concat",
+        "3 look-alike objects; only the sound says which one to reach",
+        sampled=True,
+    ),
+    "mbm/GoToObject-v0": GameSpec(
+        "mbm/GoToObject-v0",
+        ("text",),
+        1 / 3,
+        500_000,
+        "film",
+        "3 objects; only the instruction says which one to reach",
+        BCRecipe(10_000, 0.2, 10, {"fusion": "film", "image_encoder": "nature"}),
+        sampled=True,
+    ),
+    "mbm/SoundMaze-v0": GameSpec(
+        "mbm/SoundMaze-v0",
+        ("text", "audio"),
+        1 / 3,
+        500_000,
+        "film",
+        "3 identical objects; the text names a sound, the audio says where it is",
+        BCRecipe(8_000, 0.2, 8, {"fusion": "film"}),
+        sampled=True,
+    ),
+}
+
+#: The variant that clones the game's expert, then fine-tunes with PPO (:class:`BCRecipe`).
+BC_PPO = "bc-ppo"
+#: Demonstrations of seed ``s`` start at world ``1 + DEMO_SEED_STRIDE * s``.
+DEMO_SEED_STRIDE = 100_000
+
+
+def uses_bc(game: GameSpec, variant: str) -> bool:
+    """Whether a variant follows the game's BC recipe (clone, then fine-tune with PPO).
+
+    ``bc-ppo`` does, and so do the ``mask-<m>`` ablations of a game with a recipe.
+    """
+    return game.bc is not None and (variant == BC_PPO or variant.startswith("mask-"))
+
+
+def full_sense(variant: str) -> bool:
+    """Whether a variant sees every modality (its masked evaluations are then run)."""
+    return variant in FUSION_MODES or variant == BC_PPO
+
+
+#: Overrides that make every run a smoke test (``--quick``).
+QUICK: dict[str, Any] = {
+    "n_envs": 4,
+    "algo_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1},
+    "eval_every": 256,
+    "eval_episodes": 4,
+    "final_eval_episodes": 8,
+    "checkpoint_every": 256,
+    "gif_episodes": 0,
+}
+QUICK_STEPS = 512
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid.
+
+    Attributes:
+        game: The game's spec.
+        variant: A fusion mode, ``mask-<modality>``, ``sb3-default`` or ``bc-ppo``.
+        seed: Training seed.
+        overrides: Config overrides on top of the game's defaults.
+    """
+
+    game: GameSpec
+    variant: str
+    seed: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Run folder name: ``<game>-<variant>-s<seed>``."""
+        game = envs.game_name(self.game.env_id)
+        return f"{game}-{self.variant}-s{self.seed}"
+
+
+def build_grid(
+    games: Sequence[str] | None = None,
+    fusions: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    ablations: bool = True,
+    baseline: bool = True,
+    bc: bool = True,
+    steps: int | None = None,
+) -> list[Cell]:
+    """The grid's cells: games x (fusions + bc-ppo + masks + baseline) x seeds.
+
+    Args:
+        games: Game ids (default: all of :data:`REFERENCE_GAMES`).
+        fusions: Fusion modes (default: all).
+        seeds: Training seeds.
+        ablations: Add one ``mask-<modality>`` variant per required modality.
+        baseline: Add the ``sb3-default`` variant.
+        bc: Add the ``bc-ppo`` variant for games with a :class:`BCRecipe`.
+        steps: Budget per run (default: each game's; for ``bc-ppo`` the PPO
+            steps after cloning).
+
+    Raises:
+        ValueError: Unknown game or fusion mode, or no seeds.
+    """
+    games = list(games or REFERENCE_GAMES)
+    fusions = list(fusions or FUSION_MODES)
+    unknown = [g for g in games if g not in REFERENCE_GAMES]
+    if unknown:
+        raise ValueError(f"Unknown game(s) {unknown}; the grid knows {list(REFERENCE_GAMES)}.")
+    bad = [f for f in fusions if f not in FUSION_MODES]
+    if bad:
+        raise ValueError(f"Unknown fusion mode(s) {bad}; known: {list(FUSION_MODES)}.")
+    if not seeds:
+        raise ValueError("Give at least one seed.")
+    cells = []
+    for env_id in games:
+        game = REFERENCE_GAMES[env_id]
+        variants: list[tuple[str, dict[str, Any]]] = [
+            (f, {"encoder": {"fusion": f}}) for f in fusions
+        ]
+        if bc and game.bc is not None:
+            variants.append(
+                (
+                    BC_PPO,
+                    {
+                        "encoder": dict(game.bc.encoder),
+                        "algo_kwargs": {"learning_rate": game.bc.learning_rate},
+                    },
+                )
+            )
+        if ablations:
+            for m in game.required:
+                # the game's own recipe without m: PPO from scratch with its default
+                # fusion, or (a game PPO alone does not learn) its BC recipe
+                recipe: dict[str, Any] = (
+                    {"encoder": {"fusion": game.fusion}}
+                    if game.bc is None
+                    else {
+                        "encoder": dict(game.bc.encoder),
+                        "algo_kwargs": {"learning_rate": game.bc.learning_rate},
+                    }
+                )
+                variants.append((f"mask-{m}", {**recipe, "modalities": {m: "ignore"}}))
+        if baseline:
+            variants.append(("sb3-default", {"extractor": "sb3"}))
+        for variant, overrides in variants:
+            budget = {"steps": steps or default_steps(game, variant)}
+            for seed in seeds:
+                cells.append(Cell(game, variant, seed, {**overrides, **budget, "seed": seed}))
+    return cells
+
+
+def default_steps(game: GameSpec, variant: str) -> int:
+    """A variant's budget unless ``--steps`` says otherwise (``bc-ppo``: its PPO steps)."""
+    if uses_bc(game, variant):
+        assert game.bc is not None
+        return game.bc.ppo_steps
+    return game.steps
+
+
+def grid_evaluations(cell: Cell) -> list[tuple[str, tuple[str, ...], bool]]:
+    """``(report name, masked modalities, greedy)`` of a grid run's evaluations.
+
+    These follow the trainer's own greedy ``eval.json``. Every run is evaluated
+    with sampled actions too (:data:`SAMPLED`): PPO trains the stochastic policy,
+    and the greedy one of a memoryless policy in a partially observed game can
+    cycle until time-out. Full-sense runs are also evaluated with each required
+    modality masked, in both modes (``eval-drop-<m>``, greedy, and
+    ``eval-sampled-drop-<m>``).
+    """
+    evals: list[tuple[str, tuple[str, ...], bool]] = [(SAMPLED, (), False)]
+    if full_sense(cell.variant):
+        for m in cell.game.required:
+            evals += [(f"eval-drop-{m}", (m,), True), (f"{SAMPLED}-drop-{m}", (m,), False)]
+    return evals
+
+
+def missing_evaluations(cell: Cell, run_dir: Path) -> list[tuple[str, tuple[str, ...], bool]]:
+    """The cell's :func:`grid_evaluations` whose report is not in ``run_dir`` yet."""
+    return [e for e in grid_evaluations(cell) if not (run_dir / f"{e[0]}.json").is_file()]
+
+
+def cell_done(cell: Cell, root: Path) -> bool:
+    """Whether the cell's run is trained and has every evaluation of :func:`grid_evaluations`."""
+    run_dir = root / "runs" / cell.name
+    return (run_dir / "eval.json").is_file() and not missing_evaluations(cell, run_dir)
+
+
+def finished_cells(root: str | Path) -> list[Cell]:
+    """Every grid cell with an evaluated run under ``root/runs`` (from any invocation)."""
+    done = [p for p in sorted(Path(root).glob("runs/*-s*")) if (p / "eval.json").is_file()]
+    seeds = {int(m.group(1)) for p in done if (m := re.search(r"-s(\d+)$", p.name))}
+    known = {c.name: c for c in build_grid(seeds=sorted(seeds))} if seeds else {}
+    return [known[p.name] for p in done if p.name in known]
