@@ -17,11 +17,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from envs._compat import tensorboard_without_tensorflow
 from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.text import Vocabulary
-
-tensorboard_without_tensorflow()  # before anything imports SB3 (and TensorBoard)
 
 GAMES: dict[str, str] = {
     "mbm/GoToObject-v0": "envs.games.goto_object:GoToObject",

@@ -5,6 +5,10 @@ The public API is re-exported here; see ``docs`` and ``DESIGN.md`` for the layou
 
 from __future__ import annotations
 
+# First, before anything below imports SB3: keeps TensorBoard from importing TensorFlow.
+import mbm_agent._compat  # noqa: F401  (imported for its effect)
+
+# isort: split
 from typing import TYPE_CHECKING
 
 from envs.core.text import Vocabulary

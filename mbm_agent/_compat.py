@@ -1,4 +1,8 @@
-"""Import-time fixes for third-party packages, applied before Stable-Baselines3 loads."""
+"""Import-time fixes for third-party packages, applied before Stable-Baselines3 loads.
+
+Importing this module applies them; ``mbm_agent/__init__.py`` imports it first,
+so they are in place before any module of the package imports SB3.
+"""
 
 from __future__ import annotations
 
@@ -20,3 +24,6 @@ def tensorboard_without_tensorflow() -> None:
     """
     if "tensorflow" not in sys.modules and _NOTF not in sys.modules:
         sys.modules[_NOTF] = types.ModuleType(_NOTF)
+
+
+tensorboard_without_tensorflow()
