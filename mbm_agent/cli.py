@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 import envs
+from mbm_agent._version import __version__
 from mbm_agent.training.config import ALGOS, ConfigError, TrainConfig
 
 EPILOG = """examples:
@@ -587,8 +588,6 @@ def _add_play(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mbm-agent``."""
-    from mbm_agent._version import __version__
-
     parser = argparse.ArgumentParser(
         prog="mbm-agent",
         description="Train and evaluate RL agents that see, read and hear.",

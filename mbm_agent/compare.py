@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mbm_agent.plots import new_figure
 from mbm_agent.stats import aggregate_runs, probability_of_improvement
 from mbm_agent.training.storage import read_json
 
@@ -321,8 +322,6 @@ def compare_plot(result: Mapping[str, Any], path: str | Path) -> Path:
         ValueError: When the result has no groups.
         ImportError: When matplotlib (the ``plots`` extra) is missing.
     """
-    from mbm_agent.plots import new_figure
-
     groups = list(result["groups"])
     if not groups:
         raise ValueError("Nothing to plot: the comparison has no groups.")

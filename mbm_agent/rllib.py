@@ -66,6 +66,7 @@ import envs
 from mbm_agent.encoding.config import EncoderConfig, unknown_key_hint
 from mbm_agent.encoding.multimodal import MultimodalEncoder
 from mbm_agent.training.config import resolve_config
+from mbm_agent.training.wrappers import make_minigrid_env
 
 __all__ = [
     "MODULE_KEYS",
@@ -333,8 +334,6 @@ class EnvCreator:
 
     def _make_one(self, kwargs: Mapping[str, Any]) -> gym.Env:
         if self.env_id.split(":")[-1].startswith(("MiniGrid-", "BabyAI-")):
-            from mbm_agent.training.wrappers import make_minigrid_env
-
             return make_minigrid_env(self.env_id.split(":")[-1], **kwargs)
         return gym.make(self.env_id, **kwargs)
 
