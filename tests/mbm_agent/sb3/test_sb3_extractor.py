@@ -383,7 +383,7 @@ def test_readme_sb3_snippets_build_what_they_say():
 
     from mbm_agent.sb3 import KeepChannelsLast, MultimodalActorCriticPolicy, MultimodalRolloutBuffer
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     section = readme.split("## The encoder in your own code", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 2

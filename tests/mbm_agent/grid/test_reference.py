@@ -11,7 +11,7 @@ from mbm_agent import load_agent
 from mbm_agent.evaluation import evaluate_agent
 from mbm_agent.grid.spec import REFERENCE_GAMES
 
-ROOT = Path(__file__).resolve().parents[2] / "runs" / "reference"
+ROOT = Path(__file__).resolve().parents[3] / "runs" / "reference"
 AGENTS = sorted(p for p in (ROOT / "agents").glob("*") if (p / "model.json").is_file())
 EPISODES = 100
 
