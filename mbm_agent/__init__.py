@@ -1,6 +1,6 @@
 """mbm-agent: multimodal reinforcement-learning agents that see, read and hear.
 
-The public API is re-exported here; see ``docs`` and ``DESIGN.md`` for the layout.
+The public API is re-exported here; ``docs/architecture.md`` describes the layout.
 """
 
 from __future__ import annotations
