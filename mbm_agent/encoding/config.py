@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from gymnasium import spaces
+
 from mbm_agent.encoding.encoders import IMAGE_ENCODERS, TEXT_ENCODERS
 from mbm_agent.encoding.fusion import FUSION_MODES
 
@@ -27,7 +30,63 @@ DEFAULT_MODALITIES: dict[str, str] = {
     "audio": "audio",
     "symbolic_grid": "symbolic_grid",
 }
-"""Modality of a key when it is not declared: by key name; other keys are vectors."""
+"""Modality of the observation contract's keys when they are not declared (by key name);
+every other key gets one by its space (:func:`infer_modality`)."""
+
+IMAGE_CHANNELS: tuple[int, ...] = (1, 3, 4)
+"""Channel counts of a frame (grey, RGB, RGBA)."""
+
+MAX_VECTOR_SIZE = 4096
+"""Most values a key may hold to be encoded as a vector without a declaration."""
+
+
+def is_string_space(space: spaces.Space[Any]) -> bool:
+    """A space of raw strings: ``spaces.Text`` or MiniGrid's ``MissionSpace``."""
+    return any(cls.__name__ in ("Text", "MissionSpace") for cls in type(space).__mro__)
+
+
+def is_frame_space(space: spaces.Space[Any]) -> bool:
+    """A uint8 3-D Box with 1, 3 or 4 channels first or last (``H x W x C`` or ``C x H x W``)."""
+    return (
+        isinstance(space, spaces.Box)
+        and space.dtype == np.uint8
+        and len(space.shape) == 3
+        and (space.shape[-1] in IMAGE_CHANNELS or space.shape[0] in IMAGE_CHANNELS)
+    )
+
+
+def is_vector_space(space: spaces.Space[Any]) -> bool:
+    """A discrete space, or a 1-D / 2-D Box of at most :data:`MAX_VECTOR_SIZE` values."""
+    if isinstance(space, spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary):
+        return True
+    return (
+        isinstance(space, spaces.Box)
+        and len(space.shape) <= 2
+        and int(np.prod(space.shape)) <= MAX_VECTOR_SIZE
+    )
+
+
+def infer_modality(key: str, space: spaces.Space[Any]) -> str | None:
+    """The modality of an undeclared key, or None when neither its name nor its space says.
+
+    The contract's keys (``image``, ``text``, ``audio``, ``symbolic_grid``) go by
+    name (:data:`DEFAULT_MODALITIES`: our games' ``audio`` is a float Box of
+    log-mel features); any other key by its space: a uint8 frame
+    (:func:`is_frame_space`) is an ``image``, a string space ``text`` (raw strings
+    are turned into token ids at the env's edge, see
+    :mod:`mbm_agent.training.adapter`), a small Box or a discrete space a ``vector``.
+    A raw waveform looks like a vector and must be declared ``waveform``.
+    """
+    if key in DEFAULT_MODALITIES:
+        return DEFAULT_MODALITIES[key]
+    if is_string_space(space):
+        return "text"
+    if is_frame_space(space):
+        return "image"
+    if is_vector_space(space):
+        return "vector"
+    return None
+
 
 MISSING_EMBEDDINGS: tuple[str, ...] = ("learned", "zeros")
 

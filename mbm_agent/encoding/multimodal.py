@@ -7,11 +7,13 @@ ids, float spectrograms) and returns ``(B, features_dim)`` features. It is what
 a hand-written RL loop or an exporter uses directly. Its settings are an
 :class:`~mbm_agent.encoding.config.EncoderConfig`.
 
-Modalities are declared per key. By default the key name decides
-(``image``, ``text``, ``audio``, ``symbolic_grid``; any other small Box,
-Discrete, MultiDiscrete or MultiBinary key is a ``vector``); ``modalities=``
-overrides it per key, e.g. ``{"image": "symbolic_grid"}`` for MiniGrid or
-``{"camera": "image:chw"}`` for a channel-first frame under another name.
+Modalities are declared per key. Undeclared keys get one from
+:func:`~mbm_agent.encoding.config.infer_modality`: the contract's keys by name
+(``image``, ``text``, ``audio``, ``symbolic_grid``), any other key by its space
+(a uint8 frame is an ``image``; a small Box, Discrete, MultiDiscrete or
+MultiBinary key a ``vector``); ``modalities=`` overrides it per key, e.g.
+``{"image": "symbolic_grid"}`` for MiniGrid or ``{"depth": "image"}`` for a
+float frame.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from mbm_agent.encoding.config import DEFAULT_MODALITIES, MODALITIES, EncoderConfig
+from mbm_agent.encoding.config import (
+    MAX_VECTOR_SIZE,
+    MODALITIES,
+    EncoderConfig,
+    infer_modality,
+    is_string_space,
+)
 from mbm_agent.encoding.encoders import (
     AudioEncoder,
     FilmParams,
@@ -42,7 +50,6 @@ from mbm_agent.encoding.spec import InputSpec, dtype_matches
 _LAYOUTS = ("hwc", "chw")
 _SPATIAL = ("image", "symbolic_grid")
 _MAX_VOCAB = 1_000_000
-_MAX_VECTOR = 4096
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,12 @@ def _parse_declaration(key: str, declared: str) -> tuple[str, str | None]:
             f"got {declared!r}."
         )
     name, _, layout = declared.partition(":")
+    if name == "waveform":
+        raise ValueError(
+            f"modalities[{key!r}]='waveform': raw waveforms become log-mel features at the "
+            "env's edge (mbm_agent.AdaptObservation, which `mbm-agent train` applies), and "
+            "the encoder takes the converted key as 'audio'."
+        )
     if name not in MODALITIES:
         raise ValueError(
             f"modalities[{key!r}]={declared!r}: unknown modality {name!r}; "
@@ -113,6 +126,30 @@ def _space_error(key: str, space: spaces.Space, modality: str, why: str) -> Valu
         f"Observation key {key!r} with space {space} cannot be encoded as {modality!r}: {why} "
         f"Declare its modality, e.g. modalities={{{key!r}: 'vector'}}, or 'ignore' to skip it "
         f"(known modalities: {list(MODALITIES)})."
+    )
+
+
+def _undeclared_error(key: str, space: spaces.Space) -> ValueError:
+    """The error for a key whose modality neither its name nor its space tells."""
+    if is_string_space(space):
+        why = (
+            "is a raw string space; the encoder takes token ids. `mbm-agent train` turns "
+            "strings into ids at the env's edge (mbm_agent.AdaptObservation, or "
+            "mbm_agent.TokenizeMission for MiniGrid missions); wrap the env the same way, "
+            "or skip the key"
+        )
+        example = "ignore"
+    else:
+        why = (
+            "is neither a uint8 frame (H x W x C with C in 1, 3, 4), nor a string space, nor "
+            f"a small vector (a discrete space or a 1-D / 2-D Box of at most {MAX_VECTOR_SIZE} "
+            "values)"
+        )
+        example = "image" if isinstance(space, spaces.Box) and len(space.shape) == 3 else "ignore"
+    return ValueError(
+        f"Observation key {key!r} with space {space} {why}. Declare its modality, e.g. "
+        f"modalities={{{key!r}: {example!r}}} (config file: `modalities: {{{key}: {example}}}`, "
+        f"or --set modalities.{key}={example}); known modalities: {list(MODALITIES)}."
     )
 
 
@@ -223,28 +260,11 @@ class MultimodalEncoder(nn.Module):
                 )
             if key in declared:
                 modality, layout = _parse_declaration(key, declared[key])
-            elif key in DEFAULT_MODALITIES:
-                modality, layout = DEFAULT_MODALITIES[key], None
             else:
-                modality, layout = "vector", None
-                too_big = isinstance(sub, spaces.Box) and (
-                    len(sub.shape) >= 3 or int(np.prod(sub.shape)) > _MAX_VECTOR
-                )
-                if too_big or not isinstance(
-                    sub, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
-                ):
-                    hint = (
-                        " (a raw string space: turn it into token ids with "
-                        "mbm_agent.TokenizeMission and declare it 'text')"
-                        if isinstance(sub, spaces.Text) or type(sub).__name__ == "MissionSpace"
-                        else ""
-                    )
-                    raise ValueError(
-                        f"Observation key {key!r} with space {sub} has no declared modality "
-                        f"and is not a small vector{hint}. Declare it, e.g. "
-                        f"modalities={{{key!r}: 'image'}} (or 'symbolic_grid', 'audio', "
-                        f"'text', 'vector', 'ignore')."
-                    )
+                inferred = infer_modality(key, sub)
+                if inferred is None or (inferred == "text" and is_string_space(sub)):
+                    raise _undeclared_error(key, sub)
+                modality, layout = inferred, None
             channels_last = None
             if modality in _SPATIAL:
                 if not isinstance(sub, spaces.Box) or len(sub.shape) != 3:

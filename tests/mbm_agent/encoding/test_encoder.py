@@ -234,17 +234,46 @@ def test_unknown_fusion_lists_known_modes():
 # ---------------------------------------------------------------- bad spaces and inputs
 
 
-def test_undeclared_image_like_key_names_the_fix():
-    space = spaces.Dict({"camera": spaces.Box(0, 255, (32, 32, 3), dtype=np.uint8)})
-    with pytest.raises(ValueError, match=r"'camera'.*modalities=\{'camera': 'image'\}"):
+def test_undeclared_keys_get_a_modality_by_their_space():
+    space = spaces.Dict(
+        {
+            "camera": spaces.Box(0, 255, (32, 32, 3), dtype=np.uint8),
+            "grey_first": spaces.Box(0, 255, (1, 24, 24), dtype=np.uint8),
+            "audio": spaces.Box(-14.0, 12.0, (2, 8, 4), dtype=np.float32),  # ours: by name
+            "pcm": spaces.Box(-32768, 32767, (64,), dtype=np.int16),  # looks like a vector
+            "inventory": spaces.MultiDiscrete([3, 3]),
+        }
+    )
+    enc = MultimodalEncoder(space)
+    assert enc.modalities == {
+        "camera": "image",
+        "grey_first": "image",
+        "audio": "audio",
+        "pcm": "vector",
+        "inventory": "vector",
+    }
+
+
+def test_key_whose_modality_cannot_be_inferred_names_key_space_and_config_line():
+    space = spaces.Dict({"depth": spaces.Box(0.0, 1.0, (3, 64, 64), dtype=np.float32)})
+    with pytest.raises(ValueError) as info:
         MultimodalEncoder(space)
-    enc = MultimodalEncoder(space, modalities={"camera": "image"})
-    assert enc.modalities == {"camera": "image"}
+    message = str(info.value)
+    assert "'depth'" in message and "Box(0.0, 1.0, (3, 64, 64), float32)" in message
+    assert "modalities: {depth: image}" in message and "--set modalities.depth=image" in message
+    enc = MultimodalEncoder(space, modalities={"depth": "image"})
+    assert enc.modalities == {"depth": "image"}
+
+
+def test_waveform_declared_to_the_encoder_points_to_the_edge_wrapper():
+    space = spaces.Dict({"mic": spaces.Box(-1.0, 1.0, (256,), dtype=np.float32)})
+    with pytest.raises(ValueError, match="AdaptObservation.*'audio'"):
+        MultimodalEncoder(space, modalities={"mic": "waveform"})
 
 
 def test_string_space_points_to_tokenize_mission():
     space = spaces.Dict({"mission": spaces.Text(20), "vec": spaces.Box(0, 1, (2,))})
-    with pytest.raises(ValueError, match="TokenizeMission"):
+    with pytest.raises(ValueError, match="AdaptObservation.*TokenizeMission"):
         MultimodalEncoder(space)
     enc = MultimodalEncoder(space, modalities={"mission": "ignore"})
     assert enc.keys == ["vec"]
