@@ -122,12 +122,19 @@ def stft(x: NDArray[np.floating], cfg: AudioConfig) -> NDArray[np.complex128]:
     return np.swapaxes(np.fft.rfft(frames, axis=-1), -1, -2)
 
 
-def log_mel(x: NDArray[np.floating], cfg: AudioConfig) -> NDArray[np.float32]:
-    """Log-mel features of time-domain clips (the reference path, used by tests)."""
+def log_mel(
+    x: NDArray[np.floating], cfg: AudioConfig, filterbank: NDArray[np.float64] | None = None
+) -> NDArray[np.float32]:
+    """Log-mel features ``(..., n_mels, n_frames)`` of time-domain clips ``(..., n_samples)``.
+
+    The games' reference path (used by tests) and the feature extractor of raw
+    third-party waveforms (``mbm_agent``'s ``waveform`` modality), which passes
+    its cached ``mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)``.
+    """
+    if filterbank is None:
+        filterbank = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)
     power = np.abs(stft(x, cfg)) ** 2
-    mel = np.einsum(
-        "mf,...ft->...mt", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels), power
-    )
+    mel = np.einsum("mf,...ft->...mt", filterbank, power)
     return np.log(mel + LOG_EPS).astype(np.float32)
 
 
