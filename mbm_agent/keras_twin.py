@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mbm_agent.deploy.keras import (
+    OUTPUT_NAMES,
     OUTPUTS,
     SIGNATURE,
     KerasMultimodalEncoder,
@@ -18,6 +19,7 @@ from mbm_agent.deploy.keras import (
 
 __all__ = [
     "OUTPUTS",
+    "OUTPUT_NAMES",
     "SIGNATURE",
     "KerasMultimodalEncoder",
     "PolicyRunner",

@@ -34,9 +34,14 @@ from torch import Tensor, nn
 
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import MultimodalEncoder
+from mbm_agent.sb3.algorithms import family
 
 if TYPE_CHECKING:
     from mbm_agent.training.agent import Agent
+
+
+OUTPUT_NAMES: tuple[str, ...] = ("action", "logits", "value")
+"""What :class:`PolicyNetwork` returns, in order: the names of every export's outputs too."""
 
 
 class UnsupportedPolicyError(ValueError):
@@ -98,9 +103,13 @@ class PolicyNetwork(nn.Module):
     def from_sb3_policy(cls, policy: Any, spec: Mapping[str, Any]) -> PolicyNetwork:
         """Build from an SB3 policy using our extractor and its ``model.json`` spec."""
         algo = str(spec.get("algo", "ppo"))
-        if algo == "recurrent_ppo":
+        try:
+            heads = family(algo)
+        except ValueError as exc:
+            raise UnsupportedPolicyError(str(exc)) from None
+        if heads == "recurrent":
             raise UnsupportedPolicyError(
-                "A recurrent policy (recurrent_ppo) carries an LSTM state between steps; a plain "
+                f"A recurrent policy ({algo}) carries an LSTM state between steps; a plain "
                 "feed-forward network cannot express it. Train with --algo ppo to export."
             )
         if spec.get("extractor", "mbm") != "mbm":
@@ -122,7 +131,7 @@ class PolicyNetwork(nn.Module):
             enc.load_state_dict(extractor.encoder.state_dict())
             return enc
 
-        if algo == "dqn":
+        if heads == "q":
             q_net = policy.q_net
             layers = list(q_net.q_net.children())
             head = layers[-1]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from mbm_agent.deploy.network import OUTPUT_NAMES
 from mbm_agent.training.storage import ModelFileError, read_json
 
 if TYPE_CHECKING:
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "savedmodel", "tflite")
 """Export formats :func:`export_policy` writes."""
-
-OUTPUT_NAMES: tuple[str, ...] = ("action", "logits", "value")
-"""Names of the exported model's outputs, in order."""
 
 EXPORT_FORMAT = "mbm-agent/export"
 EXPORT_VERSION = 1

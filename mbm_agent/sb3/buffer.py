@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer
 from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
@@ -22,7 +19,7 @@ class MultimodalRolloutBuffer(DictRolloutBuffer):
     straight into the minibatch tensor: one copy, by torch's parallel kernels.
     For a PPO minibatch of 256 64x64 frames that is a 3 MB copy fewer. The
     samples are the same tensors SB3's buffer yields (same dtypes; actions as
-    float32). :func:`algorithm_kwargs` makes our trainer use it.
+    float32). :func:`mbm_agent.sb3.algorithms.algorithm_kwargs` makes our trainer use it.
     """
 
     def _get_samples(  # type: ignore[override]
@@ -41,14 +38,3 @@ class MultimodalRolloutBuffer(DictRolloutBuffer):
             advantages=take(self.advantages).flatten(),
             returns=take(self.returns).flatten(),
         )
-
-
-def algorithm_kwargs(algo: str, observation_space: spaces.Space[Any]) -> dict[str, Any]:
-    """Arguments our trainer gives an SB3 algorithm besides the user's.
-
-    On-policy algorithms (``ppo``, ``a2c``) over a Dict space get the
-    :class:`MultimodalRolloutBuffer`; others nothing.
-    """
-    if algo in ("ppo", "a2c") and isinstance(observation_space, spaces.Dict):
-        return {"rollout_buffer_class": MultimodalRolloutBuffer}
-    return {}

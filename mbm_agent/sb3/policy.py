@@ -1,8 +1,8 @@
 """The SB3 policy our trainer builds: its class, its ``policy_kwargs`` and its optimizer.
 
 :class:`MultimodalActorCriticPolicy` is SB3's ``MultiInputActorCriticPolicy``
-with a leaner training path for discrete actions; :func:`policy_class` picks the
-policy class an algorithm trains and loads; :func:`policy_kwargs_for` turns an
+with a leaner training path for discrete actions (:mod:`mbm_agent.sb3.algorithms`
+names it as the policy PPO and A2C train); :func:`policy_kwargs_for` turns an
 :class:`~mbm_agent.encoding.config.EncoderConfig` and JSON-like settings into
 SB3's ``policy_kwargs`` (activations by name, see :data:`ACTIVATIONS`).
 """
@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 from stable_baselines3.common.distributions import CategoricalDistribution
-from stable_baselines3.common.policies import BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
-from stable_baselines3.dqn.policies import MultiInputPolicy
 from torch import Tensor, nn
 
 from mbm_agent.encoding.config import EncoderConfig
@@ -36,8 +35,8 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
     ``Categorical.sample`` draws them (``torch.multinomial`` of the
     probabilities), so a seeded run draws the same actions. Everything else
     (parameters, state dict, ``predict``, other action spaces, separate
-    extractors) is SB3's. :func:`policy_class` makes our trainer
-    and ``load_agent`` use it.
+    extractors) is SB3's. The algorithm registry
+    (:data:`~mbm_agent.sb3.algorithms.ALGORITHMS`) makes our trainer and ``load_agent`` use it.
     """
 
     def _lean(self) -> bool:
@@ -81,39 +80,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "gelu": nn.GELU,
 }
-
-
-def activation_name(fn: type[nn.Module]) -> str:
-    """The config name of an activation class."""
-    for name, cls in ACTIVATIONS.items():
-        if cls is fn:
-            return name
-    raise ValueError(f"Activation {fn.__name__} cannot be saved; use one of {list(ACTIVATIONS)}.")
-
-
-def policy_class(algo: str, extractor: str = "mbm") -> type[BasePolicy]:
-    """The SB3 policy class an algorithm trains and loads.
-
-    PPO and A2C with our extractor get :class:`MultimodalActorCriticPolicy`;
-    ``extractor="sb3"`` (the SB3-default baseline) gets SB3's own class.
-
-    Raises:
-        ValueError: An unknown algorithm.
-        ImportError: ``recurrent_ppo`` without sb3-contrib (the message names the extra).
-    """
-    if algo in ("ppo", "a2c"):
-        return MultimodalActorCriticPolicy if extractor == "mbm" else MultiInputActorCriticPolicy
-    if algo == "dqn":
-        return MultiInputPolicy
-    if algo == "recurrent_ppo":
-        try:
-            from sb3_contrib.common.recurrent.policies import RecurrentMultiInputActorCriticPolicy
-        except ImportError as exc:
-            raise ImportError(
-                "recurrent_ppo needs sb3-contrib: pip install 'mbm-agent[contrib]'."
-            ) from exc
-        return RecurrentMultiInputActorCriticPolicy
-    raise ValueError(f"Unknown algorithm {algo!r}; known: ppo, a2c, dqn, recurrent_ppo.")
+"""Activations of the policy's hidden layers by config name (the Keras twin's names too)."""
 
 
 def policy_kwargs_for(

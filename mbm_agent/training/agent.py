@@ -24,8 +24,9 @@ from stable_baselines3.common.policies import BasePolicy
 from envs.core.text import Vocabulary
 from mbm_agent._version import __version__
 from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.sb3.algorithms import ALGORITHMS, policy_class
 from mbm_agent.sb3.extractor import MultimodalExtractor
-from mbm_agent.sb3.policy import policy_class, policy_kwargs_for
+from mbm_agent.sb3.policy import policy_kwargs_for
 from mbm_agent.training.config import TrainConfig
 from mbm_agent.training.storage import (
     FORMAT,
@@ -173,7 +174,8 @@ class Agent:
         self.spec = dict(spec)
         self.vocabulary = vocabulary
         self.policy.set_training_mode(False)
-        self.recurrent = spec.get("algo") == "recurrent_ppo"
+        entry = ALGORITHMS.get(str(spec.get("algo")))
+        self.recurrent = entry is not None and entry.family == "recurrent"
 
     @property
     def extractor(self) -> MultimodalExtractor:

@@ -38,8 +38,8 @@ from envs.core.text import Vocabulary
 from envs.play import save_gif
 from mbm_agent.evaluation import EVAL_SEED_BASE, evaluate_agent, write_report
 from mbm_agent.plots import learning_curve
-from mbm_agent.sb3.buffer import algorithm_kwargs
-from mbm_agent.sb3.policy import policy_class, policy_kwargs_for
+from mbm_agent.sb3.algorithms import algorithm_class, algorithm_kwargs, family, policy_class
+from mbm_agent.sb3.policy import policy_kwargs_for
 from mbm_agent.training.agent import (
     Agent,
     load_agent,
@@ -67,23 +67,11 @@ def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None
         "verbose": 0,
         "tensorboard_log": str(tensorboard_dir) if tensorboard_dir is not None else None,
     }
-    if cfg.algo == "ppo":
-        from stable_baselines3 import PPO as Algo
-    elif cfg.algo == "a2c":
-        from stable_baselines3 import A2C as Algo  # type: ignore[assignment]
-    elif cfg.algo == "dqn":
-        from stable_baselines3 import DQN as Algo  # type: ignore[assignment]
-    else:
-        try:
-            from sb3_contrib import RecurrentPPO as Algo  # type: ignore[assignment]
-        except ImportError as exc:
-            raise ImportError(
-                "--algo recurrent_ppo needs sb3-contrib: pip install 'mbm-agent[contrib]'."
-            ) from exc
+    algo = algorithm_class(cfg.algo)
     policy = policy_class(cfg.algo, cfg.extractor)
     common.update(algorithm_kwargs(cfg.algo, venv.observation_space))
     try:
-        return Algo(policy, venv, **common, **cfg.algo_kwargs)
+        return algo(policy, venv, **common, **cfg.algo_kwargs)
     except TypeError as exc:
         raise ConfigError(f"algo_kwargs for {cfg.algo}: {exc}") from exc
 
@@ -103,8 +91,11 @@ def init_policy_from(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary |
     model_dir = resolve_model_dir(cfg.init_from, "best")
     theirs = read_spec(model_dir)
     mine = model_spec(model, cfg, vocab)
-    families = {"ppo": "ac", "a2c": "ac", "recurrent_ppo": "rec", "dqn": "q"}
-    if families.get(str(theirs.get("algo"))) != families.get(cfg.algo):
+    try:
+        same_family = family(str(theirs.get("algo"))) == family(cfg.algo)
+    except ValueError:
+        same_family = False
+    if not same_family:
         raise ConfigError(
             f"--init-from {cfg.init_from}: a {theirs.get('algo')} policy cannot start a {cfg.algo} "
             "run (different network heads); use an actor-critic source (ppo, a2c, bc) for ppo/a2c."

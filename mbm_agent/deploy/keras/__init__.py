@@ -43,16 +43,16 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
 from mbm_agent.deploy.keras.export import export_savedmodel, export_tflite
 from mbm_agent.deploy.keras.layers import KerasMultimodalEncoder
 from mbm_agent.deploy.keras.policy import build_keras_policy, keras_to_torch, torch_to_keras
-from mbm_agent.deploy.keras.runtime import (
-    OUTPUTS,
-    SIGNATURE,
-    PolicyRunner,
-    load_savedmodel,
-    load_tflite,
-)
+from mbm_agent.deploy.keras.runtime import SIGNATURE, PolicyRunner, load_savedmodel, load_tflite
+from mbm_agent.deploy.network import OUTPUT_NAMES
+
+OUTPUTS = OUTPUT_NAMES
+"""The policy model's output names (:data:`mbm_agent.deploy.network.OUTPUT_NAMES`; kept for
+imports of the earlier name)."""
 
 __all__ = [
     "OUTPUTS",
+    "OUTPUT_NAMES",
     "SIGNATURE",
     "KerasMultimodalEncoder",
     "PolicyRunner",

@@ -10,8 +10,8 @@ import keras
 import tensorflow as tf
 
 from mbm_agent.deploy.keras.policy import torch_to_keras
-from mbm_agent.deploy.keras.runtime import OUTPUTS, SIGNATURE
-from mbm_agent.deploy.network import PolicyNetwork
+from mbm_agent.deploy.keras.runtime import SIGNATURE
+from mbm_agent.deploy.network import OUTPUT_NAMES, PolicyNetwork
 
 
 def _as_model(net_or_model: PolicyNetwork | Any) -> Any:
@@ -47,7 +47,7 @@ def _serving_module(model: Any) -> tuple[Any, Any]:
     @tf.function(input_signature=[signature])
     def serve(obs: dict[str, Any]) -> dict[str, Any]:
         out = model(obs, training=False)
-        return {k: out[k] for k in OUTPUTS}
+        return {k: out[k] for k in OUTPUT_NAMES}
 
     module.serve = serve
     return module, serve

@@ -24,8 +24,6 @@ from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import MultimodalEncoder
 from mbm_agent.sb3.policy import ACTIVATIONS
 
-_ACTIVATIONS = ("tanh", "relu", "elu", "gelu")
-
 
 # ---------------------------------------------------------------------------- policy model
 class _ArgMax(keras.layers.Layer):
@@ -204,10 +202,8 @@ def build_keras_policy(
     if kind not in ("actor_critic", "q"):
         raise ValueError(f"kind must be 'actor_critic' or 'q', got {kind!r}.")
     activation = activation or ("relu" if kind == "q" else "tanh")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r} is not known; use one of {list(_ACTIVATIONS)}."
-        )
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not known; use one of {list(ACTIVATIONS)}.")
     if net_arch is None:
         net_arch = [64, 64]
     if isinstance(net_arch, Mapping):

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-OUTPUTS: tuple[str, ...] = ("action", "logits", "value")
-"""Output names of the policy model, the SavedModel signature and the TFLite signature."""
+from mbm_agent.deploy.network import OUTPUT_NAMES
 
 SIGNATURE = "serving_default"
 
@@ -83,7 +82,7 @@ class PolicyRunner:
     def __call__(self, obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """``{key: (B, *shape)}`` -> ``{"action": (B,), "logits": (B, A), "value": (B,)}``."""
         out = self._run(self.check(obs))
-        return {k: np.asarray(out[k]) for k in OUTPUTS}
+        return {k: np.asarray(out[k]) for k in OUTPUT_NAMES}
 
 
 def load_savedmodel(path: str | os.PathLike[str]) -> PolicyRunner:
