@@ -22,7 +22,7 @@ from mbm_agent.encoding.config import (
     unknown_key_hint,
 )
 from mbm_agent.encoding.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, FilmParams
-from mbm_agent.encoding.fusion import FUSION_MODES, Fusion, make_fusion
+from mbm_agent.encoding.fusion import FUSION_MODES, Fusion, FusionMode, make_fusion
 from mbm_agent.encoding.multimodal import KeyPlan, MultimodalEncoder, to_tensor_obs
 from mbm_agent.encoding.spec import InputSpec, dtype_matches
 
@@ -36,6 +36,7 @@ __all__ = [
     "EncoderConfig",
     "FilmParams",
     "Fusion",
+    "FusionMode",
     "InputSpec",
     "KeyPlan",
     "MultimodalEncoder",

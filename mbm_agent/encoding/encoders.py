@@ -125,6 +125,7 @@ class ImageEncoder(SpatialEncoder):
         c, h, w = _channels_last_from_flag(shape, channels_last)
         self.channels_last = channels_last
         self.scale = float(scale)
+        self.arch = arch
         if arch == "small":
             stride = 4 if min(h, w) >= 32 else 2 if min(h, w) >= 16 else 1
             first = (

@@ -18,10 +18,16 @@ and returns ``(B, features_dim)`` features:
   input-dependent sigmoid gates weight them (a missing modality's gate is
   zero) before a sum and a linear layer (a Gated Multimodal Unit).
 
-New modes subclass :class:`Fusion` and are added to :data:`FUSION_MODES`.
+New modes subclass :class:`Fusion` and are added to :data:`FUSION_MODES`, whose
+entry names the torch module and the Keras layer that mirrors it in the Keras twin
+(by a ``"module:Class"`` string, imported only by :mod:`mbm_agent.deploy.keras`:
+nothing here imports Keras). A test builds every registered mode in both
+frameworks and compares them, so a mode without a working mirror fails it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -216,11 +222,27 @@ class GatedFusion(Fusion):
         return self.head(fused)
 
 
-FUSION_MODES: dict[str, type[Fusion]] = {
-    "concat": ConcatFusion,
-    "film": FilmFusion,
-    "attention": AttentionFusion,
-    "gated": GatedFusion,
+@dataclass(frozen=True)
+class FusionMode:
+    """One entry of :data:`FUSION_MODES`.
+
+    Attributes:
+        torch: The fusion module.
+        keras: ``"module:Class"`` of the Keras layer mirroring it (built from the torch
+            module as its template), imported lazily by :mod:`mbm_agent.deploy.keras`.
+    """
+
+    torch: type[Fusion]
+    keras: str
+
+
+_KERAS_LAYERS = "mbm_agent.deploy.keras.layers"
+
+FUSION_MODES: dict[str, FusionMode] = {
+    "concat": FusionMode(ConcatFusion, f"{_KERAS_LAYERS}:KerasConcatFusion"),
+    "film": FusionMode(FilmFusion, f"{_KERAS_LAYERS}:KerasFilmFusion"),
+    "attention": FusionMode(AttentionFusion, f"{_KERAS_LAYERS}:KerasAttentionFusion"),
+    "gated": FusionMode(GatedFusion, f"{_KERAS_LAYERS}:KerasGatedFusion"),
 }
 """Registry of fusion modes by name; add an entry to make a new mode selectable."""
 
@@ -250,7 +272,7 @@ def make_fusion(
         ValueError: If ``name`` is not a known mode.
     """
     try:
-        cls = FUSION_MODES[name]
+        cls = FUSION_MODES[name].torch
     except KeyError:
         raise ValueError(
             f"Unknown fusion mode {name!r}; known modes: {sorted(FUSION_MODES)}."

@@ -10,6 +10,7 @@ template (architecture only) and lists the weight ties that copy its weights
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,7 +40,14 @@ from mbm_agent.encoding.encoders import (
     TextEncoder,
     VectorEncoder,
 )
-from mbm_agent.encoding.fusion import AttentionFusion, ConcatFusion, FilmFusion, Fusion, GatedFusion
+from mbm_agent.encoding.fusion import (
+    FUSION_MODES,
+    AttentionFusion,
+    ConcatFusion,
+    FilmFusion,
+    Fusion,
+    GatedFusion,
+)
 from mbm_agent.encoding.multimodal import MultimodalEncoder
 
 _LN_EPS = 1e-5  # torch.nn.LayerNorm's default
@@ -137,9 +145,16 @@ class KerasImageEncoder(keras.layers.Layer):
     """
 
     spatial = True
+    mirrors = ImageEncoder
+    #: The ``EncoderConfig.image_encoder`` architectures mirrored (a test checks each).
+    archs: tuple[str, ...] = ("small", "nature")
 
     def __init__(self, template: ImageEncoder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if template.arch not in self.archs:
+            raise UnsupportedPolicyError(
+                f"The Keras twin mirrors image_encoder {list(self.archs)}, not {template.arch!r}."
+            )
         shape = template.input_spec.shape
         self.channels_last = bool(template.channels_last)
         c, h, w = (shape[2], shape[0], shape[1]) if self.channels_last else shape
@@ -177,6 +192,7 @@ class KerasSymbolicGridEncoder(keras.layers.Layer):
     """
 
     spatial = True
+    mirrors = SymbolicGridEncoder
 
     def __init__(self, template: SymbolicGridEncoder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -307,9 +323,16 @@ class KerasTextEncoder(keras.layers.Layer):
     """
 
     spatial = False
+    mirrors = TextEncoder
+    #: The ``EncoderConfig.text_encoder`` kinds mirrored (a test checks each).
+    kinds: tuple[str, ...] = ("gru", "bow", "attention")
 
     def __init__(self, template: TextEncoder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if template.kind not in self.kinds:
+            raise UnsupportedPolicyError(
+                f"The Keras twin mirrors text_encoder {list(self.kinds)}, not {template.kind!r}."
+            )
         if template.one_hot:
             raise UnsupportedPolicyError("The Keras twin takes token ids, not one-hot text.")
         self.kind = template.kind
@@ -396,6 +419,7 @@ class KerasAudioEncoder(keras.layers.Layer):
     """
 
     spatial = False
+    mirrors = AudioEncoder
 
     def __init__(self, template: AudioEncoder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -456,6 +480,7 @@ class KerasVectorEncoder(keras.layers.Layer):
     """
 
     spatial = False
+    mirrors = VectorEncoder
 
     def __init__(self, template: VectorEncoder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -507,26 +532,46 @@ def _one_hot(idx: Any, n: int) -> Any:
     return ops.cast(ops.equal(idx[:, None], ops.arange(n, dtype="int32")[None, :]), "float32")
 
 
-_ENCODERS: list[tuple[type[nn.Module], type[keras.layers.Layer]]] = [
-    (ImageEncoder, KerasImageEncoder),
-    (SymbolicGridEncoder, KerasSymbolicGridEncoder),
-    (TextEncoder, KerasTextEncoder),
-    (AudioEncoder, KerasAudioEncoder),
-    (VectorEncoder, KerasVectorEncoder),
-]
+KERAS_ENCODERS: dict[str, type[keras.layers.Layer]] = {
+    "image": KerasImageEncoder,
+    "symbolic_grid": KerasSymbolicGridEncoder,
+    "text": KerasTextEncoder,
+    "audio": KerasAudioEncoder,
+    "vector": KerasVectorEncoder,
+}
+"""The Keras mirror of each modality's torch encoder, by modality name (``MODALITIES``)."""
 
 
 # ---------------------------------------------------------------------------- fusion
-_FUSION_NAMES: dict[type[Fusion], str] = {
-    ConcatFusion: "concat",
-    FilmFusion: "film",
-    AttentionFusion: "attention",
-    GatedFusion: "gated",
-}
+def keras_fusion_class(mode: str) -> type[KerasFusion]:
+    """The Keras layer that :data:`~mbm_agent.encoding.fusion.FUSION_MODES` names for ``mode``.
+
+    Raises:
+        UnsupportedPolicyError: An unknown mode, or a registry entry whose Keras
+            layer cannot be imported or is not a :class:`KerasFusion`.
+    """
+    entry = FUSION_MODES.get(mode)
+    if entry is None:
+        raise UnsupportedPolicyError(
+            f"Unknown fusion mode {mode!r}; known modes: {sorted(FUSION_MODES)}."
+        )
+    module, _, attr = entry.keras.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnsupportedPolicyError(
+            f"FUSION_MODES[{mode!r}] names the Keras layer {entry.keras!r}, which cannot be "
+            f"imported ({exc}); the Keras twin has no mirror of this mode."
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, KerasFusion)):
+        raise UnsupportedPolicyError(
+            f"FUSION_MODES[{mode!r}] names {entry.keras!r}, which is not a KerasFusion layer."
+        )
+    return cls
 
 
 class KerasFusion(keras.layers.Layer):
-    """Keras mirror of every fusion mode (``concat``, ``film``, ``attention``, ``gated``).
+    """Base of the Keras mirrors of the fusion modes (one subclass per mode).
 
     Args:
         template: The torch fusion module whose architecture is mirrored (weights not copied).
@@ -536,59 +581,86 @@ class KerasFusion(keras.layers.Layer):
         uses_film: Whether :meth:`film` must condition the spatial encoders.
     """
 
+    #: The torch module this layer mirrors.
+    mirrors: type[Fusion] = Fusion
+
     def __init__(self, template: Fusion, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if type(template) is not self.mirrors:
+            raise differ_error(
+                f"{type(self).__name__} mirrors {self.mirrors.__name__}, not "
+                f"{type(template).__name__}"
+            )
         self.keys = list(template.keys)
         self.dims = dict(template.dims)
-        self.mode = _FUSION_NAMES.get(type(template))
-        if self.mode is None:
-            raise UnsupportedPolicyError(
-                f"The Keras twin has no mirror of {type(template).__name__}."
-            )
         self.uses_film = bool(template.uses_film)
-        total = sum(self.dims.values())
-        if isinstance(template, ConcatFusion):  # concat and film
-            self.head = _dense(template.features_dim, total, "relu")
-            self.condition_keys: list[str] = []
-            self.generators: dict[str, list[Any]] = {}
-            if isinstance(template, FilmFusion) and self.uses_film:
-                self.condition_keys = list(template.condition_keys)
-                cond_dim = sum(self.dims[k] for k in self.condition_keys)
-                self.generators = {
-                    key: [_dense(layer.out_features, cond_dim) for layer in layers]  # type: ignore[union-attr]
-                    for key, layers in template.generators.items()
-                }
-            # A flat list too: TensorFlow's checkpoint tracking does not see layers in a
-            # dict of lists, and a SavedModel must track every variable it captures.
-            self.generator_layers = [g for layers in self.generators.values() for g in layers]
-        elif isinstance(template, AttentionFusion):
-            hidden = int(template.modality.shape[1])
-            self.proj = {k: _dense(hidden, d) for k, d in self.dims.items()}
-            self.modality = self.add_weight(
-                shape=(len(self.keys), hidden), initializer="zeros", name="modality"
-            )
-            self.summary = self.add_weight(
-                shape=(1, 1, hidden), initializer="zeros", name="summary"
-            )
-            self.layer = KerasTransformerLayer(
-                hidden, template.layer.self_attn.num_heads, 2 * hidden
-            )
-            self.norm = keras.layers.LayerNormalization(epsilon=_LN_EPS)
-            self.norm.build((None, hidden))
-            self.head = _dense(template.features_dim, hidden, "relu")
-        else:
-            assert isinstance(template, GatedFusion)
-            hidden = int(template.proj[self.keys[0]].out_features)  # type: ignore[union-attr]
-            self.proj = {k: _dense(hidden, d) for k, d in self.dims.items()}
-            self.gate = _dense(len(self.keys), total)
-            self.head = _dense(template.features_dim, hidden, "relu")
 
     def build(self, input_shape: Any) -> None:
         """Nothing to create: the sublayers are built in ``__init__``."""
         self.built = True
 
     def film(self, conditions: Mapping[str, Any]) -> dict[str, list[tuple[Any, Any]]]:
-        """FiLM ``(gamma, beta)`` per conv block of each spatial key (``film`` mode)."""
+        """FiLM ``(gamma, beta)`` per conv block of each spatial key (modes with ``uses_film``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not produce FiLM parameters.")
+
+    def call(self, embeddings: Mapping[str, Any]) -> Any:
+        """``(B, dims[key])`` per key -> ``(B, features_dim)`` (every modality present)."""
+        raise NotImplementedError
+
+    def ties(self, name: str, template: Fusion) -> list[Tie]:
+        """Weight ties with the torch fusion module ``template``."""
+        if type(template) is not self.mirrors or list(template.keys) != self.keys:
+            raise differ_error(
+                f"{name}: Keras {type(self).__name__} of {self.keys}, torch "
+                f"{type(template).__name__} of {template.keys}"
+            )
+        if template.uses_film != self.uses_film:
+            raise differ_error(f"{name}: FiLM is used on one side only")
+        return self._ties(name, template)
+
+    def _ties(self, name: str, template: Any) -> list[Tie]:
+        raise NotImplementedError
+
+
+class KerasConcatFusion(KerasFusion):
+    """Keras mirror of :class:`~mbm_agent.encoding.fusion.ConcatFusion`."""
+
+    mirrors = ConcatFusion
+
+    def __init__(self, template: ConcatFusion, **kwargs: Any) -> None:
+        super().__init__(template, **kwargs)
+        self.head = _dense(template.features_dim, sum(self.dims.values()), "relu")
+
+    def call(self, embeddings: Mapping[str, Any]) -> Any:
+        """Concatenate in key order and project."""
+        return self.head(ops.concatenate([embeddings[k] for k in self.keys], axis=1))
+
+    def _ties(self, name: str, template: ConcatFusion) -> list[Tie]:
+        return linear_ties(f"{name}.head.0", self.head, template.head[0])
+
+
+class KerasFilmFusion(KerasConcatFusion):
+    """Keras mirror of :class:`~mbm_agent.encoding.fusion.FilmFusion`."""
+
+    mirrors = FilmFusion
+
+    def __init__(self, template: FilmFusion, **kwargs: Any) -> None:
+        super().__init__(template, **kwargs)
+        self.condition_keys: list[str] = []
+        self.generators: dict[str, list[Any]] = {}
+        if self.uses_film:
+            self.condition_keys = list(template.condition_keys)
+            cond_dim = sum(self.dims[k] for k in self.condition_keys)
+            self.generators = {
+                key: [_dense(layer.out_features, cond_dim) for layer in layers]  # type: ignore[union-attr]
+                for key, layers in template.generators.items()
+            }
+        # A flat list too: TensorFlow's checkpoint tracking does not see layers in a
+        # dict of lists, and a SavedModel must track every variable it captures.
+        self.generator_layers = [g for layers in self.generators.values() for g in layers]
+
+    def film(self, conditions: Mapping[str, Any]) -> dict[str, list[tuple[Any, Any]]]:
+        """FiLM ``(gamma, beta)`` per conv block of each spatial key."""
         cond = ops.concatenate([conditions[k] for k in self.condition_keys], axis=1)
         out: dict[str, list[tuple[Any, Any]]] = {}
         for key, layers in self.generators.items():
@@ -600,16 +672,69 @@ class KerasFusion(keras.layers.Layer):
             out[key] = params
         return out
 
+    def _ties(self, name: str, template: FilmFusion) -> list[Tie]:
+        out = super()._ties(name, template)
+        for key, layers in self.generators.items():
+            for i, layer in enumerate(layers):
+                torch_layer = template.generators[key][i]  # type: ignore[index]
+                out += linear_ties(f"{name}.generators.{key}.{i}", layer, torch_layer)
+        return out
+
+
+class KerasAttentionFusion(KerasFusion):
+    """Keras mirror of :class:`~mbm_agent.encoding.fusion.AttentionFusion`."""
+
+    mirrors = AttentionFusion
+
+    def __init__(self, template: AttentionFusion, **kwargs: Any) -> None:
+        super().__init__(template, **kwargs)
+        hidden = int(template.modality.shape[1])
+        self.proj = {k: _dense(hidden, d) for k, d in self.dims.items()}
+        self.modality = self.add_weight(
+            shape=(len(self.keys), hidden), initializer="zeros", name="modality"
+        )
+        self.summary = self.add_weight(shape=(1, 1, hidden), initializer="zeros", name="summary")
+        self.layer = KerasTransformerLayer(hidden, template.layer.self_attn.num_heads, 2 * hidden)
+        self.norm = keras.layers.LayerNormalization(epsilon=_LN_EPS)
+        self.norm.build((None, hidden))
+        self.head = _dense(template.features_dim, hidden, "relu")
+
     def call(self, embeddings: Mapping[str, Any]) -> Any:
-        """``(B, dims[key])`` per key -> ``(B, features_dim)`` (every modality present)."""
-        if self.mode in ("concat", "film"):
-            return self.head(ops.concatenate([embeddings[k] for k in self.keys], axis=1))
-        if self.mode == "attention":
-            tokens = ops.stack([self.proj[k](embeddings[k]) for k in self.keys], axis=1)
-            tokens = tokens + self.modality
-            summary = ops.zeros_like(tokens[:, :1, :]) + self.summary
-            tokens = ops.concatenate([summary, tokens], axis=1)
-            return self.head(self.norm(self.layer(tokens)[:, 0]))
+        """Attend from the summary token over the modality tokens."""
+        tokens = ops.stack([self.proj[k](embeddings[k]) for k in self.keys], axis=1)
+        tokens = tokens + self.modality
+        summary = ops.zeros_like(tokens[:, :1, :]) + self.summary
+        tokens = ops.concatenate([summary, tokens], axis=1)
+        return self.head(self.norm(self.layer(tokens)[:, 0]))
+
+    def _ties(self, name: str, template: AttentionFusion) -> list[Tie]:
+        out: list[Tie] = []
+        for key, layer in self.proj.items():
+            out += linear_ties(f"{name}.proj.{key}", layer, template.proj[key])  # type: ignore[arg-type]
+        return [
+            *out,
+            direct_tie(f"{name}.modality", self.modality, template.modality),
+            direct_tie(f"{name}.summary", self.summary, template.summary),
+            *self.layer.ties(f"{name}.layer", template.layer),
+            *layernorm_ties(f"{name}.head.0", self.norm, template.head[0]),  # type: ignore[arg-type]
+            *linear_ties(f"{name}.head.1", self.head, template.head[1]),  # type: ignore[arg-type]
+        ]
+
+
+class KerasGatedFusion(KerasFusion):
+    """Keras mirror of :class:`~mbm_agent.encoding.fusion.GatedFusion`."""
+
+    mirrors = GatedFusion
+
+    def __init__(self, template: GatedFusion, **kwargs: Any) -> None:
+        super().__init__(template, **kwargs)
+        hidden = int(template.proj[self.keys[0]].out_features)  # type: ignore[union-attr]
+        self.proj = {k: _dense(hidden, d) for k, d in self.dims.items()}
+        self.gate = _dense(len(self.keys), sum(self.dims.values()))
+        self.head = _dense(template.features_dim, hidden, "relu")
+
+    def call(self, embeddings: Mapping[str, Any]) -> Any:
+        """Gate, sum and project."""
         gates = ops.sigmoid(self.gate(ops.concatenate([embeddings[k] for k in self.keys], axis=1)))
         fused = None
         for i, key in enumerate(self.keys):
@@ -617,39 +742,14 @@ class KerasFusion(keras.layers.Layer):
             fused = part if fused is None else fused + part
         return self.head(fused)
 
-    def ties(self, name: str, template: Fusion) -> list[Tie]:
-        """Weight ties with the torch fusion module ``template``."""
-        mode = _FUSION_NAMES.get(type(template))
-        if mode != self.mode or list(template.keys) != self.keys:
-            raise differ_error(
-                f"{name}: Keras {self.mode} fusion of {self.keys}, torch {mode} of {template.keys}"
-            )
-        if template.uses_film != self.uses_film:
-            raise differ_error(f"{name}: FiLM is used on one side only")
+    def _ties(self, name: str, template: GatedFusion) -> list[Tie]:
         out: list[Tie] = []
-        if isinstance(template, ConcatFusion):
-            out += linear_ties(f"{name}.head.0", self.head, template.head[0])
-            for key, layers in self.generators.items():
-                for i, layer in enumerate(layers):
-                    torch_layer = template.generators[key][i]  # type: ignore[index]
-                    out += linear_ties(f"{name}.generators.{key}.{i}", layer, torch_layer)
-            return out
         for key, layer in self.proj.items():
-            out += linear_ties(f"{name}.proj.{key}", layer, template.proj[key])  # type: ignore[index]
-        if isinstance(template, AttentionFusion):
-            return [
-                *out,
-                direct_tie(f"{name}.modality", self.modality, template.modality),
-                direct_tie(f"{name}.summary", self.summary, template.summary),
-                *self.layer.ties(f"{name}.layer", template.layer),
-                *layernorm_ties(f"{name}.head.0", self.norm, template.head[0]),
-                *linear_ties(f"{name}.head.1", self.head, template.head[1]),
-            ]
-        assert isinstance(template, GatedFusion)
+            out += linear_ties(f"{name}.proj.{key}", layer, template.proj[key])  # type: ignore[arg-type]
         return [
             *out,
             *linear_ties(f"{name}.gate", self.gate, template.gate),
-            *linear_ties(f"{name}.head.0", self.head, template.head[0]),
+            *linear_ties(f"{name}.head.0", self.head, template.head[0]),  # type: ignore[arg-type]
         ]
 
 
@@ -706,16 +806,20 @@ class KerasMultimodalEncoder(keras.layers.Layer):
         self.modalities = dict(template.modalities)
         self.encoders: dict[str, Any] = {}
         for key in self.keys:
-            torch_encoder = template.encoders[key]
-            for torch_cls, keras_cls in _ENCODERS:
-                if type(torch_encoder) is torch_cls:
-                    self.encoders[key] = keras_cls(torch_encoder, name=f"{key}_encoder")
-                    break
-            else:
+            keras_cls = KERAS_ENCODERS.get(self.modalities[key])
+            if keras_cls is None:
                 raise UnsupportedPolicyError(
-                    f"The Keras twin has no mirror of {type(torch_encoder).__name__} (key {key!r})."
+                    f"The Keras twin has no mirror of the {self.modalities[key]!r} encoder "
+                    f"(key {key!r}); export to 'onnx' or 'torchscript' instead."
                 )
-        self.fusion = KerasFusion(template.fusion, name="fusion")
+            torch_encoder = template.encoders[key]
+            if type(torch_encoder) is not keras_cls.mirrors:
+                raise UnsupportedPolicyError(
+                    f"The Keras twin mirrors {keras_cls.mirrors.__name__} for {key!r}, not "
+                    f"{type(torch_encoder).__name__}; export to 'onnx' or 'torchscript' instead."
+                )
+            self.encoders[key] = keras_cls(torch_encoder, name=f"{key}_encoder")
+        self.fusion = keras_fusion_class(template.config.fusion)(template.fusion, name="fusion")
         self.features_dim = int(template.features_dim)
 
     def build(self, input_shape: Any) -> None:
@@ -750,9 +854,13 @@ class KerasMultimodalEncoder(keras.layers.Layer):
         out: list[Tie] = []
         for key in self.keys:
             layer, torch_encoder = self.encoders[key], template.encoders[key]
-            mirrored = dict(_ENCODERS).get(type(torch_encoder))
+            mirrored = KERAS_ENCODERS.get(template.modalities[key])
             same_kind = getattr(layer, "kind", None) == getattr(torch_encoder, "kind", None)
-            if type(layer) is not mirrored or not same_kind:
+            if (
+                type(layer) is not mirrored
+                or type(torch_encoder) is not layer.mirrors
+                or not same_kind
+            ):
                 raise differ_error(
                     f"{name}: key {key!r} has a {type(layer).__name__} in Keras but a "
                     f"{type(torch_encoder).__name__} (kind {getattr(torch_encoder, 'kind', '-')!r}) "

@@ -325,3 +325,80 @@ def test_build_keras_policy_dqn_kind_and_argument_errors() -> None:
         twin.build_keras_policy(space, 2, activation="swish")
     with pytest.raises(ValueError, match="reads the architecture"):
         twin.build_keras_policy(_net("concat-bow"), 3)
+
+
+# -------------------------------------------------------------------- every registered choice
+def _registered_choices() -> list[tuple[str, str]]:
+    from mbm_agent.encoding import FUSION_MODES, IMAGE_ENCODERS, MODALITIES, TEXT_ENCODERS
+
+    return [
+        *(("fusion", m) for m in FUSION_MODES),
+        *(("image_encoder", a) for a in IMAGE_ENCODERS),
+        *(("text_encoder", t) for t in TEXT_ENCODERS),
+        *(("modality", m) for m in MODALITIES if m != "ignore"),
+    ]
+
+
+def _choice_encoder(field: str, name: str) -> MultimodalEncoder:
+    """A small encoder using the registered choice ``name`` of ``field`` (every other default)."""
+    space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (36, 36, 3), dtype=np.uint8),
+            "text": spaces.Box(0, 9, (5,), dtype=np.int64),
+            "audio": spaces.Box(-4.0, 4.0, (2, 8, 4), dtype=np.float32),
+            "grid": spaces.Box(0, 6, (5, 5, 3), dtype=np.uint8),
+            "vec": spaces.Box(-1.0, 1.0, (3,), dtype=np.float32),
+        }
+    )
+    modalities = {"grid": "symbolic_grid"}
+    if field == "modality":  # the modality under test, on a key whose space suits it
+        keep = {"image": "image", "symbolic_grid": "grid", "vector": "vec"}.get(name, name)
+        modalities = {k: ("ignore" if k != keep else modalities.get(k, name)) for k in space}
+        modalities[keep] = name
+        config = EncoderConfig(features_dim=16)
+    else:
+        config = EncoderConfig(features_dim=16, **{field: name})
+    return MultimodalEncoder(space, config, modalities).eval()
+
+
+@pytest.mark.parametrize(("field", "name"), _registered_choices())
+def test_every_registered_choice_has_a_keras_mirror(field: str, name: str) -> None:
+    """Each FUSION_MODES / IMAGE_ENCODERS / TEXT_ENCODERS entry and modality runs in Keras as in torch."""
+    encoder = _choice_encoder(field, name)
+    _perturb(encoder, seed=5)
+    try:
+        layer = twin.KerasMultimodalEncoder(template=encoder)
+        ties = layer.ties("encoder", encoder)
+    except (ValueError, NotImplementedError) as exc:
+        pytest.fail(
+            f"{field}={name!r} is registered but the Keras twin has no working mirror of it: "
+            f"{exc}. Write its Keras layer in mbm_agent/deploy/keras/layers.py (fusion modes: "
+            "name it in the FUSION_MODES entry; modalities: KERAS_ENCODERS; architectures: the "
+            "mirroring layer's archs / kinds)."
+        )
+    for tie in ties:
+        tie.load()
+    space = encoder.observation_space
+    space.seed(0)
+    samples = [space.sample() for _ in range(8)]
+    obs = {k: np.stack([s[k] for s in samples]) for k in encoder.keys}
+    with torch.no_grad():
+        ref = encoder(to_tensor_obs(obs)).numpy()
+    got = keras.ops.convert_to_numpy(layer(obs))
+    assert np.abs(ref).max() > 0.01
+    np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL, err_msg=f"{field}={name!r}")
+
+
+def test_a_fusion_mode_without_a_keras_mirror_is_named() -> None:
+    from mbm_agent.deploy.keras.layers import keras_fusion_class
+    from mbm_agent.deploy.network import UnsupportedPolicyError
+    from mbm_agent.encoding.fusion import FUSION_MODES, ConcatFusion, FusionMode
+
+    entry = FusionMode(ConcatFusion, "mbm_agent.deploy.keras.layers:KerasSumFusion")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(FUSION_MODES, "sum", entry)
+        with pytest.raises(UnsupportedPolicyError, match=r"FUSION_MODES\['sum'\].*KerasSumFusion"):
+            keras_fusion_class("sum")
+        patch.setitem(FUSION_MODES, "sum", FusionMode(ConcatFusion, "numpy:ndarray"))
+        with pytest.raises(UnsupportedPolicyError, match="not a KerasFusion"):
+            keras_fusion_class("sum")
