@@ -52,7 +52,7 @@ class PolicyNetwork(nn.Module):
     """Raw observation dict -> ``(action, logits, value)``.
 
     Args:
-        encoder: A :class:`MultimodalEncoder` built with ``sb3_preprocessed=False``.
+        encoder: A :class:`MultimodalEncoder` (it takes raw observations).
         actor: Layers between the features and the action head (may be empty).
         action_net: Linear layer giving one logit (or Q-value) per action.
         critic: Layers between the features and the value head, or None (DQN).
@@ -127,7 +127,7 @@ class PolicyNetwork(nn.Module):
         obs_space = policy.observation_space
 
         def raw_encoder(extractor: Any) -> MultimodalEncoder:
-            enc = MultimodalEncoder(obs_space, config, modalities, sb3_preprocessed=False)
+            enc = MultimodalEncoder(obs_space, config, modalities)
             enc.load_state_dict(extractor.encoder.state_dict())
             return enc
 

@@ -1,6 +1,7 @@
 """Encoding: raw observations in, one feature vector out, in plain torch.
 
-- :mod:`~mbm_agent.encoding.spec`: :class:`InputSpec`, what one key's input must look like.
+- :mod:`~mbm_agent.encoding.spec`: :class:`InputSpec`, what one key's input must look
+  like, and :func:`check_observation`, the input check every runtime runs.
 - :mod:`~mbm_agent.encoding.encoders`: one encoder per modality (image, symbolic grid,
   text, audio, vector).
 - :mod:`~mbm_agent.encoding.fusion`: the fusion modes and their registry, :data:`FUSION_MODES`.
@@ -24,7 +25,7 @@ from mbm_agent.encoding.config import (
 from mbm_agent.encoding.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, FilmParams
 from mbm_agent.encoding.fusion import FUSION_MODES, Fusion, FusionMode, make_fusion
 from mbm_agent.encoding.multimodal import KeyPlan, MultimodalEncoder, to_tensor_obs
-from mbm_agent.encoding.spec import InputSpec, dtype_matches
+from mbm_agent.encoding.spec import CheckedObservation, InputSpec, check_observation
 
 __all__ = [
     "DEFAULT_MODALITIES",
@@ -33,6 +34,7 @@ __all__ = [
     "MISSING_EMBEDDINGS",
     "MODALITIES",
     "TEXT_ENCODERS",
+    "CheckedObservation",
     "EncoderConfig",
     "FilmParams",
     "Fusion",
@@ -40,7 +42,7 @@ __all__ = [
     "InputSpec",
     "KeyPlan",
     "MultimodalEncoder",
-    "dtype_matches",
+    "check_observation",
     "make_fusion",
     "to_tensor_obs",
     "unknown_key_hint",

@@ -91,9 +91,12 @@ def infer_modality(key: str, space: spaces.Space[Any]) -> str | None:
 MISSING_EMBEDDINGS: tuple[str, ...] = ("learned", "zeros")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EncoderConfig:
     """Settings of a :class:`MultimodalEncoder`; every field is checked on creation.
+
+    Frozen, so a config checked once stays valid wherever it travels; change a
+    field with :meth:`replace`.
 
     Attributes:
         fusion: Fusion mode, a key of ``FUSION_MODES``.

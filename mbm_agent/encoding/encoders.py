@@ -1,10 +1,12 @@
 """Per-modality encoders: each turns one observation key into a flat embedding.
 
-Every encoder owns its preprocessing (dtype cast, scaling to a unit range,
-channel order, token lookup). SB3, a hand-written PPO loop and an exported model
-therefore compute the same numbers from the same observation, and the
-parameters do not depend on how the input arrives (channel-first or -last,
-token ids or one-hot, scaled or not), so weights move freely between them.
+Every encoder takes one key's raw observation, as the env emits it (uint8
+frames, integer ids, float features), and owns its preprocessing (dtype cast,
+scaling to a unit range, channel order, token lookup). SB3, a hand-written PPO
+loop and an exported model therefore compute the same numbers from the same
+observation, and weights move freely between them. Whatever a framework does
+to observations first (SB3's float casts and one-hot encodings) is undone in
+that framework's adapter (:mod:`mbm_agent.sb3.extractor`), not here.
 
 The spatial encoders (:class:`ImageEncoder`, :class:`SymbolicGridEncoder`)
 accept per-block FiLM parameters so that a fusion module can condition their
@@ -15,6 +17,8 @@ Python branches) so the modules trace for TorchScript and ONNX export.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +111,8 @@ class ImageEncoder(SpatialEncoder):
         shape: Space shape, ``(H, W, C)`` or ``(C, H, W)``.
         channels_last: Layout of ``shape`` and of the incoming tensors.
         scale: Multiplier taking raw values to ``[0, 1]`` (``1/255`` for uint8).
-        input_kind: :class:`InputSpec` kind of the incoming tensors.
+        dtype: :attr:`InputSpec.dtype` of the frames (``"uint8"``, or ``"float32"``
+            for frames of another dtype).
         arch: ``"small"`` or ``"nature"``.
         output_dim: Embedding width.
     """
@@ -117,7 +122,7 @@ class ImageEncoder(SpatialEncoder):
         shape: tuple[int, ...],
         channels_last: bool,
         scale: float,
-        input_kind: str,
+        dtype: str,
         arch: str = "small",
         output_dim: int = 128,
     ) -> None:
@@ -160,7 +165,7 @@ class ImageEncoder(SpatialEncoder):
             nn.Flatten(), nn.Linear(_flat_dim(self, c, h, w), output_dim), nn.ReLU()
         )
         self.output_dim = output_dim
-        self.input_spec = InputSpec(tuple(int(s) for s in shape), input_kind)
+        self.input_spec = InputSpec(tuple(int(s) for s in shape), dtype)
 
     def forward(self, x: Tensor, film: FilmParams | None = None) -> Tensor:
         """Encode a batch of frames.
@@ -189,9 +194,6 @@ class SymbolicGridEncoder(SpatialEncoder):
         shape: Space shape, ``(H, W, C)`` or ``(C, H, W)``.
         channels_last: Layout of ``shape`` and of the incoming tensors.
         num_values: Number of distinct values of each channel (space high + 1).
-        value_scale: Multiplier that turns the incoming numbers back into
-            integers (255 when SB3 divided the grid by 255, else 1).
-        input_kind: :class:`InputSpec` kind of the incoming tensors.
         embed_dim: Width of the per-value embeddings.
         output_dim: Embedding width.
     """
@@ -201,8 +203,6 @@ class SymbolicGridEncoder(SpatialEncoder):
         shape: tuple[int, ...],
         channels_last: bool,
         num_values: list[int],
-        value_scale: float,
-        input_kind: str,
         embed_dim: int = 16,
         output_dim: int = 128,
     ) -> None:
@@ -211,7 +211,6 @@ class SymbolicGridEncoder(SpatialEncoder):
         if len(num_values) != c:
             raise ValueError(f"num_values has {len(num_values)} entries for {c} channels.")
         self.channels_last = channels_last
-        self.value_scale = float(value_scale)
         offsets = np.concatenate([[0], np.cumsum(num_values)[:-1]]).astype(np.int64)
         self.register_buffer("offsets", torch.as_tensor(offsets), persistent=False)
         self.register_buffer(
@@ -229,21 +228,19 @@ class SymbolicGridEncoder(SpatialEncoder):
             nn.Flatten(), nn.Linear(_flat_dim(self, embed_dim, h, w), output_dim), nn.ReLU()
         )
         self.output_dim = output_dim
-        self.input_spec = InputSpec(tuple(int(s) for s in shape), input_kind)
+        self.input_spec = InputSpec(tuple(int(s) for s in shape), "int64")
 
     def forward(self, x: Tensor, film: FilmParams | None = None) -> Tensor:
         """Encode a batch of grids.
 
         Args:
-            x: ``(B, *shape)`` grids in the declared layout. Values outside the
-                space bounds are clamped.
+            x: ``(B, *shape)`` integer grids in the declared layout. Values outside
+                the space bounds are clamped.
             film: Optional per-block FiLM parameters.
 
         Returns:
             ``(B, output_dim)`` embeddings.
         """
-        if x.is_floating_point():
-            x = torch.round(x * self.value_scale)
         idx = x.long()
         if not self.channels_last:
             idx = idx.permute(0, 2, 3, 1)
@@ -271,10 +268,6 @@ class TextEncoder(ModalityEncoder):
         kind: ``"gru"``, ``"bow"`` or ``"attention"``.
         word_dim: Word embedding width.
         output_dim: Embedding width.
-        one_hot: Inputs arrive one-hot, ``(B, L * vocab_size)`` (SB3's
-            preprocessing of a ``MultiDiscrete`` text space), instead of ids.
-        input_kind: :class:`InputSpec` kind of id inputs (``"int"``, or
-            ``"float"`` after SB3's preprocessing of a Box).
         heads: Attention heads (``"attention"`` only).
     """
 
@@ -285,8 +278,6 @@ class TextEncoder(ModalityEncoder):
         kind: str = "gru",
         word_dim: int = 32,
         output_dim: int = 64,
-        one_hot: bool = False,
-        input_kind: str = "int",
         heads: int = 4,
     ) -> None:
         super().__init__()
@@ -295,7 +286,6 @@ class TextEncoder(ModalityEncoder):
         self.kind = kind
         self.vocab_size = int(vocab_size)
         self.seq_len = int(seq_len)
-        self.one_hot = one_hot
         self.word_embedding = nn.Embedding(self.vocab_size, word_dim, padding_idx=0)
         self.rnn: nn.GRU | None = None
         self.layer: nn.TransformerEncoderLayer | None = None
@@ -316,24 +306,17 @@ class TextEncoder(ModalityEncoder):
                 )
             self.proj = nn.Sequential(nn.Linear(word_dim, output_dim), nn.ReLU())
         self.output_dim = output_dim
-        if one_hot:
-            self.input_spec = InputSpec((self.seq_len * self.vocab_size,), "float")
-        else:
-            self.input_spec = InputSpec((self.seq_len,), input_kind)
+        self.input_spec = InputSpec((self.seq_len,), "int64")
 
     def token_ids(self, x: Tensor) -> Tensor:
-        """Turn the incoming tensor (ids, float ids or one-hot) into ``(B, L)`` int64 ids."""
-        if self.one_hot:
-            return x.reshape(x.shape[0], self.seq_len, self.vocab_size).argmax(dim=-1)
-        if x.is_floating_point():
-            x = torch.round(x)
+        """The incoming ``(B, L)`` token ids as int64 ids of the vocabulary."""
         return x.long().clamp(0, self.vocab_size - 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Encode a batch of instructions.
 
         Args:
-            x: ``(B, L)`` token ids, or ``(B, L * V)`` one-hot when ``one_hot``.
+            x: ``(B, L)`` integer token ids.
 
         Returns:
             ``(B, output_dim)`` embeddings.
@@ -417,7 +400,7 @@ class AudioEncoder(ModalityEncoder):
             nn.Linear(self.grid[0] * self.grid[1] * channels, output_dim), nn.ReLU()
         )
         self.output_dim = output_dim
-        self.input_spec = InputSpec(tuple(int(s) for s in shape), "float")
+        self.input_spec = InputSpec(tuple(int(s) for s in shape), "float32")
 
     def patches(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` features -> ``(B, H/ph * W/pw, C * ph * pw)`` patches."""
@@ -439,20 +422,16 @@ class VectorEncoder(ModalityEncoder):
     """One-layer MLP for small vectors: Box, Discrete, MultiDiscrete, MultiBinary.
 
     Box values are mapped to ``[-1, 1]`` per element where the bounds are
-    finite. Discrete and MultiDiscrete values are one-hot encoded, which makes
-    raw integers and SB3's one-hot inputs use the same weights.
+    finite. Discrete and MultiDiscrete values are one-hot encoded.
 
     Args:
         space: The key's space.
         output_dim: Embedding width.
-        sb3_preprocessed: Inputs went through SB3's ``preprocess_obs`` (floats,
-            Discrete/MultiDiscrete already one-hot).
     """
 
-    def __init__(self, space: spaces.Space, output_dim: int = 32, sb3_preprocessed: bool = False):
+    def __init__(self, space: spaces.Space[Any], output_dim: int = 32) -> None:
         super().__init__()
         self.kind = type(space).__name__
-        self.sb3 = sb3_preprocessed
         self.start = 0
         self.nvec: list[int] = []
         if isinstance(space, spaces.Box):
@@ -463,15 +442,11 @@ class VectorEncoder(ModalityEncoder):
             )
             self.register_buffer("center", torch.as_tensor(center), persistent=False)
             self.register_buffer("inv_half", torch.as_tensor(inv_half), persistent=False)
-            spec = InputSpec(tuple(int(s) for s in space.shape), "number")
+            spec = InputSpec(tuple(int(s) for s in space.shape), "float32")
         elif isinstance(space, spaces.Discrete):
             n_in = int(space.n)
             self.start = int(space.start)
-            spec = (
-                InputSpec((n_in,), "float", flexible_shape=True)
-                if sb3_preprocessed
-                else InputSpec((), "int", flexible_shape=True)
-            )
+            spec = InputSpec((), "int64", flexible_shape=True)
         elif isinstance(space, spaces.MultiDiscrete):
             if space.nvec.ndim != 1:
                 raise ValueError(f"Only 1-D MultiDiscrete vectors are supported, got {space}.")
@@ -482,14 +457,10 @@ class VectorEncoder(ModalityEncoder):
                 persistent=False,
             )
             n_in = int(sum(self.nvec))
-            spec = (
-                InputSpec((n_in,), "float")
-                if sb3_preprocessed
-                else InputSpec((len(self.nvec),), "int")
-            )
+            spec = InputSpec((len(self.nvec),), "int64")
         elif isinstance(space, spaces.MultiBinary):
             n_in = int(np.prod(space.shape))
-            spec = InputSpec(tuple(int(s) for s in np.atleast_1d(space.shape)), "number")
+            spec = InputSpec(tuple(int(s) for s in np.atleast_1d(space.shape)), "float32")
         else:
             raise ValueError(f"VectorEncoder cannot take {space}.")
         self.n_in = n_in
@@ -502,10 +473,10 @@ class VectorEncoder(ModalityEncoder):
         batch = x.shape[0]
         if self.kind == "Box":
             return (x.reshape(batch, -1).float() - self.center) * self.inv_half
-        if self.kind == "Discrete" and not self.sb3:
+        if self.kind == "Discrete":
             idx = (x.reshape(batch).long() - self.start).clamp(0, self.n_in - 1)
             return F.one_hot(idx, self.n_in).float()
-        if self.kind == "MultiDiscrete" and not self.sb3:
+        if self.kind == "MultiDiscrete":
             idx = x.reshape(batch, -1).long() - self.md_start
             parts = [
                 F.one_hot(idx[:, i].clamp(0, n - 1), n).float() for i, n in enumerate(self.nvec)

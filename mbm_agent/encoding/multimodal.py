@@ -45,7 +45,7 @@ from mbm_agent.encoding.encoders import (
     VectorEncoder,
 )
 from mbm_agent.encoding.fusion import make_fusion
-from mbm_agent.encoding.spec import InputSpec, dtype_matches
+from mbm_agent.encoding.spec import InputSpec, check_observation
 
 _LAYOUTS = ("hwc", "chw")
 _SPATIAL = ("image", "symbolic_grid")
@@ -110,17 +110,6 @@ def _finite_scale(space: spaces.Box) -> float:
     return 1.0 / high if np.isfinite(high) and high > 1.0 else 1.0
 
 
-def sb3_is_image(space: spaces.Space) -> bool:
-    """SB3's ``is_image_space`` test (the spaces its ``preprocess_obs`` divides by 255)."""
-    return (
-        isinstance(space, spaces.Box)
-        and len(space.shape) == 3
-        and space.dtype == np.uint8
-        and bool(np.all(space.low == 0))
-        and bool(np.all(space.high == 255))
-    )
-
-
 def _space_error(key: str, space: spaces.Space, modality: str, why: str) -> ValueError:
     return ValueError(
         f"Observation key {key!r} with space {space} cannot be encoded as {modality!r}: {why} "
@@ -162,12 +151,6 @@ class MultimodalEncoder(nn.Module):
         modalities: Per-key modality declarations overriding the key-name
             defaults; values from ``MODALITIES`` (``"ignore"`` drops a key),
             ``image``/``symbolic_grid`` optionally with ``:hwc`` or ``:chw``.
-        sb3_preprocessed: Inputs went through SB3's ``preprocess_obs`` (all
-            floats, Discrete/MultiDiscrete one-hot, uint8 images maybe divided
-            by 255). Used by the SB3 extractor; the parameters are the same
-            either way, so a state dict loads into a raw-input encoder.
-        sb3_normalize_images: With ``sb3_preprocessed``: the policy's
-            ``normalize_images`` (whether SB3 divided uint8 images by 255).
 
     Attributes:
         features_dim: Width of the output, measured by a dummy forward pass.
@@ -180,9 +163,6 @@ class MultimodalEncoder(nn.Module):
         observation_space: spaces.Dict,
         config: EncoderConfig | None = None,
         modalities: Mapping[str, str] | None = None,
-        *,
-        sb3_preprocessed: bool = False,
-        sb3_normalize_images: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, spaces.Dict):
@@ -197,9 +177,6 @@ class MultimodalEncoder(nn.Module):
                 f"config must be an EncoderConfig, got {type(self.config).__name__}; "
                 "use EncoderConfig.from_dict(...) for a dict."
             )
-        self.config.validate()
-        self.sb3_preprocessed = sb3_preprocessed
-        self.sb3_normalize_images = sb3_normalize_images
         self.check_inputs = self.config.check_inputs
         self.observation_space = observation_space
 
@@ -278,19 +255,19 @@ class MultimodalEncoder(nn.Module):
 
     def _build(self, plan: KeyPlan, space: spaces.Space) -> ModalityEncoder:
         cfg = self.config
-        sb3 = self.sb3_preprocessed
         key, modality = plan.key, plan.modality
         if modality == "image":
             assert isinstance(space, spaces.Box) and plan.channels_last is not None
             integer = np.issubdtype(space.dtype, np.integer)
-            scale = _finite_scale(space)
-            if sb3 and self.sb3_normalize_images and sb3_is_image(space):
-                scale = 1.0
-            kind = "float" if sb3 else ("uint8" if space.dtype == np.uint8 else "number")
             if not integer and not np.issubdtype(space.dtype, np.floating):
                 raise _space_error(key, space, modality, "its dtype is not numeric.")
             return ImageEncoder(
-                space.shape, plan.channels_last, scale, kind, cfg.image_encoder, cfg.image_dim
+                space.shape,
+                plan.channels_last,
+                _finite_scale(space),
+                "uint8" if space.dtype == np.uint8 else "float32",
+                cfg.image_encoder,
+                cfg.image_dim,
             )
         if modality == "symbolic_grid":
             assert isinstance(space, spaces.Box) and plan.channels_last is not None
@@ -302,15 +279,10 @@ class MultimodalEncoder(nn.Module):
             per_channel = high.max(axis=(0, 1)) if plan.channels_last else high.max(axis=(1, 2))
             if np.any(per_channel >= _MAX_VOCAB):
                 raise _space_error(key, space, modality, "its upper bound is not a small integer.")
-            value_scale = (
-                255.0 if sb3 and self.sb3_normalize_images and sb3_is_image(space) else 1.0
-            )
             return SymbolicGridEncoder(
                 space.shape,
                 plan.channels_last,
                 [int(v) + 1 for v in per_channel],
-                value_scale,
-                "float" if sb3 else "int",
                 cfg.grid_embed_dim,
                 cfg.image_dim,
             )
@@ -323,13 +295,12 @@ class MultimodalEncoder(nn.Module):
                 )
             return AudioEncoder(space.shape, space.low, space.high, cfg.audio_dim)
         try:
-            return VectorEncoder(space, cfg.vector_dim, sb3_preprocessed=sb3)
+            return VectorEncoder(space, cfg.vector_dim)
         except ValueError as exc:
             raise _space_error(key, space, modality, str(exc)) from None
 
     def _build_text(self, key: str, space: spaces.Space) -> TextEncoder:
         cfg = self.config
-        sb3 = self.sb3_preprocessed
         common = dict(
             kind=cfg.text_encoder,
             word_dim=cfg.word_dim,
@@ -342,7 +313,7 @@ class MultimodalEncoder(nn.Module):
                 raise _space_error(
                     key, space, "text", "token ids need MultiDiscrete([V] * L) with start 0."
                 )
-            return TextEncoder(int(nvec[0]), len(nvec), one_hot=sb3, input_kind="int", **common)
+            return TextEncoder(int(nvec[0]), len(nvec), **common)
         if isinstance(space, spaces.Box):
             if len(space.shape) != 1 or not np.issubdtype(space.dtype, np.integer):
                 raise _space_error(
@@ -353,9 +324,7 @@ class MultimodalEncoder(nn.Module):
                 raise _space_error(
                     key, space, "text", "token ids need bounds Box(0, V - 1) with a small V."
                 )
-            return TextEncoder(
-                high + 1, space.shape[0], input_kind="float" if sb3 else "int", **common
-            )
+            return TextEncoder(high + 1, space.shape[0], **common)
         raise _space_error(
             key,
             space,
@@ -484,75 +453,33 @@ class MultimodalEncoder(nn.Module):
             "per-sample mask tensors of shape (B,)."
         )
 
+    @property
+    def input_specs(self) -> dict[str, InputSpec]:
+        """What each encoded key must look like, in :attr:`keys` order (what exports take)."""
+        return {k: self.encoders[k].input_spec for k in self.keys}
+
     def _check(self, obs: Mapping[str, Tensor], mask: Mapping[str, Tensor | bool] | None) -> int:
-        if not isinstance(obs, Mapping):
-            raise ValueError(
-                f"obs must be a dict of tensors keyed like the observation space, got "
-                f"{type(obs).__name__}."
-            )
-        extra = [k for k in obs if k not in self._index and k not in self.ignored]
-        if extra:
-            raise ValueError(
-                f"obs has key(s) {extra} that the encoder was not built for; it expects "
-                f"{self.keys}. Build the encoder from this observation space, or drop the keys."
-            )
         if mask is not None:
             bad = [k for k in mask if k not in self._index]
             if bad:
                 raise ValueError(f"mask has unknown key(s) {bad}; encoded keys are {self.keys}.")
-        batch: int | None = None
-        for key in self.keys:
-            spec = self.encoders[key].input_spec
-            if key not in obs:
-                value = None if mask is None else mask.get(key)
-                marked_missing = value is False or (
-                    isinstance(value, Tensor) and not bool(value.any())
-                )
-                if not marked_missing:
-                    raise ValueError(
-                        f"obs lacks key {key!r} (expected a {self._describe(spec)} tensor). "
-                        f"Pass it, or mark the modality missing with mask={{{key!r}: False}}."
-                    )
-                continue
-            x = obs[key]
-            if not isinstance(x, Tensor):
-                raise ValueError(
-                    f"obs[{key!r}] is a {type(x).__name__}, expected a torch.Tensor "
-                    f"({self._describe(spec)}); convert with torch.as_tensor."
-                )
-            if not dtype_matches(x.dtype, spec.kind):
-                raise ValueError(
-                    f"obs[{key!r}] has dtype {x.dtype}, expected {self._describe(spec)}."
-                    + self._dtype_hint(key, spec)
-                )
-            sample_shape = tuple(x.shape[1:])
-            ok = (
-                x.dim() >= 1 and int(np.prod(sample_shape)) == int(np.prod(spec.shape))
-                if spec.flexible_shape
-                else sample_shape == spec.shape
-            )
-            if not ok:
-                hint = ""
-                if tuple(x.shape) == spec.shape:
-                    hint = " It lacks the batch dimension; add one with x.unsqueeze(0)."
-                elif len(sample_shape) == 3 and sorted(sample_shape) == sorted(spec.shape):
-                    hint = (
-                        " The axes look permuted (channel-first vs channel-last); build the "
-                        f"encoder from the space you feed, or declare modalities={{{key!r}: "
-                        f"'{self.modalities[key]}:hwc' or ':chw'}}."
-                    )
-                raise ValueError(
-                    f"obs[{key!r}] has shape {tuple(x.shape)}, expected (B, *{spec.shape}) "
-                    f"({self._describe(spec)}).{hint}"
-                )
-            if batch is None:
-                batch = int(x.shape[0])
-            elif x.shape[0] != batch:
-                raise ValueError(
-                    f"obs[{key!r}] has batch size {x.shape[0]} but other keys have {batch}."
-                )
-        if batch is None:
-            batch = self._batch_from_mask(mask)
+        absent = [
+            k
+            for k, value in (mask or {}).items()
+            if value is False or (isinstance(value, Tensor) and not bool(value.any()))
+        ]
+        checked = check_observation(
+            self.input_specs,
+            obs,
+            tensors=True,
+            ignored=self.ignored,
+            absent=absent,
+            missing_hint=lambda keys: (
+                "Pass it, or mark the modality missing with "
+                f"mask={{{', '.join(f'{k!r}: False' for k in keys)}}}."
+            ),
+        )
+        batch = checked.batch if checked.batch is not None else self._batch_from_mask(mask)
         for key, value in (mask or {}).items():
             if isinstance(value, Tensor):
                 if value.numel() != batch or value.dtype != torch.bool:
@@ -565,32 +492,6 @@ class MultimodalEncoder(nn.Module):
                     f"mask[{key!r}] must be a bool or a (B,) bool tensor, got {value!r}."
                 )
         return batch
-
-    def _describe(self, spec: InputSpec) -> str:
-        kinds = {
-            "uint8": "uint8",
-            "int": "integer",
-            "float": "floating-point",
-            "number": "numeric",
-        }
-        shape = (
-            "any shape with " + str(int(np.prod(spec.shape))) + " values"
-            if spec.flexible_shape
-            else f"shape (B, *{spec.shape})"
-        )
-        return f"{kinds[spec.kind]} {shape}"
-
-    def _dtype_hint(self, key: str, spec: InputSpec) -> str:
-        if spec.kind == "uint8":
-            return (
-                " Feed the raw uint8 frames: the encoder scales them itself. If your frames are "
-                "floats already in [0, 1], give the space a float dtype (Box(0, 1, shape, float32))."
-            )
-        if spec.kind == "int" and self.modalities[key] == "text":
-            return " Token ids must be integers (use Vocabulary.encode)."
-        if spec.kind == "float" and self.sb3_preprocessed:
-            return " SB3-preprocessed inputs are floats; did you skip preprocess_obs?"
-        return ""
 
     def extra_repr(self) -> str:
         """Modalities and output width in the module's printout."""

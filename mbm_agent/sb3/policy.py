@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from stable_baselines3.common.distributions import CategoricalDistribution
-from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
+from stable_baselines3.common.policies import BaseModel, MultiInputActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import Tensor, nn
 
@@ -23,7 +24,12 @@ from mbm_agent.sb3.extractor import MultimodalExtractor
 
 
 class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
-    """SB3's ``MultiInputActorCriticPolicy`` with a leaner training path for discrete actions.
+    """SB3's ``MultiInputActorCriticPolicy`` on raw observations, leaner for discrete actions.
+
+    Raw observations: with our :class:`MultimodalExtractor`, observations reach the
+    encoder as the env emits them and the rollout buffer stores them (uint8
+    frames, integer ids), not through SB3's ``preprocess_obs``, whose float casts
+    and one-hot encodings the encoder would only undo (:meth:`_features`).
 
     SB3 builds a ``torch.distributions.Categorical`` for every rollout step and
     every update minibatch: logits normalised by ``logsumexp``, probabilities by
@@ -39,6 +45,44 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
     (:data:`~mbm_agent.sb3.algorithms.ALGORITHMS`) makes our trainer and ``load_agent`` use it.
     """
 
+    def _features(self, obs: PyTorchObs, extractor: BaseFeaturesExtractor) -> Tensor:
+        """Features of observations as the rollout buffer stores them (the env's dtypes).
+
+        Our extractor reads them as they are (:meth:`MultimodalExtractor.encode`): SB3's
+        ``preprocess_obs`` would cast every frame to float and one-hot encode ids, only
+        for the extractor to undo it. Any other extractor gets SB3's preprocessing.
+        """
+        if isinstance(extractor, MultimodalExtractor) and isinstance(obs, dict):
+            return extractor.encode(obs)
+        return BaseModel.extract_features(self, obs, extractor)
+
+    def extract_features(
+        self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """As SB3's, without its preprocessing for our extractor (see :meth:`_features`)."""
+        if self.share_features_extractor:
+            return self._features(
+                obs, self.features_extractor if features_extractor is None else features_extractor
+            )
+        return (
+            self._features(obs, self.pi_features_extractor),
+            self._features(obs, self.vf_features_extractor),
+        )
+
+    def get_distribution(self, obs: PyTorchObs) -> Distribution:
+        """As SB3's, through :meth:`_features`."""
+        latent_pi = self.mlp_extractor.forward_actor(
+            self._features(obs, self.pi_features_extractor)
+        )
+        return self._get_action_dist_from_latent(latent_pi)
+
+    def predict_values(self, obs: PyTorchObs) -> Tensor:
+        """As SB3's, through :meth:`_features`."""
+        latent_vf = self.mlp_extractor.forward_critic(
+            self._features(obs, self.vf_features_extractor)
+        )
+        return self.value_net(latent_vf)
+
     def _lean(self) -> bool:
         return self.share_features_extractor and isinstance(
             self.action_dist, CategoricalDistribution
@@ -46,7 +90,7 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
 
     def _heads(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
         """Log-probabilities of every action ``(B, n)`` and values ``(B, 1)``."""
-        latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
+        latent_pi, latent_vf = self.mlp_extractor(self._features(obs, self.features_extractor))
         return torch.log_softmax(self.action_net(latent_pi), dim=-1), self.value_net(latent_vf)
 
     def forward(

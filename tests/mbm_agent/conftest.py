@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.logger import Logger, configure
 
 # The Ray tests start local clusters; CI has no network beyond the package registries,
 # so Ray's usage-stats upload stays off (inherited by the CLI subprocesses too).
@@ -139,6 +141,17 @@ def _one_torch_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def sb3_logger(tmp_path: Path) -> Logger:
+    """An SB3 logger that writes nothing, its folder under the test's ``tmp_path``.
+
+    ``learn`` of a model without a logger of its own makes SB3 create a
+    ``SB3-<date-time>`` folder in the system temp dir; ``model.set_logger(sb3_logger)``
+    before ``learn`` keeps the test's files under its ``tmp_path``.
+    """
+    return configure(str(tmp_path / "sb3-log"), [])
 
 
 # Helpers are handed out as fixtures rather than imported, so that this conftest

@@ -333,8 +333,6 @@ class KerasTextEncoder(keras.layers.Layer):
             raise UnsupportedPolicyError(
                 f"The Keras twin mirrors text_encoder {list(self.kinds)}, not {template.kind!r}."
             )
-        if template.one_hot:
-            raise UnsupportedPolicyError("The Keras twin takes token ids, not one-hot text.")
         self.kind = template.kind
         self.vocab_size = template.vocab_size
         self.seq_len = template.seq_len
@@ -484,10 +482,6 @@ class KerasVectorEncoder(keras.layers.Layer):
 
     def __init__(self, template: VectorEncoder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if template.sb3:
-            raise UnsupportedPolicyError(
-                "The Keras twin takes raw inputs, not SB3-preprocessed ones."
-            )
         self.kind = template.kind
         self.n_in = int(template.n_in)
         self.start = int(template.start)
@@ -793,11 +787,6 @@ class KerasMultimodalEncoder(keras.layers.Layer):
             if observation_space is None:
                 raise ValueError("KerasMultimodalEncoder needs an observation_space or a template.")
             template = MultimodalEncoder(observation_space, config, modalities)
-        if template.sb3_preprocessed:
-            raise UnsupportedPolicyError(
-                "The template encoder takes SB3-preprocessed inputs; build it with "
-                "sb3_preprocessed=False (PolicyNetwork does)."
-            )
         self.observation_space = template.observation_space
         self.config = template.config
         self.keys = list(template.keys)

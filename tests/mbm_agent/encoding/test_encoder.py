@@ -163,7 +163,7 @@ def test_float_image_and_nature_cnn(obs_factory):
 def test_uint8_scaling_matches_float_image():
     enc = ImageEncoder((8, 8, 3), True, 1 / 255, "uint8", "small", 16)
     x = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
-    ref = ImageEncoder((8, 8, 3), True, 1.0, "float", "small", 16)
+    ref = ImageEncoder((8, 8, 3), True, 1.0, "float32", "small", 16)
     ref.load_state_dict(enc.state_dict())
     torch.testing.assert_close(enc(x), ref(x.float() / 255))
 
@@ -189,13 +189,22 @@ def test_text_encoders_ignore_padding_and_handle_empty_text(kind):
         torch.testing.assert_close(out[0], ref[0, -1])
 
 
-def test_one_hot_text_matches_ids():
-    ids = torch.tensor([[3, 4, 0, 0], [1, 0, 0, 0]])
-    enc = TextEncoder(6, 4, word_dim=8, output_dim=8)
-    onehot = TextEncoder(6, 4, word_dim=8, output_dim=8, one_hot=True)
-    onehot.load_state_dict(enc.state_dict())
-    x = torch.nn.functional.one_hot(ids, 6).float().reshape(2, -1)
-    torch.testing.assert_close(enc(ids), onehot(x))
+def test_encoders_take_raw_observations_only(space_factory, obs_factory):
+    """What SB3's preprocessing makes (floats, one-hot ids) is the SB3 adapter's to undo."""
+    space = space_factory(("image", "text", "audio", "direction"), text_multidiscrete=True)
+    enc = MultimodalEncoder(space)
+    assert {k: s.dtype for k, s in enc.input_specs.items()} == {
+        "audio": "float32",
+        "direction": "int64",
+        "image": "uint8",
+        "text": "int64",
+    }
+    obs = obs_factory(space, 3)
+    enc(obs)
+    with pytest.raises(ValueError, match=r"obs\['text'\] has dtype torch.float32.*integers"):
+        enc({**obs, "text": obs["text"].float()})
+    with pytest.raises(ValueError, match=r"obs\['image'\] has dtype torch.float32.*raw frames"):
+        enc({**obs, "image": obs["image"].float() / 255})
 
 
 # ---------------------------------------------------------------- config

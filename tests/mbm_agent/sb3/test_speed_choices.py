@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,15 +33,17 @@ def test_audio_patch_conv_equals_a_strided_conv2d(shape):
     assert conv.shape[-2:] == enc.grid
 
 
-def test_sb3_keeps_frames_channel_last_and_does_not_copy_them():
+def test_sb3_keeps_frames_channel_last_and_does_not_copy_them(sb3_logger: Any) -> None:
+    """KeepChannelsLast hands on the game's own arrays, and uint8 HWC frames reach the encoder."""
     from stable_baselines3 import PPO
 
     from mbm_agent.encoding.config import EncoderConfig
-    from mbm_agent.sb3 import policy_kwargs_for
+    from mbm_agent.sb3 import policy_class, policy_kwargs_for
 
-    venv = KeepChannelsLast(SB3VecEnv("mbm/FindSound-v0", 2))
+    inner = SB3VecEnv("mbm/FindSound-v0", 2)
+    venv = KeepChannelsLast(inner)
     model = PPO(
-        "MultiInputPolicy",
+        policy_class("ppo"),
         venv,
         policy_kwargs=policy_kwargs_for(EncoderConfig(), {}, {}),
         n_steps=8,
@@ -48,16 +51,32 @@ def test_sb3_keeps_frames_channel_last_and_does_not_copy_them():
         device="cpu",
     )
     assert model.env is venv  # SB3 did not add its own VecTransposeImage
-    assert (
-        model.observation_space["image"].shape
-        == envs.make("mbm/FindSound-v0").observation_space["image"].shape
-    )
+    frame_shape = envs.make("mbm/FindSound-v0").observation_space["image"].shape
+    assert model.observation_space["image"].shape == frame_shape
+    assert frame_shape[-1] == 3
+
+    # The same objects the game returned: neither transposed nor copied.
+    returned: dict[str, Any] = {}
+    reset, step_wait = inner.reset, inner.step_wait
+    inner.reset = lambda: returned.setdefault("reset", reset())  # type: ignore[method-assign]
+    inner.step_wait = lambda: returned.setdefault("step", step_wait())  # type: ignore[method-assign]
     venv.seed(3)
     obs = venv.reset()
-    inner = SB3VecEnv("mbm/FindSound-v0", 2)
-    inner.seed(3)
-    np.testing.assert_array_equal(obs["image"], inner.reset()["image"])
+    assert obs is returned["reset"]
+    venv.step_async(np.zeros(2, np.int64))
+    assert venv.step_wait() is returned["step"]
+    inner.reset, inner.step_wait = reset, step_wait  # type: ignore[method-assign]
+
+    # Rollouts and updates feed the encoder the stored uint8 frames (no float copy first).
+    seen: list[tuple[torch.dtype, tuple[int, ...]]] = []
+    image_encoder = model.policy.features_extractor.encoder.encoders["image"]
+    image_encoder.register_forward_pre_hook(
+        lambda _module, args: seen.append((args[0].dtype, tuple(args[0].shape[1:])))
+    )
+    model.set_logger(sb3_logger)
     model.learn(16)
+    assert len(seen) > 8  # 8 rollout steps (plus the last value) and the update
+    assert set(seen) == {(torch.uint8, frame_shape)}
 
 
 @pytest.mark.skipif(

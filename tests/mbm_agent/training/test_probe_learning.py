@@ -13,6 +13,8 @@ every cue reached 100% held-out success within 3072 steps for training seeds
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecMonitor
@@ -32,7 +34,7 @@ TRAIN_SEED = 0
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cue", ["image", "text", "audio"])
-def test_ppo_learns_the_cued_sense_and_needs_it(cue: str) -> None:
+def test_ppo_learns_the_cued_sense_and_needs_it(cue: str, sb3_logger: Any) -> None:
     venv = VecMonitor(SB3VecEnv(PROBE, N_ENVS, cue=cue), info_keywords=("is_success",))
     encoder = EncoderConfig()
     assert encoder.fusion == "concat"
@@ -47,6 +49,7 @@ def test_ppo_learns_the_cued_sense_and_needs_it(cue: str) -> None:
         device="cpu",
         verbose=0,
     )
+    model.set_logger(sb3_logger)
     model.learn(STEPS)
     assert model.num_timesteps == STEPS
     # The monitor saw one-step episodes with their success flags.
