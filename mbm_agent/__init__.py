@@ -18,8 +18,10 @@ from mbm_agent.encoding.encoders import IMAGE_ENCODERS, TEXT_ENCODERS
 from mbm_agent.encoding.fusion import FUSION_MODES, Fusion, make_fusion
 from mbm_agent.encoding.multimodal import MultimodalEncoder, to_tensor_obs
 from mbm_agent.sb3.extractor import MultimodalExtractor
+from mbm_agent.training.adapter import ObservationAdapter
 from mbm_agent.training.wrappers import (
     BABYAI_WORDS,
+    AdaptObservation,
     RenameObservationKeys,
     TokenizeMission,
     make_minigrid_env,
@@ -64,10 +66,12 @@ __all__ = [
     "IMAGE_ENCODERS",
     "MODALITIES",
     "TEXT_ENCODERS",
+    "AdaptObservation",
     "EncoderConfig",
     "Fusion",
     "MultimodalEncoder",
     "MultimodalExtractor",
+    "ObservationAdapter",
     "PolicyNetwork",
     "RenameObservationKeys",
     "TokenizeMission",

@@ -88,6 +88,34 @@ def infer_modality(key: str, space: spaces.Space[Any]) -> str | None:
     return None
 
 
+def undeclared_error(key: str, space: spaces.Space[Any]) -> ValueError:
+    """The error for a key whose modality neither a declaration, its name nor its space gives.
+
+    It names the key, its space and the config line that fixes it (the encoder and
+    ``mbm-agent train`` / ``inspect`` raise the same one).
+    """
+    if is_string_space(space):
+        why = (
+            "is a raw string space; the encoder takes token ids. `mbm-agent train` turns "
+            "strings into ids at the env's edge (mbm_agent.AdaptObservation, or "
+            "mbm_agent.TokenizeMission for MiniGrid missions); wrap the env the same way, "
+            "or skip the key"
+        )
+        example = "ignore"
+    else:
+        why = (
+            "is neither a uint8 frame (H x W x C with C in 1, 3, 4), nor a string space, nor "
+            f"a small vector (a discrete space or a 1-D / 2-D Box of at most {MAX_VECTOR_SIZE} "
+            "values)"
+        )
+        example = "image" if isinstance(space, spaces.Box) and len(space.shape) == 3 else "ignore"
+    return ValueError(
+        f"Observation key {key!r} with space {space} {why}. Declare its modality, e.g. "
+        f"modalities={{{key!r}: {example!r}}} (config file: `modalities: {{{key}: {example}}}`, "
+        f"or --set modalities.{key}={example}); known modalities: {list(MODALITIES)}."
+    )
+
+
 MISSING_EMBEDDINGS: tuple[str, ...] = ("learned", "zeros")
 
 

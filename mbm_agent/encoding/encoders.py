@@ -346,7 +346,7 @@ def _bounds_affine(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.nd
     low = np.asarray(low, dtype=np.float64)
     high = np.asarray(high, dtype=np.float64)
     finite = np.isfinite(low) & np.isfinite(high) & (high > low)
-    center = np.where(finite, (low + high) / 2.0, 0.0)
+    center = np.where(finite, (np.where(finite, low, 0.0) + np.where(finite, high, 0.0)) / 2, 0.0)
     inv_half = np.where(finite, 2.0 / np.where(finite, high - low, 1.0), 1.0)
     return center.astype(np.float32), inv_half.astype(np.float32)
 

@@ -28,11 +28,11 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from mbm_agent.encoding.config import (
-    MAX_VECTOR_SIZE,
     MODALITIES,
     EncoderConfig,
     infer_modality,
     is_string_space,
+    undeclared_error,
 )
 from mbm_agent.encoding.encoders import (
     AudioEncoder,
@@ -115,30 +115,6 @@ def _space_error(key: str, space: spaces.Space, modality: str, why: str) -> Valu
         f"Observation key {key!r} with space {space} cannot be encoded as {modality!r}: {why} "
         f"Declare its modality, e.g. modalities={{{key!r}: 'vector'}}, or 'ignore' to skip it "
         f"(known modalities: {list(MODALITIES)})."
-    )
-
-
-def _undeclared_error(key: str, space: spaces.Space) -> ValueError:
-    """The error for a key whose modality neither its name nor its space tells."""
-    if is_string_space(space):
-        why = (
-            "is a raw string space; the encoder takes token ids. `mbm-agent train` turns "
-            "strings into ids at the env's edge (mbm_agent.AdaptObservation, or "
-            "mbm_agent.TokenizeMission for MiniGrid missions); wrap the env the same way, "
-            "or skip the key"
-        )
-        example = "ignore"
-    else:
-        why = (
-            "is neither a uint8 frame (H x W x C with C in 1, 3, 4), nor a string space, nor "
-            f"a small vector (a discrete space or a 1-D / 2-D Box of at most {MAX_VECTOR_SIZE} "
-            "values)"
-        )
-        example = "image" if isinstance(space, spaces.Box) and len(space.shape) == 3 else "ignore"
-    return ValueError(
-        f"Observation key {key!r} with space {space} {why}. Declare its modality, e.g. "
-        f"modalities={{{key!r}: {example!r}}} (config file: `modalities: {{{key}: {example}}}`, "
-        f"or --set modalities.{key}={example}); known modalities: {list(MODALITIES)}."
     )
 
 
@@ -240,7 +216,7 @@ class MultimodalEncoder(nn.Module):
             else:
                 inferred = infer_modality(key, sub)
                 if inferred is None or (inferred == "text" and is_string_space(sub)):
-                    raise _undeclared_error(key, sub)
+                    raise undeclared_error(key, sub)
                 modality, layout = inferred, None
             channels_last = None
             if modality in _SPATIAL:

@@ -1,5 +1,10 @@
 """Gymnasium wrappers that put third-party observations into our contract.
 
+- :class:`AdaptObservation` applies an
+  :class:`~mbm_agent.training.adapter.ObservationAdapter` to one env: a plain Box
+  becomes a Dict, raw strings become token ids, raw waveforms become log-mel
+  features over a rolling window (reset with the env). ``mbm-agent train`` wraps
+  every third-party env with it.
 - :class:`TokenizeMission` turns a raw-string mission (MiniGrid / BabyAI
   ``mission``, any ``spaces.Text``) into a ``text`` Box of token ids.
 - :class:`RenameObservationKeys` renames Dict keys (e.g. MiniGrid's ``image``
@@ -22,6 +27,8 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.core.text import Vocabulary, tokenize
+from mbm_agent.encoding.config import is_string_space
+from mbm_agent.training.adapter import AdapterState, ObservationAdapter
 
 BABYAI_WORDS: tuple[str, ...] = (
     # BabyAI grammar (minigrid.envs.babyai.core.verifier): actions, connectors, locations.
@@ -40,8 +47,49 @@ DEFAULT_MAX_LEN = 32
 BossLevel, can exceed it and are cut with a warning; pass ``max_len`` to keep them)."""
 
 
-def _is_string_space(space: spaces.Space) -> bool:
-    return any(cls.__name__ in ("Text", "MissionSpace") for cls in type(space).__mro__)
+class AdaptObservation(gym.ObservationWrapper[dict[str, Any], Any, Any]):
+    """Convert an env's observations with an :class:`ObservationAdapter`.
+
+    Args:
+        env: Any env with a Dict or Box observation space.
+        adapter: The adapter to apply (e.g. a saved model's); by default one is
+            built for the env's space from ``modalities``.
+        modalities: Per-key declarations (``TrainConfig.modalities``) when no
+            adapter is given; the env's ``metadata["audio_sample_rate"]`` supplies a
+            waveform's sample rate when it is not declared.
+
+    Attributes:
+        adapter: The adapter, to save with the model (``adapter.to_dict()``).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        adapter: ObservationAdapter | None = None,
+        *,
+        modalities: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(env)
+        if adapter is None:
+            adapter = ObservationAdapter.for_space(
+                env.observation_space, modalities, metadata=env.metadata
+            )
+        elif modalities is not None:
+            raise ValueError("Pass an adapter or modalities to build one, not both.")
+        self.adapter = adapter
+        self.observation_space = adapter.observation_space(env.observation_space)
+        self._state: AdapterState = adapter.new_state(1)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Reset the env and silence the rolling waveform windows."""
+        self._state.reset()
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, observation: Any) -> dict[str, Any]:
+        """The converted observation."""
+        return self.adapter.adapt(observation, self._state)
 
 
 class TokenizeMission(gym.ObservationWrapper):
@@ -80,7 +128,7 @@ class TokenizeMission(gym.ObservationWrapper):
                 f"TokenizeMission needs a Dict observation space with a {mission_key!r} key; "
                 f"got {space}" + (f" (keys {keys}); pass mission_key=..." if keys else ".")
             )
-        if not _is_string_space(space[mission_key]):
+        if not is_string_space(space[mission_key]):
             raise ValueError(
                 f"observation_space[{mission_key!r}] is {space[mission_key]}, not a string "
                 "space (spaces.Text or MiniGrid's MissionSpace); it needs no tokenising."

@@ -276,13 +276,13 @@ def test_key_whose_modality_cannot_be_inferred_names_key_space_and_config_line()
 
 def test_waveform_declared_to_the_encoder_points_to_the_edge_wrapper():
     space = spaces.Dict({"mic": spaces.Box(-1.0, 1.0, (256,), dtype=np.float32)})
-    with pytest.raises(ValueError, match="AdaptObservation.*'audio'"):
+    with pytest.raises(ValueError, match=r"AdaptObservation.*'audio'"):
         MultimodalEncoder(space, modalities={"mic": "waveform"})
 
 
 def test_string_space_points_to_tokenize_mission():
     space = spaces.Dict({"mission": spaces.Text(20), "vec": spaces.Box(0, 1, (2,))})
-    with pytest.raises(ValueError, match="AdaptObservation.*TokenizeMission"):
+    with pytest.raises(ValueError, match=r"AdaptObservation.*TokenizeMission"):
         MultimodalEncoder(space)
     enc = MultimodalEncoder(space, modalities={"mission": "ignore"})
     assert enc.keys == ["vec"]

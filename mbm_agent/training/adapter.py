@@ -1,0 +1,979 @@
+"""Any env's observations brought into our contract at the env's edge: :class:`ObservationAdapter`.
+
+The encoder takes arrays: uint8 frames, integer token ids, float features.
+Some envs emit other things, and the adapter converts them before anything
+learns from them:
+
+- a plain (non-Dict) observation becomes a one-key ``Dict`` (``image`` for a
+  uint8 frame, else ``obs``);
+- a raw string key (``spaces.Text``, MiniGrid's ``MissionSpace``), or a uint8
+  byte array declared ``text`` (MiniHack's ``message``), becomes ``max_len``
+  token ids: words hashed into a fixed table (:class:`HashedWords`, no word
+  list needed) or looked up in a given word list (:class:`KnownWords`);
+- a key declared ``waveform`` (mono or multi-channel PCM, float, int or uint8,
+  one chunk of any length per step) becomes stereo-style log-mel features
+  ``(channels, n_mels, n_frames)``, computed by the games' own STFT and mel code
+  (:func:`envs.core.audio.log_mel`) over a rolling window of the last samples,
+  so a chunk shorter than the window still gives a full spectrogram. The window
+  is per-env state, silent at the start of each episode.
+
+Every other key passes unchanged and the encoder gives it a modality by its
+name or space (:func:`mbm_agent.encoding.config.infer_modality`).
+
+The adapter is plain numpy and JSON: ``to_dict()`` is stored in ``model.json``
+(``observation_adapter``) and in every export's ``export.json``, so evaluation,
+:func:`~mbm_agent.training.agent.load_agent` and the exported runtimes apply
+exactly the conversion training saw. It converts batches (``adapt``) and keeps
+the rolling windows in an :class:`AdapterState`; the Gymnasium wrapper
+:class:`~mbm_agent.training.wrappers.AdaptObservation` applies it to one env.
+
+Declarations (``TrainConfig.modalities``, a config file's ``modalities:``) take
+a string or a mapping per key::
+
+    modalities:
+      grid: symbolic_grid                       # an encoder modality, as before
+      mic: {kind: waveform, sample_rate: 8000}  # n_fft, hop_length, n_mels, n_frames
+      message: {kind: text, max_len: 64}        # table_size, or words: [...]
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from gymnasium import spaces
+from numpy.typing import NDArray
+
+from envs.core.audio import AudioConfig, log_mel, mel_filterbank
+from envs.core.text import Vocabulary, tokenize
+from mbm_agent.encoding.config import (
+    MODALITIES,
+    infer_modality,
+    is_frame_space,
+    is_string_space,
+    undeclared_error,
+)
+
+ADAPTER_FORMAT = "mbm-agent/observation-adapter"
+ADAPTER_VERSION = 1
+
+DECLARABLE: tuple[str, ...] = (*MODALITIES, "waveform")
+"""Modalities a config may declare: the encoder's, plus ``waveform`` (converted here)."""
+
+TEXT_MAX_LEN = 32
+"""Words kept of a raw string by default; longer texts are cut with a warning."""
+
+HASH_TABLE_SIZE = 4096
+"""Token ids of hashed words by default (ids 2..4095; 0 pads, 1 is unused by hashing)."""
+
+WAVEFORM_N_MELS = 32
+WAVEFORM_N_FRAMES = 8
+MAX_CHANNELS = 8
+
+#: Options each declarable kind takes besides ``kind`` and ``layout``.
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "text": ("max_len", "table_size", "words"),
+    "waveform": ("sample_rate", "n_fft", "hop_length", "n_mels", "n_frames"),
+}
+
+#: Env metadata key through which an env may advertise its waveform sample rate.
+SAMPLE_RATE_METADATA = "audio_sample_rate"
+
+
+# -- declarations -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Declaration:
+    """One key's declared modality.
+
+    Attributes:
+        kind: A member of :data:`DECLARABLE`.
+        layout: ``"hwc"`` or ``"chw"`` for ``image`` / ``symbolic_grid``, else None.
+        options: The kind's options (see :data:`OPTIONS`).
+    """
+
+    kind: str
+    layout: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def encoder_string(self) -> str:
+        """The declaration as the encoder takes it, e.g. ``"image:chw"``."""
+        return self.kind + (f":{self.layout}" if self.layout else "")
+
+
+def _hint(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_declaration(key: str, value: Any) -> Declaration:
+    """Check one key's declaration (a string such as ``"image:chw"`` or a mapping with ``kind``).
+
+    Raises:
+        ValueError: Naming the key, what is wrong and the form that works.
+    """
+    where = f"modalities.{key}"
+    if isinstance(value, str):
+        kind, _, layout = value.partition(":")
+        options: dict[str, Any] = {}
+    elif isinstance(value, Mapping):
+        options = dict(value)
+        kind = options.pop("kind", None)
+        layout = options.pop("layout", None) or ""
+        if not isinstance(kind, str) or not isinstance(layout, str):
+            raise ValueError(
+                f"{where}: a mapping declaration needs a string kind, e.g. "
+                f"{{kind: waveform, sample_rate: 8000}}; got {dict(value)!r}."
+            )
+    else:
+        raise ValueError(
+            f"{where} must be a modality name such as 'image' or a mapping such as "
+            f"{{kind: waveform, sample_rate: 8000}}, got {value!r}."
+        )
+    if kind not in DECLARABLE:
+        raise ValueError(
+            f"{where}: unknown modality {kind!r}{_hint(kind, DECLARABLE)}; choose one of "
+            f"{list(DECLARABLE)}."
+        )
+    if layout and (kind not in ("image", "symbolic_grid") or layout not in ("hwc", "chw")):
+        raise ValueError(
+            f"{where}: a layout ({layout!r}) is only allowed on 'image' and 'symbolic_grid', "
+            "and must be 'hwc' or 'chw'."
+        )
+    allowed = OPTIONS.get(kind, ())
+    unknown = [name for name in options if name not in allowed]
+    if unknown:
+        hints = ", ".join(f"{name!r}{_hint(str(name), allowed)}" for name in unknown)
+        raise ValueError(
+            f"{where}: {kind} takes no option {hints}"
+            + (f"; its options are {list(allowed)}." if allowed else "; it takes no options.")
+        )
+    for name, option in options.items():
+        if name == "words":
+            if (
+                not isinstance(option, list)
+                or not option
+                or not all(isinstance(w, str) and w for w in option)
+            ):
+                raise ValueError(
+                    f"{where}.words must be a list of non-empty words, got {option!r}."
+                )
+        elif isinstance(option, bool) or not isinstance(option, int) or option < 1:
+            raise ValueError(f"{where}.{name} must be an integer >= 1, got {option!r}.")
+    if "table_size" in options and "words" in options:
+        raise ValueError(f"{where}: give words (a word list) or table_size (hashing), not both.")
+    if options.get("table_size", 3) < 3:
+        raise ValueError(f"{where}.table_size must be >= 3 (ids 0 and 1 are reserved).")
+    return Declaration(kind, layout or None, options)
+
+
+def parse_declarations(declared: Mapping[str, Any]) -> dict[str, Declaration]:
+    """:func:`parse_declaration` of every key of a ``modalities`` mapping."""
+    if not isinstance(declared, Mapping):
+        raise ValueError(f"modalities must map observation keys to modalities, got {declared!r}.")
+    return {str(key): parse_declaration(str(key), value) for key, value in declared.items()}
+
+
+# -- text ---------------------------------------------------------------------------
+class TextCodec(Protocol):
+    """Words to token ids: ``size`` ids (0 pads, 1 is unknown), ``max_len`` per text."""
+
+    size: int
+    max_len: int
+
+    def word_id(self, word: str) -> int:
+        """Id of one lower-case word."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        ...
+
+    def describe(self) -> str:
+        """One line for ``mbm-agent inspect``."""
+        ...
+
+
+@functools.lru_cache(maxsize=65536)
+def _hashed(word: str, buckets: int) -> int:
+    digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
+    return 2 + int.from_bytes(digest, "little") % buckets
+
+
+class HashedWords:
+    """Words hashed into a fixed table: no word list, any word of any env gets an id.
+
+    A word's id is ``2 + blake2b-64(word) mod (table_size - 2)`` (little-endian,
+    UTF-8 word): the same in every process, machine and Python, so a saved
+    model and its exports agree. Different words may share an id (with 200
+    distinct words in 4096 ids, about 5 pairs do); 0 pads and 1 is never given.
+
+    Args:
+        table_size: Number of ids (the text encoder's embedding rows).
+        max_len: Words kept per text.
+    """
+
+    kind = "hash"
+
+    def __init__(self, table_size: int = HASH_TABLE_SIZE, max_len: int = TEXT_MAX_LEN) -> None:
+        if table_size < 3 or max_len < 1:
+            raise ValueError("HashedWords needs table_size >= 3 and max_len >= 1.")
+        self.size = int(table_size)
+        self.max_len = int(max_len)
+
+    def word_id(self, word: str) -> int:
+        """The word's bucket."""
+        return _hashed(word, self.size - 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "codec": self.kind,
+            "hash": "blake2b-64",
+            "table_size": self.size,
+            "max_len": self.max_len,
+        }
+
+    def describe(self) -> str:
+        """One line for ``mbm-agent inspect``."""
+        return f"hashed words -> ids (table {self.size}, max {self.max_len} words)"
+
+
+class KnownWords:
+    """Words looked up in a word list (:class:`~envs.core.text.Vocabulary`); others are 1."""
+
+    kind = "vocabulary"
+
+    def __init__(self, vocabulary: Vocabulary) -> None:
+        self.vocabulary = vocabulary
+        self.size = len(vocabulary)
+        self.max_len = vocabulary.max_len
+
+    def word_id(self, word: str) -> int:
+        """The word's id, or ``UNK_ID``."""
+        return self.vocabulary.word_id(word)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"codec": self.kind, "vocabulary": self.vocabulary.to_dict()}
+
+    def describe(self) -> str:
+        """One line for ``mbm-agent inspect``."""
+        return f"word list ({self.size - 2} words) -> ids (max {self.max_len} words)"
+
+
+def codec_from_dict(data: Mapping[str, Any]) -> TextCodec:
+    """Inverse of the codecs' ``to_dict``."""
+    kind = data.get("codec")
+    if kind == HashedWords.kind:
+        if data.get("hash") != "blake2b-64":
+            raise ValueError(
+                f"Unknown word hash {data.get('hash')!r}; this mbm-agent has blake2b-64."
+            )
+        return HashedWords(int(data["table_size"]), int(data["max_len"]))
+    if kind == KnownWords.kind:
+        return KnownWords(Vocabulary.from_dict(dict(data["vocabulary"])))
+    raise ValueError(f"Unknown text codec {kind!r}; known: hash, vocabulary.")
+
+
+class TextTransform:
+    """A raw string key (or UTF-8 byte array) -> ``max_len`` int64 token ids, 0-padded.
+
+    Args:
+        key: Observation key.
+        codec: Words to ids.
+        source: ``"string"`` (``spaces.Text``, ``MissionSpace``) or ``"bytes"`` (a
+            uint8 array of ``length`` bytes, cut at the first NUL and decoded as UTF-8).
+        length: Bytes per observation (``"bytes"`` only).
+    """
+
+    modality = "text"
+
+    def __init__(self, key: str, codec: TextCodec, source: str, length: int | None = None) -> None:
+        if source not in ("string", "bytes") or (source == "bytes") != (length is not None):
+            raise ValueError(f"TextTransform({key!r}): bad source {source!r} / length {length!r}.")
+        self.key, self.codec, self.source, self.length = key, codec, source, length
+        self._warned_long = False
+
+    @property
+    def output_space(self) -> spaces.Box:
+        """The token-id space the encoder sees."""
+        return spaces.Box(0, self.codec.size - 1, (self.codec.max_len,), dtype=np.int64)
+
+    def check_space(self, space: spaces.Space[Any]) -> None:
+        """Raise if ``space`` is not the raw space this transform was built for."""
+        ok = (
+            is_string_space(space)
+            if self.source == "string"
+            else isinstance(space, spaces.Box)
+            and space.dtype == np.uint8
+            and space.shape == (self.length,)
+        )
+        if not ok:
+            raise ValueError(
+                f"Observation key {self.key!r} has space {space}, but this policy reads it as "
+                f"{self.describe_input()}; was it trained on another env?"
+            )
+
+    def describe_input(self) -> str:
+        """What the raw input is."""
+        if self.source == "string":
+            return "a string"
+        return f"UTF-8 bytes (uint8 array of {self.length})"
+
+    def describe(self) -> str:
+        """One line for ``mbm-agent inspect``."""
+        return ("" if self.source == "string" else "UTF-8 bytes -> ") + self.codec.describe()
+
+    def classify(self, value: Any) -> tuple[bool, int | None, Any]:
+        """``(is_raw, batch size or None for one observation, value)``."""
+        if isinstance(value, str | bytes):
+            return True, None, [value]
+        if isinstance(value, list | tuple) and all(isinstance(v, str | bytes) for v in value):
+            return True, len(value), list(value)
+        arr = np.asarray(value)
+        if arr.dtype.kind in "OSU":
+            if arr.ndim == 0:
+                return True, None, [arr.item()]
+            if arr.ndim == 1:
+                return True, len(arr), list(arr.tolist())
+        if self.source == "bytes" and arr.dtype == np.uint8:
+            if arr.shape == (self.length,):
+                return True, None, arr[None]
+            if arr.ndim == 2 and arr.shape[1] == self.length:
+                return True, arr.shape[0], arr
+        if arr.dtype.kind in "iu" and arr.shape[-1:] == (self.codec.max_len,) and arr.ndim <= 2:
+            return False, arr.shape[0] if arr.ndim == 2 else None, arr
+        raise ValueError(
+            f"obs[{self.key!r}] is {arr.dtype} {arr.shape}; expected {self.describe_input()} "
+            f"(or a batch of them), or its token ids: integers of shape ({self.codec.max_len},)."
+        )
+
+    def apply(self, raw: Any, buffer: NDArray[Any] | None = None) -> NDArray[np.int64]:
+        """Token ids ``(B, max_len)`` of a batch of raw texts (strings, bytes or byte rows)."""
+        out = np.zeros((len(raw), self.codec.max_len), dtype=np.int64)
+        for i, item in enumerate(raw):
+            words = tokenize(self._text(item))
+            if len(words) > self.codec.max_len:
+                self._warn_long(len(words))
+                words = words[: self.codec.max_len]
+            out[i, : len(words)] = [self.codec.word_id(w) for w in words]
+        return out
+
+    @staticmethod
+    def _text(item: Any) -> str:
+        if isinstance(item, str):
+            return item
+        data = bytes(item) if not isinstance(item, bytes) else item
+        return data.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+    def _warn_long(self, n_words: int) -> None:
+        if self._warned_long:
+            return
+        self._warned_long = True
+        max_len = self.codec.max_len
+        warnings.warn(
+            f"Observation key {self.key!r} holds a text of {n_words} words, more than "
+            f"max_len={max_len}: it is cut to its first {max_len} words (warned once). Keep "
+            f"more with `modalities: {{{self.key}: {{kind: text, max_len: {n_words}}}}}` "
+            "(a new model: the text input widens).",
+            stacklevel=4,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "kind": "text",
+            "source": self.source,
+            "length": self.length,
+            "codec": self.codec.to_dict(),
+        }
+
+
+def text_transform(key: str, space: spaces.Space[Any], options: Mapping[str, Any]) -> TextTransform:
+    """The transform of a raw text key declared (or inferred) ``text``."""
+    max_len = int(options.get("max_len", TEXT_MAX_LEN))
+    codec: TextCodec
+    if "words" in options:
+        codec = KnownWords(Vocabulary(list(options["words"]), max_len))
+    else:
+        codec = HashedWords(int(options.get("table_size", HASH_TABLE_SIZE)), max_len)
+    if is_string_space(space):
+        return TextTransform(key, codec, "string")
+    assert isinstance(space, spaces.Box)
+    return TextTransform(key, codec, "bytes", int(space.shape[0]))
+
+
+# -- waveform -----------------------------------------------------------------------
+def default_n_fft(sample_rate: int) -> int:
+    """A ~32 ms analysis window, a power of two (256 at 8 kHz, as our games; 1024 at 30.7 kHz)."""
+    return int(2 ** max(4, round(math.log2(0.032 * sample_rate))))
+
+
+class WaveformTransform:
+    """Per-step PCM chunks -> log-mel features ``(channels, n_mels, n_frames)``, float32.
+
+    Each step's chunk is appended to a per-env rolling buffer of the last
+    ``audio.n_samples = n_fft + (n_frames - 1) * hop_length`` samples (zeros,
+    i.e. silence, at the start of an episode); the features are
+    :func:`envs.core.audio.log_mel` of that buffer, clipped to the games' bounds
+    ``[log(1e-6), 12]``. PCM is scaled to [-1, 1]: float as given, signed
+    integers by ``2**(bits-1)``, unsigned ones (8-bit WAV, ALE's sound) centred
+    on ``2**(bits-1)`` first.
+
+    Args:
+        key: Observation key.
+        dtype: The raw dtype.
+        shape: The raw per-step shape: ``(samples,)`` (mono), ``(channels,
+            samples)`` or ``(samples, channels)`` (the smaller axis is the channels).
+        audio: Sample rate and STFT / mel settings.
+    """
+
+    modality = "audio"
+
+    def __init__(self, key: str, dtype: str, shape: Sequence[int], audio: AudioConfig) -> None:
+        self.key = key
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(s) for s in shape)
+        self.audio = audio
+        if self.dtype.kind not in "fiu" or len(self.shape) not in (1, 2) or min(self.shape) < 1:
+            raise ValueError(
+                f"Observation key {key!r}: a waveform needs a real-valued Box of shape "
+                f"(samples,), (channels, samples) or (samples, channels); got {self.dtype} "
+                f"{self.shape}."
+            )
+        if len(self.shape) == 1:
+            self.channel_axis: int | None = None
+            self.channels, self.chunk = 1, self.shape[0]
+        else:
+            self.channel_axis = 0 if self.shape[0] <= self.shape[1] else 1
+            self.channels = self.shape[self.channel_axis]
+            self.chunk = self.shape[1 - self.channel_axis]
+        if self.channels > MAX_CHANNELS:
+            raise ValueError(
+                f"Observation key {key!r}: a waveform of shape {self.shape} has "
+                f"{self.channels} channels on its smaller axis (at most {MAX_CHANNELS}); give "
+                "(samples,), (channels, samples) or (samples, channels)."
+            )
+        self.filterbank = mel_filterbank(audio.sample_rate, audio.n_fft, audio.n_mels)
+        self.filterbank.flags.writeable = False
+
+    @property
+    def output_space(self) -> spaces.Box:
+        """The log-mel feature space the encoder sees."""
+        cfg = self.audio
+        return spaces.Box(
+            cfg.low, cfg.high, (self.channels, cfg.n_mels, cfg.n_frames), dtype=np.float32
+        )
+
+    def check_space(self, space: spaces.Space[Any]) -> None:
+        """Raise if ``space`` is not the raw space this transform was built for."""
+        if (
+            not isinstance(space, spaces.Box)
+            or space.shape != self.shape
+            or space.dtype != self.dtype
+        ):
+            raise ValueError(
+                f"Observation key {self.key!r} has space {space}, but this policy hears it as "
+                f"{self.describe_input()}; was it trained on another env or chunk length?"
+            )
+
+    def describe_input(self) -> str:
+        """What the raw input is."""
+        return f"{self.dtype} PCM chunks of shape {self.shape} at {self.audio.sample_rate} Hz"
+
+    def describe(self) -> str:
+        """One line for ``mbm-agent inspect``."""
+        cfg = self.audio
+        steps = cfg.n_samples / self.chunk
+        return (
+            f"{self.dtype} PCM, {self.channels} ch x {self.chunk} samples/step -> log-mel at "
+            f"{cfg.sample_rate} Hz (n_fft {cfg.n_fft}, hop {cfg.hop_length}, {cfg.n_mels} mels "
+            f"x {cfg.n_frames} frames), window {cfg.n_samples} samples = {steps:.3g} steps"
+        )
+
+    def new_buffer(self, batch: int) -> NDArray[np.float64]:
+        """Silence for ``batch`` envs: ``(batch, channels, n_samples)``."""
+        return np.zeros((batch, self.channels, self.audio.n_samples), dtype=np.float64)
+
+    def classify(self, value: Any) -> tuple[bool, int | None, Any]:
+        """``(is_raw, batch size or None for one observation, value)``."""
+        arr = np.asarray(value)
+        out = self.output_space.shape
+        if arr.shape == self.shape:
+            return True, None, arr[None]
+        if arr.shape[1:] == self.shape:
+            return True, arr.shape[0], arr
+        if arr.shape == out:
+            return False, None, arr
+        if arr.shape[1:] == out:
+            return False, arr.shape[0], arr
+        raise ValueError(
+            f"obs[{self.key!r}] has shape {arr.shape}; this policy takes "
+            f"{self.describe_input()} ({self.chunk} samples per step), or a batch "
+            f"(B, {', '.join(map(str, self.shape))}). Resample or re-chunk the audio to that "
+            "rate and length, or retrain with the env's own (modalities: "
+            f"{{{self.key}: {{kind: waveform, sample_rate: RATE}}}})."
+        )
+
+    def pcm(self, raw: NDArray[Any]) -> NDArray[np.float64]:
+        """A batch of raw chunks as float ``(B, channels, chunk)`` in [-1, 1]."""
+        x = np.asarray(raw)
+        if self.dtype.kind == "f":
+            out = x.astype(np.float64)
+        else:
+            half = float(2 ** (8 * self.dtype.itemsize - 1))
+            out = x.astype(np.float64)
+            if self.dtype.kind == "u":
+                out -= half
+            out /= half
+        if self.channel_axis is None:
+            return out[:, None, :]
+        return out if self.channel_axis == 0 else np.swapaxes(out, 1, 2)
+
+    def apply(self, raw: NDArray[Any], buffer: NDArray[np.float64] | None) -> NDArray[np.float32]:
+        """Roll a batch of chunks into ``buffer`` (in place) and return its log-mel features."""
+        assert buffer is not None and buffer.shape[0] == len(raw)
+        x = self.pcm(raw)
+        n, window = x.shape[-1], buffer.shape[-1]
+        if n >= window:
+            buffer[...] = x[..., -window:]
+        else:
+            buffer[..., : window - n] = buffer[..., n:]
+            buffer[..., window - n :] = x
+        feats = log_mel(buffer, self.audio, self.filterbank)
+        np.minimum(np.maximum(feats, self.audio.low, out=feats), self.audio.high, out=feats)
+        return feats
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        cfg = self.audio
+        return {
+            "kind": "waveform",
+            "dtype": self.dtype.name,
+            "shape": list(self.shape),
+            "sample_rate": cfg.sample_rate,
+            "n_fft": cfg.n_fft,
+            "hop_length": cfg.hop_length,
+            "n_mels": cfg.n_mels,
+            "n_frames": cfg.n_frames,
+        }
+
+
+def waveform_transform(
+    key: str,
+    space: spaces.Space[Any],
+    options: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+) -> WaveformTransform:
+    """The transform of a key declared ``waveform``, its settings checked.
+
+    The sample rate comes from the declaration, else from the env's
+    ``metadata["audio_sample_rate"]``; when both are given they must agree.
+
+    Raises:
+        ValueError: A space that is no PCM Box, a missing or contradicted sample
+            rate, or settings that leave mel bands empty (each names the fix).
+    """
+    where = f"modalities.{key}"
+    if not isinstance(space, spaces.Box) or len(space.shape) not in (1, 2):
+        raise ValueError(
+            f"Observation key {key!r} with space {space} cannot be a waveform: it needs a Box "
+            "of shape (samples,), (channels, samples) or (samples, channels)."
+        )
+    env_rate = (metadata or {}).get(SAMPLE_RATE_METADATA)
+    rate = options.get("sample_rate", env_rate)
+    if rate is None:
+        raise ValueError(
+            f"{where}: a waveform needs its sample rate; declare it, e.g. "
+            f"`modalities: {{{key}: {{kind: waveform, sample_rate: 16000}}}}` (or --set "
+            f"modalities.{key}.kind=waveform --set modalities.{key}.sample_rate=16000)."
+        )
+    if env_rate is not None and int(env_rate) != int(rate):
+        raise ValueError(
+            f"{where}: sample_rate={rate} but the env says its audio is sampled at {env_rate} Hz "
+            f"(metadata[{SAMPLE_RATE_METADATA!r}]); declare sample_rate: {env_rate}."
+        )
+    rate = int(rate)
+    n_fft = int(options.get("n_fft", default_n_fft(rate)))
+    hop = int(options.get("hop_length", max(1, n_fft // 2)))
+    n_mels = int(options.get("n_mels", WAVEFORM_N_MELS))
+    n_frames = int(options.get("n_frames", WAVEFORM_N_FRAMES))
+    if n_fft < 16 or hop > n_fft:
+        raise ValueError(
+            f"{where}: needs n_fft >= 16 and hop_length <= n_fft (got {n_fft}, {hop})."
+        )
+    audio = AudioConfig(
+        sample_rate=rate, n_fft=n_fft, hop_length=hop, n_frames=n_frames, n_mels=n_mels
+    )
+    bands = mel_filterbank(rate, n_fft, n_mels).max(axis=1)
+    if np.any(bands <= 0):
+        fits = max(
+            (m for m in range(1, n_mels) if np.all(mel_filterbank(rate, n_fft, m).max(axis=1) > 0)),
+            default=1,
+        )
+        raise ValueError(
+            f"{where}: n_mels={n_mels} is too many for n_fft={n_fft} at {rate} Hz "
+            f"({int(np.sum(bands <= 0))} mel bands get no FFT bin); use n_mels <= {fits} or a "
+            "larger n_fft."
+        )
+    transform = WaveformTransform(key, space.dtype.name, space.shape, audio)
+    if transform.chunk > audio.n_samples:
+        needed = 1 + math.ceil((transform.chunk - n_fft) / hop)
+        warnings.warn(
+            f"{where}: each step's chunk of {transform.chunk} samples is longer than the "
+            f"analysis window ({audio.n_samples} samples = n_fft + (n_frames - 1) * "
+            f"hop_length); only its last {audio.n_samples} samples are heard. Declare "
+            f"n_frames: {needed} to hear all of it.",
+            stacklevel=3,
+        )
+    return transform
+
+
+# -- the adapter --------------------------------------------------------------------
+KeyTransform = TextTransform | WaveformTransform
+
+
+#: Bounds of the settings a saved adapter may ask for (a model.json from a stranger
+#: must not make loading allocate without limit).
+LIMITS: dict[str, int] = {
+    "length": 2**20,
+    "table_size": 2**24,
+    "max_len": 2**14,
+    "sample_rate": 2**20,
+    "n_fft": 2**16,
+    "hop_length": 2**16,
+    "n_mels": 2**10,
+    "n_frames": 2**12,
+    "shape": 2**22,
+}
+
+
+def _bounded(data: Mapping[str, Any], name: str) -> int:
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMITS[name]:
+        raise ValueError(f"{name} must be an integer in [1, {LIMITS[name]}], got {value!r:.80}.")
+    return value
+
+
+def transform_from_dict(key: str, data: Mapping[str, Any]) -> KeyTransform:
+    """Inverse of the transforms' ``to_dict`` (values bounded by :data:`LIMITS`)."""
+    kind = data.get("kind")
+    if kind == "text":
+        codec = dict(data["codec"])
+        if codec.get("codec") == HashedWords.kind:
+            _bounded(codec, "table_size")
+            _bounded(codec, "max_len")
+        return TextTransform(
+            key,
+            codec_from_dict(codec),
+            str(data["source"]),
+            None if data.get("length") is None else _bounded(data, "length"),
+        )
+    if kind == "waveform":
+        audio = AudioConfig(
+            sample_rate=_bounded(data, "sample_rate"),
+            n_fft=_bounded(data, "n_fft"),
+            hop_length=_bounded(data, "hop_length"),
+            n_frames=_bounded(data, "n_frames"),
+            n_mels=_bounded(data, "n_mels"),
+        )
+        shape = data["shape"]
+        if not isinstance(shape, list) or not all(_bounded({"shape": s}, "shape") for s in shape):
+            raise ValueError(f"shape must be a list of sizes, got {shape!r:.80}.")
+        return WaveformTransform(key, str(data["dtype"]), shape, audio)
+    raise ValueError(f"Unknown observation transform {kind!r} for key {key!r}.")
+
+
+class AdapterState:
+    """The rolling waveform windows of a batch of envs (one row per env).
+
+    Args:
+        adapter: The adapter whose waveform keys get a window.
+        batch: Number of envs.
+    """
+
+    def __init__(self, adapter: ObservationAdapter, batch: int = 1) -> None:
+        self.adapter = adapter
+        self.batch = 0
+        self.buffers: dict[str, NDArray[np.float64]] = {}
+        self.resize(batch)
+
+    def resize(self, batch: int) -> None:
+        """Silent windows for ``batch`` envs (when the batch size changes)."""
+        self.batch = int(batch)
+        self.buffers = {
+            key: t.new_buffer(self.batch)
+            for key, t in self.adapter.transforms.items()
+            if isinstance(t, WaveformTransform)
+        }
+
+    def reset(self, slots: NDArray[np.bool_] | Sequence[int] | None = None) -> None:
+        """Silence the windows of ``slots`` (all when None): call it at episode starts."""
+        for buffer in self.buffers.values():
+            if slots is None:
+                buffer[...] = 0.0
+            else:
+                buffer[np.asarray(slots)] = 0.0
+
+
+class ObservationAdapter:
+    """How raw env observations become the encoder's ``Dict`` observation (see the module doc).
+
+    Build one with :meth:`for_space` (from a space and the config's declarations)
+    or :meth:`from_dict` / :meth:`from_spec` (from a saved model).
+
+    Args:
+        transforms: Per converted key, its transform.
+        box_key: Key a plain ``Box`` observation is put under, or None for Dict envs.
+        modalities: The encoder's declarations for the converted observation
+            (converted keys and keys the config declared).
+        declared: The config's declarations as written (``train --init-from`` reuses them).
+    """
+
+    def __init__(
+        self,
+        transforms: Mapping[str, KeyTransform] | None = None,
+        *,
+        box_key: str | None = None,
+        modalities: Mapping[str, str] | None = None,
+        declared: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.transforms: dict[str, KeyTransform] = dict(transforms or {})
+        self.box_key = box_key
+        self.modalities: dict[str, str] = dict(modalities or {})
+        self.declared: dict[str, Any] = dict(declared or {})
+
+    @classmethod
+    def for_space(
+        cls,
+        space: spaces.Space[Any],
+        declared: Mapping[str, Any] | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ObservationAdapter:
+        """The adapter of an env with observation space ``space``.
+
+        Args:
+            space: The env's raw observation space (a Dict, or any other space, made a
+                one-key Dict).
+            declared: ``TrainConfig.modalities``: per key a modality string or mapping.
+            metadata: The env's ``metadata`` (may give ``audio_sample_rate``).
+
+        Raises:
+            ValueError: A declared key the space lacks, a bad declaration, a
+                declaration that does not fit its key's space, or an undeclared key
+                whose modality cannot be inferred (naming the key, its space and the
+                config line that fixes it).
+        """
+        decls = parse_declarations(declared or {})
+        box_key = None
+        if not isinstance(space, spaces.Dict):
+            box_key = "image" if is_frame_space(space) else "obs"
+            space = spaces.Dict({box_key: space})
+        unknown = [k for k in decls if k not in space.spaces]
+        if unknown:
+            hints = ", ".join(f"{k!r}{_hint(k, list(space.spaces))}" for k in unknown)
+            raise ValueError(
+                f"modalities declares {hints}, which the observation space lacks; its keys are "
+                f"{list(space.spaces)}."
+            )
+        transforms: dict[str, KeyTransform] = {}
+        modalities: dict[str, str] = {}
+        for key, sub in space.spaces.items():
+            decl = decls.get(key)
+            if decl is None:
+                inferred = infer_modality(key, sub)
+                if inferred is None:
+                    raise undeclared_error(key, sub)
+                if is_string_space(sub):
+                    transforms[key] = text_transform(key, sub, {})
+                    modalities[key] = "text"
+                continue
+            if decl.kind == "waveform":
+                transforms[key] = waveform_transform(key, sub, decl.options, metadata)
+                modalities[key] = "audio"
+            elif decl.kind == "text" and (is_string_space(sub) or _is_byte_text(sub)):
+                transforms[key] = text_transform(key, sub, decl.options)
+                modalities[key] = "text"
+            elif decl.options:
+                raise ValueError(
+                    f"modalities.{key}: {sorted(decl.options)} apply to raw strings or bytes, "
+                    f"but {key!r} is {sub} (token ids: declare it plain 'text')."
+                )
+            else:
+                modalities[key] = decl.encoder_string()
+        return cls(transforms, box_key=box_key, modalities=modalities, declared=declared)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether observations pass unchanged (a Dict env with nothing to convert)."""
+        return not self.transforms and self.box_key is None
+
+    def observation_space(self, raw: spaces.Space[Any]) -> spaces.Dict:
+        """The converted space of an env whose raw space is ``raw`` (checked against this adapter)."""
+        if self.box_key is not None:
+            if isinstance(raw, spaces.Dict):
+                raise ValueError(
+                    f"This adapter expects a plain observation (put under {self.box_key!r}), "
+                    f"got {raw}."
+                )
+            raw = spaces.Dict({self.box_key: raw})
+        if not isinstance(raw, spaces.Dict):
+            raise ValueError(f"Expected a Dict observation space, got {raw}.")
+        out = dict(raw.spaces)
+        for key, transform in self.transforms.items():
+            if key not in out:
+                raise ValueError(
+                    f"This policy reads observation key {key!r} ({transform.describe_input()}), "
+                    f"which the env lacks; its keys are {list(raw.spaces)}."
+                )
+            transform.check_space(out[key])
+            out[key] = transform.output_space
+        return spaces.Dict(out)
+
+    def new_state(self, batch: int = 1) -> AdapterState:
+        """Silent rolling windows for ``batch`` envs."""
+        return AdapterState(self, batch)
+
+    def adapt(self, obs: Any, state: AdapterState | None = None) -> dict[str, Any]:
+        """Convert one observation or a batch (a leading batch axis on every key).
+
+        Converted keys may also be given already converted (as the wrapped envs
+        of evaluation emit them): those pass unchanged. A waveform advances the
+        rolling windows of ``state``, which is resized (and silenced) when the
+        batch size changes.
+
+        Raises:
+            ValueError: A value that is neither the raw input nor its conversion,
+                or keys that disagree on the batch size.
+        """
+        if self.box_key is not None and not isinstance(obs, Mapping):
+            obs = {self.box_key: obs}
+        if not isinstance(obs, Mapping):
+            raise ValueError(f"obs must be a dict of arrays, got {type(obs).__name__}.")
+        out = dict(obs)
+        if not self.transforms:
+            return out
+        pending: dict[str, tuple[int | None, Any]] = {}
+        for key, transform in self.transforms.items():
+            if key in obs:
+                is_raw, batch, value = transform.classify(obs[key])
+                if is_raw:
+                    pending[key] = (batch, value)
+        if not pending:
+            return out
+        batches = {batch for batch, _ in pending.values()}
+        if len(batches) > 1:
+            raise ValueError(
+                f"obs keys {sorted(pending)} disagree on the batch size ({sorted(batches, key=str)}; "
+                "None is one observation); give every key the same leading batch axis, or none."
+            )
+        batch = batches.pop()
+        if any(isinstance(self.transforms[k], WaveformTransform) for k in pending):
+            if state is None:
+                raise ValueError("Converting a waveform needs an AdapterState (new_state()).")
+            if state.batch != (batch or 1):
+                state.resize(batch or 1)
+        for key, (_, value) in pending.items():
+            buffer = state.buffers.get(key) if state is not None else None
+            converted = self.transforms[key].apply(value, buffer)
+            out[key] = converted if batch is not None else converted[0]
+        return out
+
+    def describe(self, key: str) -> str:
+        """What happens to ``key`` at the env's edge, for ``mbm-agent inspect``."""
+        if key in self.transforms:
+            return self.transforms[key].describe()
+        return "-"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (stored as ``model.json``'s and ``export.json``'s ``observation_adapter``)."""
+        return {
+            "format": ADAPTER_FORMAT,
+            "version": ADAPTER_VERSION,
+            "box_key": self.box_key,
+            "transforms": {key: t.to_dict() for key, t in self.transforms.items()},
+            "modalities": dict(self.modalities),
+            "declared": dict(self.declared),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ObservationAdapter:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: Not an adapter of this version, or a malformed one.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != ADAPTER_FORMAT:
+            raise ValueError(f"Not an mbm-agent observation adapter (format {ADAPTER_FORMAT!r}).")
+        if data.get("version") != ADAPTER_VERSION:
+            raise ValueError(
+                f"Observation adapter version {data.get('version')!r} is not supported (this "
+                f"mbm-agent reads version {ADAPTER_VERSION}); use the mbm-agent that wrote it."
+            )
+        try:
+            transforms = {
+                str(key): transform_from_dict(str(key), value)
+                for key, value in dict(data.get("transforms") or {}).items()
+            }
+            box_key = data.get("box_key")
+            return cls(
+                transforms,
+                box_key=None if box_key is None else str(box_key),
+                modalities={str(k): str(v) for k, v in dict(data.get("modalities") or {}).items()},
+                declared=dict(data.get("declared") or {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"Malformed observation adapter ({type(exc).__name__}: {exc})."
+            ) from exc
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> ObservationAdapter:
+        """The adapter of a saved policy (``model.json``); identity for models saved without one."""
+        data = spec.get("observation_adapter")
+        if data:
+            return cls.from_dict(data)
+        modalities = spec.get("modalities") or {}
+        return cls(modalities=modalities, declared=modalities)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObservationAdapter) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.to_dict()))
+
+    def __repr__(self) -> str:
+        parts = [f"{key}: {t.describe()}" for key, t in self.transforms.items()]
+        if self.box_key is not None:
+            parts.insert(0, f"plain observation -> {self.box_key!r}")
+        return f"ObservationAdapter({'; '.join(parts) or 'identity'})"
+
+
+def _is_byte_text(space: spaces.Space[Any]) -> bool:
+    return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 1
+
+
+__all__ = [
+    "ADAPTER_FORMAT",
+    "DECLARABLE",
+    "HASH_TABLE_SIZE",
+    "TEXT_MAX_LEN",
+    "AdapterState",
+    "Declaration",
+    "HashedWords",
+    "KnownWords",
+    "ObservationAdapter",
+    "TextTransform",
+    "WaveformTransform",
+    "default_n_fft",
+    "parse_declaration",
+    "parse_declarations",
+]
