@@ -13,6 +13,7 @@ Importing this package registers every game with Gymnasium under
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import gymnasium as gym
@@ -41,8 +42,15 @@ def _register() -> None:
 
 
 def game_name(env_id: str) -> str:
-    """Short name of an env id for file and run names: ``mbm/GoToObject-v0`` -> ``GoToObject``."""
-    return env_id.split("/")[-1].split("-v")[0]
+    """Short name of an env id for file and run names: ``mbm/GoToObject-v0`` -> ``GoToObject``.
+
+    A ``module:`` prefix and a namespace are dropped (``pkg.mod:ns/Env-v1`` -> ``Env``)
+    and any character other than letters, digits, ``_``, ``.`` and ``-`` becomes ``_``,
+    so the name is a safe folder name.
+    """
+    name = env_id.split(":")[-1].split("/")[-1].split("-v")[0]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".")
+    return name or "env"
 
 
 def check_env_id(env_id: str) -> str:

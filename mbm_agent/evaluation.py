@@ -532,7 +532,9 @@ def evaluate_agent(
     """
     kwargs = dict(env_kwargs or {})
     seeds = eval_seeds(episodes, seed_base)
-    venv = make_eval_env(env_id, kwargs, max(1, min(n_envs, episodes)), agent.vocabulary)
+    venv = make_eval_env(
+        env_id, kwargs, max(1, min(n_envs, episodes)), agent.vocabulary, agent.adapter
+    )
     actor = agent.actor(deterministic=deterministic)
     try:
         # Sampled actions come from torch's generator, seeded here (and restored

@@ -27,7 +27,9 @@ from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.sb3.algorithms import ALGORITHMS, policy_class
 from mbm_agent.sb3.extractor import MultimodalExtractor
 from mbm_agent.sb3.policy import policy_kwargs_for
+from mbm_agent.training.adapter import AdapterState, ObservationAdapter
 from mbm_agent.training.config import TrainConfig
+from mbm_agent.training.envs import observation_adapter
 from mbm_agent.training.storage import (
     FORMAT,
     FORMAT_VERSION,
@@ -50,9 +52,12 @@ def source_architecture(source: str | Path) -> dict[str, Any]:
     weights it loads.
     """
     spec = read_spec(resolve_model_dir(source, "best"))
+    adapter = spec.get("observation_adapter") or {}
     return {
         "encoder": dict(spec.get("encoder", {})),
-        "modalities": dict(spec.get("modalities", {})),
+        # The declarations as the source's config wrote them (a waveform key's are
+        # not its encoder modality, 'audio').
+        "modalities": dict(adapter.get("declared", spec.get("modalities", {}))),
         "policy_kwargs": dict(spec.get("policy_kwargs", {})),
     }
 
@@ -68,9 +73,15 @@ def policy_spec(
     policy_kwargs: Mapping[str, Any],
     vocabulary: Vocabulary | None,
     extractor: str = "mbm",
+    adapter: ObservationAdapter | None = None,
 ) -> dict[str, Any]:
-    """The JSON description a policy folder stores."""
-    return {
+    """The JSON description a policy folder stores.
+
+    ``modalities`` are the encoder's declarations; ``adapter`` (stored as
+    ``observation_adapter`` unless it changes nothing) converts the env's raw
+    observations into the ``observation_space`` the policy takes.
+    """
+    spec = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "mbm_agent_version": __version__,
@@ -85,20 +96,25 @@ def policy_spec(
         "extractor": extractor,
         "vocabulary": vocabulary is not None,
     }
+    if adapter is not None and not adapter.is_identity:
+        spec["observation_adapter"] = adapter.to_dict()
+    return spec
 
 
 def model_spec(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary | None) -> dict[str, Any]:
     """The JSON description (:func:`policy_spec`) of a model trained with ``cfg``."""
+    adapter = observation_adapter(cfg)
     return policy_spec(
         model.policy,
         algo=cfg.algo,
         env_id=cfg.env_id,
         env_kwargs=cfg.env_kwargs,
         encoder=cfg.encoder_config(),
-        modalities=cfg.modalities,
+        modalities=adapter.modalities,
         policy_kwargs=cfg.policy_kwargs,
         vocabulary=vocab,
         extractor=cfg.extractor,
+        adapter=adapter,
     )
 
 
@@ -159,12 +175,18 @@ def build_policy(spec: Mapping[str, Any]) -> BasePolicy:
 
 
 class Agent:
-    """A policy that acts on raw (batched or single) Dict observations.
+    """A policy that acts on raw (batched or single) observations, as the env emits them.
+
+    Raw strings, byte texts and waveform chunks are converted by the model's
+    observation adapter first (already converted ones, as the training and
+    evaluation envs emit them, pass unchanged). A waveform is heard over a
+    rolling window of the last steps: call :meth:`reset` at episode starts.
 
     Attributes:
         policy: The SB3 policy (a torch module).
         spec: The model description (``model.json``).
         vocabulary: The instruction vocabulary, if the game has text.
+        adapter: How raw observations are converted (``model.json``'s ``observation_adapter``).
     """
 
     def __init__(
@@ -173,6 +195,8 @@ class Agent:
         self.policy = policy
         self.spec = dict(spec)
         self.vocabulary = vocabulary
+        self.adapter = ObservationAdapter.from_spec(spec)
+        self.adapter_state: AdapterState = self.adapter.new_state(1)
         self.policy.set_training_mode(False)
         entry = ALGORITHMS.get(str(spec.get("algo")))
         self.recurrent = entry is not None and entry.family == "recurrent"
@@ -216,25 +240,32 @@ class Agent:
             for ext, prev in zip(extractors, previous, strict=True):
                 ext.drop_keys = prev
 
+    def reset(self, slots: NDArray[np.bool_] | Sequence[int] | None = None) -> None:
+        """Start new episodes in ``slots`` (all when None): silence their waveform windows."""
+        self.adapter_state.reset(slots)
+
     def predict(
         self,
-        observation: Mapping[str, NDArray[Any]],
+        observation: Mapping[str, Any] | NDArray[Any],
         *,
         deterministic: bool = True,
         state: tuple[NDArray[Any], ...] | None = None,
         episode_start: NDArray[np.bool_] | None = None,
     ) -> tuple[NDArray[Any], tuple[NDArray[Any], ...] | None]:
         """Actions for a (batched or single) observation, as SB3's ``predict``."""
+        if episode_start is not None and self.adapter_state.batch == len(episode_start):
+            self.adapter_state.reset(np.flatnonzero(episode_start))
+        converted = self.adapter.adapt(observation, self.adapter_state)
         with torch.no_grad():
             return self.policy.predict(
-                dict(observation),
+                converted,
                 state=state,
                 episode_start=episode_start,
                 deterministic=deterministic,
             )
 
     def act(
-        self, observation: Mapping[str, NDArray[Any]], deterministic: bool = True
+        self, observation: Mapping[str, Any] | NDArray[Any], deterministic: bool = True
     ) -> NDArray[Any]:
         """Actions only (a recurrent policy starts from a fresh state each call; see :meth:`actor`)."""
         return self.predict(observation, deterministic=deterministic)[0]
@@ -257,6 +288,7 @@ class Actor:
         """Forget the recurrent state (call when every slot starts a new episode)."""
         self.state = None
         self.episode_start = None
+        self.agent.reset()
 
     def __call__(self, observation: Mapping[str, NDArray[Any]]) -> NDArray[Any]:
         """One action per slot."""
@@ -319,6 +351,10 @@ def load_agent(path: str | Path, which: str = "best", device: str = "cpu") -> Ag
             vocabulary = Vocabulary.load(vocab_path)
         except ValueError as exc:
             raise ModelFileError(f"{vocab_path}: {exc}") from exc
+    try:
+        ObservationAdapter.from_spec(spec)
+    except ValueError as exc:
+        raise ModelFileError(f"{model_dir / 'model.json'}: {exc}") from exc
     policy = build_policy(spec)
     load_module(model_dir / "model.safetensors", policy)
     return Agent(policy.to(device), spec, vocabulary)

@@ -164,7 +164,9 @@ class TrainerCallback(BaseCallback):
         success, ret = float(report["success"]["rate"]), float(report["returns"]["mean"])
         score = success + 1e-3 * ret
         self._write_row(ret, success)
-        self.logger.record("eval/mean_return", ret)
+        # SB3's EvalCallback tags, so TensorBoard layouts made for SB3 runs show ours.
+        self.logger.record("eval/mean_reward", ret)
+        self.logger.record("eval/mean_ep_length", float(report["lengths"]["mean"]))
         self.logger.record("eval/success_rate", success)
         if score > self.state.best_eval:
             self.state.best_eval = score

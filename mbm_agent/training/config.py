@@ -20,6 +20,7 @@ import yaml
 
 import envs
 from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.training.adapter import parse_declarations
 from mbm_agent.training.storage import atomic_write_text
 
 #: The YAML defaults: ``default.yaml`` and one file per environment id.
@@ -27,6 +28,7 @@ CONFIG_DIR = Path(__file__).parent.parent / "configs"
 ALGOS = ("ppo", "a2c", "dqn", "recurrent_ppo")
 EXTRACTORS = ("mbm", "sb3")
 DEVICES = ("cpu", "cuda", "auto")
+VEC_ENVS = ("dummy", "async")
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,12 @@ class TrainConfig:
     n_envs: int = field(
         default=16, metadata={"help": "Parallel environments (worlds) stepped together."}
     )
+    vec_env: str = field(
+        default="dummy",
+        metadata={
+            "help": "Vector env of third-party envs: dummy (all in this process) or async (one worker process per env, for slow envs); our games always step as one batched numpy env."
+        },
+    )
     run_name: str | None = field(
         default=None,
         metadata={
@@ -61,7 +69,7 @@ class TrainConfig:
     torch_threads: int = field(
         default=0,
         metadata={
-            "help": "Torch CPU threads (0: torch's default, all cores; use 1 when other work shares the cores)."
+            "help": "Torch CPU threads (0: auto, min(4, cores other processes leave idle), or OMP_NUM_THREADS when set)."
         },
     )
     eval_every: int = field(
@@ -102,9 +110,11 @@ class TrainConfig:
     encoder: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "EncoderConfig fields (fusion, features_dim, ...)."}
     )
-    modalities: dict[str, str] = field(
+    modalities: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "Per-key modality declarations, e.g. {grid: symbolic_grid}."},
+        metadata={
+            "help": "Per-key modality declarations, e.g. {grid: symbolic_grid, mic: {kind: waveform, sample_rate: 8000}}; other keys get one by their space."
+        },
     )
     algo_kwargs: dict[str, Any] = field(
         default_factory=dict,
@@ -153,6 +163,10 @@ class TrainConfig:
             raise ConfigError(
                 f"device={self.device!r} is not supported; choose one of {list(DEVICES)}."
             )
+        if self.vec_env not in VEC_ENVS:
+            raise ConfigError(
+                f"vec_env={self.vec_env!r} is not known; choose one of {list(VEC_ENVS)}."
+            )
         for name, low in (
             ("steps", 1),
             ("n_envs", 1),
@@ -178,6 +192,10 @@ class TrainConfig:
         ):
             raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}.")
         self.encoder_config()
+        try:
+            parse_declarations(self.modalities)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-ready dict (includes the derived ``fusion`` for grouping runs)."""

@@ -1,18 +1,31 @@
-"""Env factories: one env ready for the encoder, the training VecEnv, the evaluation vector env."""
+"""Env factories: one env ready for the encoder, the training VecEnv, the evaluation vector env.
+
+Any Gymnasium id trains: our games (their native batched env), MiniGrid / BabyAI
+(missions tokenised with the BabyAI words), and any other registered id or
+``module:EnvId`` (the module is imported first, as ``gymnasium.make`` does),
+whose observations go through the run's
+:class:`~mbm_agent.training.adapter.ObservationAdapter` (:func:`observation_adapter`).
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import multiprocessing as mp
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
 import envs
 from envs.core.text import Vocabulary
 from envs.sb3 import SB3VecEnv
 from mbm_agent.sb3.vec_env import KeepChannelsLast
+from mbm_agent.training.adapter import ObservationAdapter
 from mbm_agent.training.config import ConfigError, TrainConfig
-from mbm_agent.training.wrappers import TokenizeMission, make_minigrid_env
+from mbm_agent.training.wrappers import AdaptObservation, TokenizeMission, make_minigrid_env
 
 
 class SuccessInfo(gym.Wrapper[Any, Any, Any, Any]):
@@ -36,37 +49,52 @@ def is_our_game(env_id: str) -> bool:
     return env_id in envs.GAMES
 
 
-def make_single_env(
+def is_minigrid(env_id: str) -> bool:
+    """Whether ``env_id`` (optionally ``module:id``) is a MiniGrid / BabyAI id."""
+    return env_id.split(":")[-1].startswith(("MiniGrid-", "BabyAI-"))
+
+
+def make_base_env(
     env_id: str,
-    env_kwargs: dict[str, Any],
-    vocabulary: Vocabulary | None = None,
-    render_mode: str | None = None,
+    env_kwargs: Mapping[str, Any],
+    vocabulary: Vocabulary | None,
+    render_mode: str | None,
 ) -> tuple[gym.Env[Any, Any], Vocabulary | None]:
-    """One env ready for the encoder: MiniGrid/BabyAI missions tokenised, success reported."""
+    """The env as Gymnasium makes it, before its observations are adapted, and its vocabulary.
+
+    Our games as they are; MiniGrid / BabyAI with missions tokenised and the
+    grid renamed ``symbolic_grid`` (:func:`~mbm_agent.training.wrappers.make_minigrid_env`);
+    any other id (``module:EnvId`` imports the module first) as ``gymnasium.make`` gives it.
+
+    Raises:
+        ConfigError: An unknown id or a module that cannot be imported.
+    """
     kwargs = dict(env_kwargs)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     if is_our_game(env_id):
-        env = gym.make(env_id, **kwargs)
-        return env, env.unwrapped.vocabulary  # type: ignore[attr-defined]
-    if env_id.startswith(("MiniGrid-", "BabyAI-")):
-        try:
-            env = make_minigrid_env(env_id, vocabulary, **kwargs)
-        except gym.error.Error as exc:
-            raise ConfigError(f"Unknown env id {env_id!r}: {exc}") from exc
-    else:
         try:
             env = gym.make(env_id, **kwargs)
-        except gym.error.Error as exc:
-            raise ConfigError(
-                f"Unknown env id {env_id!r}: {exc}. Our games are: {', '.join(envs.ENV_IDS)}."
-            ) from exc
-        if not isinstance(env.observation_space, gym.spaces.Dict):
-            raise ConfigError(
-                f"{env_id} has a {type(env.observation_space).__name__} observation space; mbm-agent trains on Dict-observation envs."
-            )
-        if any(isinstance(s, gym.spaces.Text) for s in env.observation_space.spaces.values()):
-            env = TokenizeMission(env, vocabulary)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"env_kwargs: {exc}") from exc
+        return env, env.unwrapped.vocabulary  # type: ignore[attr-defined]
+    try:
+        if is_minigrid(env_id):
+            env = make_minigrid_env(env_id, vocabulary, **kwargs)
+        else:
+            env = gym.make(env_id, **kwargs)
+    except ModuleNotFoundError as exc:
+        module = env_id.split(":")[0]
+        raise ConfigError(
+            f"Cannot make {env_id!r}: {exc} For a 'module:EnvId' id, {module!r} must be "
+            "importable (installed, or under the current folder, which mbm-agent searches) "
+            "and register EnvId when imported."
+        ) from exc
+    except gym.error.Error as exc:
+        raise ConfigError(
+            f"Unknown env id {env_id!r}: {exc}. Our games are: {', '.join(envs.ENV_IDS)}; "
+            "a third-party env can be given as 'module:EnvId-v0' (the module registers it)."
+        ) from exc
     vocab = None
     layer: Any = env
     while layer is not None:
@@ -74,25 +102,138 @@ def make_single_env(
             vocab = layer.vocabulary
             break
         layer = getattr(layer, "env", None)
+    return env, vocab
+
+
+def _adapter_for(
+    env: gym.Env[Any, Any], env_id: str, modalities: Mapping[str, Any]
+) -> ObservationAdapter:
+    try:
+        adapter = ObservationAdapter.for_space(
+            env.observation_space, modalities, metadata=env.metadata
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{env_id}: {exc}") from exc
+    if is_our_game(env_id) and not adapter.is_identity:
+        raise ConfigError(
+            f"{env_id} already emits our observation contract (frames, token ids, log-mel "
+            f"audio); declare only encoder modalities for it, not {adapter}."
+        )
+    return adapter
+
+
+@functools.lru_cache(maxsize=32)
+def _probe(key: str) -> tuple[ObservationAdapter, Vocabulary | None]:
+    env_id, env_kwargs, modalities = json.loads(key)
+    env, vocab = make_base_env(env_id, env_kwargs, None, None)
+    try:
+        return _adapter_for(env, env_id, modalities), vocab
+    finally:
+        env.close()
+
+
+def _probe_env(
+    env_id: str, env_kwargs: Mapping[str, Any], modalities: Mapping[str, Any]
+) -> tuple[ObservationAdapter, Vocabulary | None]:
+    """The adapter and vocabulary of an env under a config's declarations, made once per process."""
+    key = json.dumps([env_id, dict(env_kwargs), dict(modalities)], sort_keys=True, default=repr)
+    return _probe(key)
+
+
+def observation_adapter(cfg: TrainConfig) -> ObservationAdapter:
+    """The :class:`ObservationAdapter` a run trains with (its env's space and ``cfg.modalities``).
+
+    The one place that decides how a run's raw observations are converted: the
+    training and evaluation envs apply it, the policy's encoder takes its
+    ``modalities`` and ``model.json`` stores it. Built once per process and config.
+
+    Raises:
+        ConfigError: An unknown env id, or declarations that do not fit its space.
+    """
+    return _probe_env(cfg.env_id, cfg.env_kwargs, cfg.modalities)[0]
+
+
+def make_single_env(
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+    vocabulary: Vocabulary | None = None,
+    render_mode: str | None = None,
+    *,
+    adapter: ObservationAdapter | None = None,
+    modalities: Mapping[str, Any] | None = None,
+) -> tuple[gym.Env[Any, Any], Vocabulary | None]:
+    """One env ready for the encoder: observations adapted, MiniGrid missions tokenised, success reported.
+
+    Args:
+        env_id: One of our games, a registered Gymnasium id or ``module:EnvId``.
+        env_kwargs: Arguments of the env.
+        vocabulary: MiniGrid / BabyAI only: the mission vocabulary (a saved model's).
+        render_mode: Passed to the env.
+        adapter: The observation adapter to apply (a saved model's); by default
+            one built from ``modalities`` for the env's space.
+        modalities: Per-key declarations when no adapter is given.
+
+    Returns:
+        The env and its vocabulary (our games' and MiniGrid's; None otherwise).
+    """
+    env, vocab = make_base_env(env_id, env_kwargs, vocabulary, render_mode)
+    if adapter is None:
+        adapter = _adapter_for(env, env_id, modalities or {})
+    if not adapter.is_identity:
+        env = AdaptObservation(env, adapter)
     return SuccessInfo(env), vocab
 
 
+def _single_env(
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+    vocabulary: Vocabulary | None,
+    adapter: ObservationAdapter,
+) -> gym.Env[Any, Any]:
+    """An env factory for vector envs (a module-level function: worker processes unpickle it)."""
+    return make_single_env(env_id, env_kwargs, vocabulary, adapter=adapter)[0]
+
+
+def async_start_method() -> str:
+    """``forkserver`` where the platform has it, else ``spawn``.
+
+    Never ``fork``: a forked copy of a process that already runs torch's thread
+    pools (or other threads) can deadlock.
+    """
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
 def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | None]:
-    """The training ``VecEnv``: our native batched env for our games, ``DummyVecEnv`` otherwise."""
+    """The training ``VecEnv``: our native batched env for our games, else one env per slot.
+
+    Third-party envs are stepped in this process (``cfg.vec_env == "dummy"``,
+    SB3's ``DummyVecEnv``) or each in its own worker process (``"async"``,
+    SB3's ``SubprocVecEnv``, started with :func:`async_start_method`), which pays
+    off when an env step costs more than passing its observation between
+    processes (``benchmarks/vec_env_speed.py``). Every env applies the run's
+    :func:`observation_adapter`.
+    """
+    adapter, vocab = _probe_env(cfg.env_id, cfg.env_kwargs, cfg.modalities)
     if is_our_game(cfg.env_id):
+        if cfg.vec_env == "async":
+            warnings.warn(
+                f"vec_env=async is for third-party envs; {cfg.env_id} is one of our games, "
+                "stepped as one batched numpy env in this process (faster than worker "
+                "processes), so it is ignored.",
+                stacklevel=2,
+            )
         try:
             venv: VecEnv = SB3VecEnv(cfg.env_id, cfg.n_envs, **cfg.env_kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"env_kwargs: {exc}") from exc
         vocab = venv.venv.vocabulary  # type: ignore[attr-defined]
     else:
-        _, vocab = make_single_env(cfg.env_id, cfg.env_kwargs)
-        venv = DummyVecEnv(
-            [
-                lambda: make_single_env(cfg.env_id, cfg.env_kwargs, vocab)[0]
-                for _ in range(cfg.n_envs)
-            ]
-        )
+        factory = functools.partial(_single_env, cfg.env_id, cfg.env_kwargs, vocab, adapter)
+        fns = [factory] * cfg.n_envs
+        if cfg.vec_env == "async":
+            venv = SubprocVecEnv(fns, start_method=async_start_method())
+        else:
+            venv = DummyVecEnv(fns)
     venv.seed(seed)
     monitored = VecMonitor(venv, info_keywords=("is_success",))
     if cfg.extractor == "sb3":  # SB3's own pipeline: it transposes frames for NatureCNN
@@ -102,12 +243,26 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
 
 
 def make_eval_env(
-    spec_env_id: str, env_kwargs: dict[str, Any], n: int, vocabulary: Vocabulary | None
+    spec_env_id: str,
+    env_kwargs: Mapping[str, Any],
+    n: int,
+    vocabulary: Vocabulary | None,
+    adapter: ObservationAdapter | None = None,
 ) -> gym.vector.VectorEnv[Any, Any, Any]:
-    """A Gymnasium vector env for evaluation (same-step autoreset)."""
+    """A Gymnasium vector env for evaluation (same-step autoreset).
+
+    Args:
+        spec_env_id: The env id.
+        env_kwargs: Arguments of the env.
+        n: Envs stepped together.
+        vocabulary: MiniGrid / BabyAI: the saved model's mission vocabulary.
+        adapter: The saved model's observation adapter (identity when None).
+    """
     if is_our_game(spec_env_id):
         return envs.make_vec(spec_env_id, n, autoreset_mode="same_step", **env_kwargs)
+    factory = functools.partial(
+        _single_env, spec_env_id, env_kwargs, vocabulary, adapter or ObservationAdapter()
+    )
     return gym.vector.SyncVectorEnv(
-        [lambda: make_single_env(spec_env_id, env_kwargs, vocabulary)[0] for _ in range(n)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        [factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )

@@ -51,15 +51,16 @@ from mbm_agent.training.agent import (
 from mbm_agent.training.callback import TrainerCallback
 from mbm_agent.training.checkpoints import TrainState, latest_checkpoint, truncate_metrics
 from mbm_agent.training.config import ConfigError, TrainConfig, load_run_config, save_config
-from mbm_agent.training.envs import make_single_env, make_train_env
+from mbm_agent.training.envs import make_single_env, make_train_env, observation_adapter
 from mbm_agent.training.storage import load_module
+from mbm_agent.training.threads import torch_threads_for
 
 
 def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None) -> BaseAlgorithm:
     """The SB3 algorithm with our multimodal extractor."""
-    kwargs = policy_kwargs_for(
-        cfg.encoder_config(), cfg.modalities, cfg.policy_kwargs, cfg.extractor
-    )
+    # The encoder takes the adapted observation: a waveform key is 'audio' to it.
+    modalities = observation_adapter(cfg).modalities
+    kwargs = policy_kwargs_for(cfg.encoder_config(), modalities, cfg.policy_kwargs, cfg.extractor)
     common: dict[str, Any] = {
         "policy_kwargs": kwargs,
         "seed": cfg.seed,
@@ -107,6 +108,7 @@ def init_policy_from(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary |
         "extractor",
         "encoder",
         "modalities",
+        "observation_adapter",
         "policy_kwargs",
     ):
         a, b = theirs.get(key), mine.get(key)
@@ -194,11 +196,9 @@ def train(
 
     # Env and algorithm come first: a bad env id or hyperparameter is then an
     # error that leaves no half-made run folder behind.
-    # 0 keeps torch's default (all cores): fastest for one run on a quiet machine
-    # (FindSound: ~1750 vs ~1000 steps/s with 1 thread on 2 cores). When other work
-    # shares the cores, set 1: 2 threads on 2 busy cores ran up to ~7x slower.
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    # 0 (the default) picks a count that does not collapse when other processes
+    # share the cores (see training/threads.py for the measurements).
+    torch.set_num_threads(torch_threads_for(cfg.torch_threads))
     venv, vocab = make_train_env(cfg, cfg.seed)
     try:
         model = build_algorithm(cfg, venv, _tensorboard_dir(run_dir))
@@ -304,7 +304,9 @@ def finalize_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 def record_gif(agent: Agent, cfg: TrainConfig, path: Path, episodes: int) -> Path:
     """Play ``episodes`` evaluation episodes with the agent and save them as a GIF."""
-    env, _ = make_single_env(cfg.env_id, cfg.env_kwargs, agent.vocabulary, render_mode="rgb_array")
+    env, _ = make_single_env(
+        cfg.env_id, cfg.env_kwargs, agent.vocabulary, render_mode="rgb_array", adapter=agent.adapter
+    )
     frames = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_BASE + 10_000_000 + ep)

@@ -209,7 +209,7 @@ def test_run_names_are_unique_unless_given(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env_id", "overrides", "match"),
     [
-        ("CartPole-v1", {}, "Dict"),
+        ("Blackjack-v1", {}, "'obs'.*Tuple"),  # a plain Box (CartPole) trains; a Tuple not
         ("Nope-v0", {}, "Unknown env id"),
         (ENV, {"algo_kwargs": {"learning_rat": 0.1}}, "algo_kwargs"),
         (ENV, {"env_kwargs": {"bogus": 1}}, "env_kwargs"),
