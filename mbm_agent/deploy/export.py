@@ -14,7 +14,13 @@ with no SB3 and no training code involved::
 The exported model takes the raw observation, exactly as the env emits it
 (uint8 frames, int64 token ids, float32 audio), one input per observation key,
 with a dynamic batch dimension; the preprocessing (scaling, channel order,
-token lookup) is inside. It returns three outputs:
+token lookup) is inside. For an env whose observations are converted at its
+edge (raw strings, waveforms, a plain Box: see
+:mod:`mbm_agent.training.adapter`), the model takes the converted arrays (token
+ids, log-mel features) and ``export.json`` holds the conversion
+(``observation_adapter``), which :class:`~mbm_agent.deploy.runtime.ExportedPolicy`
+applies in numpy first: ``policy.act(obs)`` takes the raw observation the env
+emits. It returns three outputs:
 
 - ``action``: ``(B,)`` int64, the deterministic action (argmax of ``logits``);
 - ``logits``: ``(B, n_actions)`` float32, the action logits (Q-values for DQN);
@@ -284,6 +290,8 @@ def _metadata(
         "algo": spec.get("algo"),
         "source": origin,
         "vocabulary": "vocabulary.json" if has_vocabulary else None,
+        # How raw env observations become the inputs (None: they are the inputs).
+        "observation_adapter": spec.get("observation_adapter"),
         "mbm_agent_version": __version__,
         "torch_version": torch.__version__,
     }

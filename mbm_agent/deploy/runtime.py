@@ -31,6 +31,7 @@ from mbm_agent.training.storage import ModelFileError, read_json
 
 if TYPE_CHECKING:
     from envs.core.text import Vocabulary
+    from mbm_agent.training.adapter import AdapterState, ObservationAdapter
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "savedmodel", "tflite")
 """Export formats :func:`export_policy` writes."""
@@ -182,7 +183,13 @@ class ExportedPolicy:
     """An exported policy loaded for acting; see :func:`load_exported`.
 
     Call it on an observation dict of numpy arrays, either one observation as
-    the env emits it or a batch with a leading batch dimension. Keys, dtypes and
+    the env emits it or a batch with a leading batch dimension. When the policy
+    was trained on converted observations (``export.json``'s
+    ``observation_adapter``: raw strings to token ids, waveform chunks to log-mel
+    features, a plain Box to a Dict), the raw observation is converted here in
+    numpy, as in training; already converted keys pass unchanged. A waveform is
+    heard over a rolling window of the last steps: call :meth:`reset` at episode
+    starts. Keys, dtypes and
     shapes are checked against ``export.json`` before the model runs; safe
     dtype conversions (e.g. int32 token ids to int64) are made, unsafe ones
     (float frames for a uint8 input) are refused with a message.
@@ -194,6 +201,7 @@ class ExportedPolicy:
         inputs: The model inputs, in order.
         n_actions: Number of actions.
         vocabulary: The instruction vocabulary, if the policy reads text.
+        adapter: The conversion of raw observations, or None when there is none.
     """
 
     def __init__(self, path: Path, spec: dict[str, Any], run: Runner) -> None:
@@ -209,6 +217,21 @@ class ExportedPolicy:
             from envs.core.text import Vocabulary
 
             self.vocabulary = Vocabulary.load(path / str(spec["vocabulary"]))
+        self.adapter: ObservationAdapter | None = None
+        self._adapter_state: AdapterState | None = None
+        if spec.get("observation_adapter"):
+            from mbm_agent.training.adapter import ObservationAdapter
+
+            try:
+                self.adapter = ObservationAdapter.from_dict(spec["observation_adapter"])
+            except ValueError as exc:
+                raise ModelFileError(f"{path / 'export.json'}: {exc}") from exc
+            self._adapter_state = self.adapter.new_state(1)
+
+    def reset(self, slots: NDArray[np.bool_] | list[int] | None = None) -> None:
+        """Start new episodes in ``slots`` (all when None): silence their waveform windows."""
+        if self._adapter_state is not None:
+            self._adapter_state.reset(slots)
 
     @property
     def input_names(self) -> list[str]:
@@ -219,7 +242,7 @@ class ExportedPolicy:
         inputs = ", ".join(f"{i.name}: {i.dtype}{list(i.shape)}" for i in self.inputs)
         return f"ExportedPolicy({self.format}, {self.path}, inputs=({inputs}), n_actions={self.n_actions})"
 
-    def __call__(self, obs: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
+    def __call__(self, obs: Mapping[str, Any] | NDArray[Any]) -> dict[str, NDArray[Any]]:
         """All outputs: ``action`` (int64), ``logits`` and ``value`` (float32).
 
         Args:
@@ -233,13 +256,15 @@ class ExportedPolicy:
             ValueError: A key is missing or unknown, or a dtype or shape does not fit
                 (the message names the key, what was expected and what was given).
         """
+        if self.adapter is not None:
+            obs = self.adapter.adapt(obs, self._adapter_state)
         feeds, batched = self.prepare(obs)
         out = normalize_outputs(self._run(feeds))
         if not batched:
             return {name: np.asarray(value[0]) for name, value in out.items()}
         return out
 
-    def act(self, obs: Mapping[str, Any]) -> NDArray[Any]:
+    def act(self, obs: Mapping[str, Any] | NDArray[Any]) -> NDArray[Any]:
         """Deterministic actions: ``(B,)`` int64 for a batch, a 0-d int64 array for one observation."""
         return self(obs)["action"]
 
