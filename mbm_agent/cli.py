@@ -1,10 +1,11 @@
-"""The ``mbm-agent`` command: train, eval, compare, demo, demos, bc, export, play."""
+"""The ``mbm-agent`` command: train, inspect, eval, compare, demo, demos, bc, export, bench, play."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,12 +15,14 @@ import yaml
 
 import envs
 from mbm_agent._version import __version__
-from mbm_agent.training.config import ALGOS, ConfigError, TrainConfig
+from mbm_agent.training.config import ALGOS, VEC_ENVS, ConfigError, TrainConfig
 
 EPILOG = """examples:
   mbm-agent demo                                  # short training + evaluation into runs/
   mbm-agent train mbm/GoToObject-v0 --steps 200000 --fusion film --seed 1
   mbm-agent train BabyAI-GoToObj-v0 --algo ppo --steps 100000
+  mbm-agent inspect examples.third_party_env:ThirdPartyEnv-v0 --set modalities.mic=waveform
+  mbm-agent train examples.third_party_env:ThirdPartyEnv-v0 --set modalities.mic=waveform --vec-env async
   mbm-agent train mbm/SoundMaze-v0 --set algo_kwargs.learning_rate=0.001 --set env_kwargs.n_objects=4
   mbm-agent train mbm/GoToObject-v0 --resume runs/GoToObject-ppo-concat-s0
   mbm-agent eval runs/GoToObject-ppo-concat-s0 --episodes 500 --drop-modality text
@@ -76,6 +79,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--eval-every", type=int, help=helps["eval_every"])
     p.add_argument("--eval-episodes", type=int, help=helps["eval_episodes"])
     p.add_argument("--checkpoint-every", type=int, help=helps["checkpoint_every"])
+    p.add_argument("--vec-env", choices=VEC_ENVS, help=helps["vec_env"])
+    p.add_argument("--torch-threads", type=int, metavar="N", help=helps["torch_threads"])
     p.add_argument(
         "--config", type=Path, help="YAML file of config fields (overrides the per-env defaults)"
     )
@@ -143,6 +148,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "eval_every": args.eval_every,
         "eval_episodes": args.eval_episodes,
         "checkpoint_every": args.checkpoint_every,
+        "vec_env": args.vec_env,
+        "torch_threads": args.torch_threads,
         "sb3_zip": args.sb3_zip,
         "init_from": args.init_from,
     }
@@ -586,6 +593,35 @@ def _add_play(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
 
+def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show how each observation key of an env will be encoded (before training)",
+        description="Make the env once and print, per observation key, its space, its "
+        "modality (declared, else by name or space), the conversion at the env's edge (raw "
+        "strings to token ids, waveforms to log-mel features) and the encoder with its output "
+        "width. Exits non-zero, with the error, when a key cannot be encoded.",
+    )
+    p.add_argument("env_id", help=TrainConfig.help()["env_id"])
+    p.add_argument("--config", type=Path, help="YAML file of config fields, as for train")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set modalities.mic=waveform",
+    )
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from mbm_agent.training.config import resolve_config
+    from mbm_agent.training.inspection import format_plan, observation_plan
+
+    cfg = resolve_config(args.env_id, config_file=args.config, overrides=_parse_set(args.set))
+    print(format_plan(observation_plan(cfg)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mbm-agent``."""
     parser = argparse.ArgumentParser(
@@ -598,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(sub)
     _add_train(sub)
+    _add_inspect(sub)
     _add_eval(sub)
     _add_compare(sub)
     _add_demos(sub)
@@ -616,9 +653,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return play_main(argv[1:])
     args = build_parser().parse_args(argv)
+    # A 'module:EnvId' env id imports its module as `python -m` would find it: the
+    # current folder is searched too (after everything installed).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     args.argv = argv  # recorded in the run's command.txt
     handlers = {
         "train": _cmd_train,
+        "inspect": _cmd_inspect,
         "eval": _cmd_eval,
         "compare": _cmd_compare,
         "demo": _cmd_demo,
