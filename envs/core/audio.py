@@ -274,6 +274,59 @@ class AudioBank:
         return mix + noise_gain[:, None, None] * noise
 
 
+def playback_waveform(
+    bank: AudioBank,
+    sources: NDArray[np.int64],
+    gains: NDArray[np.float32],
+    noise_gain: float,
+    seconds: float = 1.0,
+    fade: int = 64,
+) -> NDArray[np.float32]:
+    """A listenable stereo waveform ``(2, n)`` of what one world hears now (off the training path).
+
+    One observation is a single clip of ``cfg.n_samples`` samples (0.14 s at 8 kHz) of a
+    variant drawn that step: too short to listen to. This chains every variant of the same
+    mix (each piece is exactly :meth:`AudioBank.waveform`, so its log-mel is the feature the
+    game emits for that variant), overlapping neighbours by ``fade`` samples with linear
+    cross-fades, and repeats the chain to ``seconds``. Samples are clipped to [-1, 1].
+
+    Args:
+        bank: The game's bank.
+        sources: ``(k,)`` source ids of the world's sounds.
+        gains: ``(k, 2)`` left/right gain of each source at the agent's pose.
+        noise_gain: Background noise level.
+        seconds: Length of the result.
+        fade: Cross-fade length in samples (less than half a clip).
+
+    Returns:
+        ``(2, round(seconds * sample_rate))`` float32 samples.
+    """
+    cfg = bank.cfg
+    clip = cfg.n_samples
+    if not 0 <= fade < clip // 2:
+        raise ValueError(f"fade must be in [0, {clip // 2}), got {fade}.")
+    if not 0.0 < seconds <= 60.0:
+        raise ValueError(f"seconds must be in (0, 60], got {seconds}.")
+    v = cfg.variants
+    pieces = bank.waveform(
+        np.broadcast_to(np.asarray(sources, dtype=np.int64), (v, len(sources))),
+        np.arange(v, dtype=np.int64),
+        np.broadcast_to(np.asarray(gains, dtype=np.float32), (v, len(sources), 2)),
+        np.full(v, noise_gain, dtype=np.float32),
+    )  # (v, 2, clip)
+    total = round(seconds * cfg.sample_rate)
+    stride = clip - fade
+    ramp = np.linspace(0.0, 1.0, fade + 2)[1:-1] if fade else np.zeros(0)
+    window = np.ones(clip)
+    if fade:
+        window[:fade], window[-fade:] = ramp, ramp[::-1]
+    n_pieces = -(-max(total - fade, 1) // stride)
+    out = np.zeros((2, n_pieces * stride + fade))
+    for i in range(n_pieces):
+        out[:, i * stride : i * stride + clip] += pieces[i % v] * window
+    return np.clip(out[:, :total], -1.0, 1.0).astype(np.float32)
+
+
 @cache
 def shared_bank(cfg: AudioConfig, tones: tuple[float, ...] = ()) -> AudioBank:
     """The :class:`AudioBank` of a config and extra tones, built once per process.
