@@ -8,9 +8,20 @@ TORCH_CONSTRAINT ?= requirements/torch-cpu.txt
 EXTRAS ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo bench-envs clean
+.PHONY: install browser test lint format demo bench-envs clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# Debian's headless Chromium for the browser tests of `mbm-agent view` (Playwright cannot
+# download its own browser here, so it drives this one). Skipped when it is already there.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; \
+	else \
+		echo "no apt-get here: install Chromium at /usr/bin/chromium (or set MBM_CHROMIUM) for the browser tests; they skip without it"; \
+	fi
 
 $(VENV)/.installed: pyproject.toml requirements/torch-cpu.txt
 	$(PYTHON) -m venv $(VENV)

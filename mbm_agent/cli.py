@@ -622,6 +622,62 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_view(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "view",
+        help="watch, hear and take over an agent in the browser (a local web app)",
+        description="Serve a page that plays the run's agent on its game: its frame and the "
+        "room, the instruction with the words it relies on, the sound it hears (with its "
+        "spectrogram), action probabilities, value and what each sense contributed; pause, "
+        "step, mask a sense, take over with the keyboard. A second run plays side by side on "
+        "the same seed. Needs pip install 'mbm-agent[view]'.",
+    )
+    p.add_argument("run", type=Path, help="run folder (runs/NAME) or policy folder")
+    p.add_argument("run2", type=Path, nargs="?", help="a second run, shown side by side")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (the page has no authentication)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from mbm_agent.view.app import serve
+
+    runs = [args.run] + ([args.run2] if args.run2 is not None else [])
+    return serve(
+        runs, host=args.host, port=args.port, allow_remote=args.allow_remote, seed=args.seed
+    )
+
+
+def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run (curves, evaluations, episodes)",
+        description="One HTML file with everything inline (learning curves, the evaluation "
+        "table with intervals, a few episodes with frames, text and playable audio), to share "
+        "without a server.",
+    )
+    p.add_argument("run", type=Path, help="run folder (runs/NAME) or policy folder")
+    p.add_argument("--html", action="store_true", help="write HTML (the only format)")
+    p.add_argument("--out", type=Path, help="output file (default RUN/report.html)")
+    p.add_argument("--episodes", type=int, default=3, help="episodes to show (0: none)")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    if not args.html:
+        print("mbm-agent report: error: pass --html (the only format).", file=sys.stderr)
+        return 2
+    from mbm_agent.view.report import write_report
+
+    path = write_report(args.run, args.out, args.episodes)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mbm-agent``."""
     parser = argparse.ArgumentParser(
@@ -642,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_bench(sub)
     _add_play(sub)
+    _add_view(sub)
+    _add_report(sub)
     return parser
 
 
@@ -668,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bc": _cmd_bc,
         "export": _cmd_export,
         "bench": _cmd_bench,
+        "view": _cmd_view,
+        "report": _cmd_report,
     }
     try:
         return handlers[args.command](args)

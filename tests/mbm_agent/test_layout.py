@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "imitation": {"encoding", "sb3", "training", "beside", "deploy"},
     "grid": {"encoding", "sb3", "training", "beside", "deploy", "imitation"},
     "rllib": {"encoding", "training"},
+    "view": {"encoding", "sb3", "training", "beside", "deploy"},
 }
 #: Modules every part may import: version, import-time fixes.
 BASE = {"_version", "_compat"}

@@ -1,0 +1,84 @@
+"""``mbm-agent report RUN --html``: one self-contained file with curves, evaluations, episodes."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import AGENTS, ROOT
+
+from mbm_agent.cli import main
+
+REFERENCE_RUN = ROOT / "runs" / "reference" / "runs" / "FindSound-concat-s0"
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run folder: a reference grid run's metrics and evaluations, and the reference
+    FindSound policy as its best/."""
+    run = tmp_path / "FindSound-run"
+    run.mkdir()
+    for path in REFERENCE_RUN.iterdir():
+        if path.suffix in (".csv", ".json"):
+            shutil.copy(path, run / path.name)
+    shutil.copytree(AGENTS / "FindSound", run / "best")
+    return run
+
+
+def test_report_is_one_self_contained_file_with_curves_table_and_playable_episodes(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(run_dir), "--html", "--episodes", "2"]) == 0
+    out = run_dir / "report.html"
+    assert f"wrote {out}" in capsys.readouterr().out
+    text = out.read_text(encoding="utf-8")
+    # Nothing is fetched: no external src/href, every image and sound inline.
+    assert not re.search(r'(src|href)="(?!data:)', text)
+    assert "<link" not in text and "http://" not in text.replace("http://www.w3.org/2000/svg", "")
+    assert text.count("<svg") >= 2  # return and success curves
+    assert "eval-drop-audio" in text and "[95% CI, Wilson]" in text and "0.985" in text
+    assert text.count('class="episode"') == 2
+    wavs = re.findall(r'<audio controls src="data:audio/wav;base64,([^"]+)"', text)
+    assert len(wavs) == 2
+    pcm = base64.b64decode(wavs[0])[44:]
+    assert (
+        max(
+            abs(int.from_bytes(pcm[i : i + 2], "little", signed=True))
+            for i in range(0, len(pcm), 2)
+        )
+        > 300
+    )
+    assert not list(run_dir.glob(".*.tmp"))  # written atomically, nothing left over
+
+
+def test_report_of_a_policy_folder_and_without_episodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "go.html"
+    assert (
+        main(["report", str(AGENTS / "GoToObject"), "--html", "--out", str(out), "--episodes", "1"])
+        == 0
+    )
+    text = out.read_text(encoding="utf-8")
+    assert "No metrics.csv" in text and 'class="word"' in text and "<audio" not in text
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert main(["report", str(bare), "--html", "--episodes", "0"]) == 0
+    assert "No evaluation yet" in (bare / "report.html").read_text(encoding="utf-8")
+    capsys.readouterr()
+
+
+def test_report_bad_input_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(tmp_path / "nope"), "--html"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert main(["report", str(bare), "--html"]) == 2
+    assert "--episodes 0" in capsys.readouterr().err
+    assert main(["report", str(bare)]) == 2
+    assert "pass --html" in capsys.readouterr().err
