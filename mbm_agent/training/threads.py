@@ -11,6 +11,13 @@ run on and takes away those the other processes already keep busy (the
 one-minute load average), capped at 4 (our policies gain nothing beyond):
 a quiet 8-core machine gives 4 threads, a busy one or a worker among several
 gives 1. An explicit ``OMP_NUM_THREADS`` (Ray sets it for its workers) wins.
+
+Measured on this project's 2-core machine while other processes kept it busy
+(load average 7.5; PPO on ``mbm/FindSound-v0``, 16 envs, three interleaved
+rounds of 2,048 steps): 312 steps/s with 1 thread against 28 with 2 (11x); the
+automatic choice gave 1. On the same machine when quiet, torch's default of 2
+threads ran ~1,750 steps/s against ~1,000 with 1, and the automatic choice
+keeps 2 there.
 """
 
 from __future__ import annotations

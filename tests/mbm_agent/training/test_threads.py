@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
+from mbm_agent.cli import main
 from mbm_agent.training.threads import (
     MAX_AUTO_THREADS,
     auto_torch_threads,
@@ -34,3 +36,10 @@ def test_explicit_counts_and_omp_num_threads_win(monkeypatch: pytest.MonkeyPatch
     assert torch_threads_for(0) == torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert 1 <= torch_threads_for(0) <= min(MAX_AUTO_THREADS, available_cores())
+
+
+def test_train_flags_set_threads_and_vector_env(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "mbm/GoToObject-v0", "--torch-threads", "3", "--vec-env", "async"]
+    assert main([*argv, "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["torch_threads"] == 3 and cfg["vec_env"] == "async"
