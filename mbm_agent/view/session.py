@@ -36,15 +36,15 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from envs.core.audio import AudioConfig
-from envs.core.text import PAD_ID, Vocabulary
+from envs.core.text import PAD_ID, Vocabulary, tokenize
 from mbm_agent.deploy.network import PolicyNetwork, UnsupportedPolicyError
 from mbm_agent.encoding.fusion import AttentionFusion, GatedFusion
-from mbm_agent.training.adapter import WaveformTransform
+from mbm_agent.training.adapter import ObservationAdapter, TextTransform, WaveformTransform
 from mbm_agent.training.agent import Agent, load_agent
 from mbm_agent.training.config import ConfigError
 from mbm_agent.training.envs import make_single_env
 from mbm_agent.training.storage import ModelFileError
-from mbm_agent.view.sound import PLAYBACK_SECONDS, Sound, features_sound, game_sound
+from mbm_agent.view.sound import PLAYBACK_SECONDS, Sound, features_sound, game_sound, loop
 
 #: Keys a person can press in take-over mode, by action name (our games, MiniGrid).
 ACTION_KEYS: dict[str, list[str]] = {
@@ -72,6 +72,18 @@ def png_data_uri(frame: NDArray[Any]) -> str:
     buf = io.BytesIO()
     Image.fromarray(arr.astype(np.uint8)).save(buf, format="PNG", optimize=False)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def raw_text(value: Any) -> str | None:
+    """A raw instruction as text: a string, or UTF-8 bytes (an array cut at the first NUL)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+    arr = np.asarray(value)
+    if arr.dtype == np.uint8 and arr.ndim == 1:
+        return arr.tobytes().split(b"\0", 1)[0].decode("utf-8", "replace")
+    return None
 
 
 def _is_frame(value: NDArray[Any]) -> bool:
@@ -155,6 +167,9 @@ class LoadedRun:
     def make_env(self) -> gym.Env[Any, Any]:
         """A fresh env as the agent was trained on, rendering RGB frames.
 
+        The env is made *without* the run's observation adapter: a :class:`Panel`
+        adapts each observation itself and keeps the raw text and sound.
+
         Raises:
             ViewError: The env cannot be made (its package is missing, or the id is unknown).
         """
@@ -164,7 +179,7 @@ class LoadedRun:
                 self.env_kwargs,
                 self.agent.vocabulary,
                 "rgb_array",
-                adapter=self.agent.adapter,
+                adapter=ObservationAdapter(),
             )
         except (ConfigError, ImportError, gym.error.Error) as exc:
             raise ViewError(
@@ -366,6 +381,8 @@ class Panel:
     def __init__(self, run: LoadedRun, seed: int) -> None:
         self.run = run
         self.env = run.make_env()
+        self.adapter = run.agent.adapter
+        self.adapter_state = self.adapter.new_state(1)
         self.actions = action_names(self.env)
         self.network = run.network
         self.modalities = dict(self.network.encoder.modalities)
@@ -381,11 +398,17 @@ class Panel:
     # ---------------------------------------------------------------- episode
     def reset(self, seed: int) -> None:
         """Start an episode on ``seed``."""
-        self.obs, self.info = self.env.reset(seed=int(seed))
-        self.run.agent.reset()
+        raw, self.info = self.env.reset(seed=int(seed))
+        self.adapter_state.reset()
+        self._observe(raw)
         self.log = EpisodeLog(seed=int(seed))
         self.last_action = None
         self._refresh()
+
+    def _observe(self, raw: Any) -> None:
+        """Keep the raw observation and convert it as the policy was trained to take it."""
+        self.raw = raw
+        self.obs = self.adapter.adapt(raw, self.adapter_state)
 
     def _refresh(self) -> None:
         self.analysis = analyse(self.network, self.obs, self.masked, self.text_keys, self.probe)
@@ -416,7 +439,8 @@ class Panel:
                     f"action {action!r} is not one of 0..{len(self.actions) - 1} ({self.actions})."
                 )
             who = "person"
-        self.obs, reward, terminated, truncated, self.info = self.env.step(int(action))
+        raw, reward, terminated, truncated, self.info = self.env.step(int(action))
+        self._observe(raw)
         self.log.steps += 1
         self.log.ret += float(reward)
         self.log.actions.append(int(action))
@@ -452,11 +476,29 @@ class Panel:
         return getattr(game, "audio_cfg", None) if game is not None else None
 
     def sound(self, key: str, seconds: float = PLAYBACK_SECONDS) -> Sound | None:
-        """The sound behind an audio key: exact for our navigation games, else resynthesised."""
+        """The sound behind an audio key.
+
+        Exact for our navigation games (the game renders it) and for a raw waveform the
+        run converts (the window of samples its features were computed from, looped);
+        else resynthesised from the features.
+        """
+        transform = self.adapter.transforms.get(key)
+        if isinstance(transform, WaveformTransform):
+            window = self.adapter_state.buffers[key][0]  # (channels, n_samples) in [-1, 1]
+            rate = transform.audio.sample_rate
+            return Sound(loop(window, rate, seconds), rate, exact=True)
         exact = game_sound(self.game(), 0, seconds) if key == "audio" else None
         if exact is not None:
             return exact
         return features_sound(np.asarray(self.obs[key]), self.audio_config(key), seconds)
+
+    def raw_words(self, key: str) -> list[str] | None:
+        """The words of a raw-string key as the run's text conversion splits them."""
+        transform = self.adapter.transforms.get(key)
+        if not isinstance(transform, TextTransform) or not isinstance(self.raw, Mapping):
+            return None
+        text = raw_text(self.raw.get(key))
+        return None if text is None else tokenize(text)
 
     def words(self, key: str) -> list[dict[str, Any]]:
         """The tokens of a text key with each one's occlusion score."""
@@ -464,13 +506,19 @@ class Panel:
         vocab: Vocabulary | None = self.run.agent.vocabulary or getattr(
             self.env.unwrapped, "vocabulary", None
         )
+        raw = self.raw_words(key)
         out = []
         base = self.analysis.probs
         for pos, tid in enumerate(ids.tolist()):
             if tid == PAD_ID:
                 continue
             occluded = self.analysis.words[key][pos]
-            word = vocab.tokens[tid] if vocab is not None and 0 <= tid < len(vocab) else f"#{tid}"
+            if raw is not None and pos < len(raw):
+                word = raw[pos]  # hashed ids do not decode; the raw text does
+            elif vocab is not None and 0 <= tid < len(vocab):
+                word = vocab.tokens[tid]
+            else:
+                word = f"#{tid}"
             out.append(
                 {
                     "pos": pos,
@@ -530,6 +578,9 @@ class Panel:
             }
         text = {key: self.words(key) for key in self.text_keys}
         instruction = self.info.get("instruction") or getattr(self.env.unwrapped, "mission", None)
+        if instruction is None and isinstance(self.raw, Mapping):
+            texts = (raw_text(self.raw.get(k)) for k in self.text_keys)
+            instruction = next((t for t in texts if t), None)
         greedy = int(np.argmax(a.probs))
         return {
             "run": self.run.name,
