@@ -716,11 +716,14 @@ class AdapterState:
 
     def reset(self, slots: NDArray[np.bool_] | Sequence[int] | None = None) -> None:
         """Silence the windows of ``slots`` (all when None): call it at episode starts."""
+        index = None if slots is None else np.asarray(slots)
+        if index is not None and index.dtype != np.bool_:
+            index = index.astype(np.intp)
         for buffer in self.buffers.values():
-            if slots is None:
+            if index is None:
                 buffer[...] = 0.0
             else:
-                buffer[np.asarray(slots)] = 0.0
+                buffer[index] = 0.0
 
 
 class ObservationAdapter:

@@ -20,7 +20,7 @@ from mbm_agent.encoding.encoders import (
 )
 from mbm_agent.encoding.multimodal import MultimodalEncoder
 from mbm_agent.training.config import TrainConfig
-from mbm_agent.training.envs import make_base_env, observation_adapter
+from mbm_agent.training.envs import is_minigrid, make_base_env, observation_adapter
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,12 @@ def observation_plan(cfg: TrainConfig) -> ObservationPlan:
         rows.append(KeyPlan(key, str(raw_spaces[key]), modality, edge, text, width))
     note = ""
     if adapter.box_key is not None:
-        note = f"The env's plain Box observation is the key {adapter.box_key!r}."
+        note = f"The env's plain (non-Dict) observation is the key {adapter.box_key!r}."
+    if is_minigrid(cfg.env_id):
+        note = (
+            "MiniGrid / BabyAI: the mission is tokenised with the BabyAI words and the "
+            "grid renamed symbolic_grid (make_minigrid_env) before the spaces shown."
+        )
     if cfg.extractor == "sb3":
         note += " extractor=sb3: SB3's CombinedExtractor encodes instead (shown: ours)."
     return ObservationPlan(
