@@ -633,7 +633,7 @@ class Session:
         """Apply one message from the page and return the new state.
 
         Messages (``op``): ``state``; ``step`` (optional ``action``: a person's
-        action for every panel); ``reset`` (optional ``seed``); ``mask`` (``key``,
+        action for every panel whose env has the first panel's actions); ``reset`` (optional ``seed``); ``mask`` (``key``,
         ``masked``, optional ``panel``, default all); ``sample`` (``on``).
 
         Raises:
@@ -642,8 +642,12 @@ class Session:
         op = message.get("op")
         if op == "step":
             action = message.get("action")
+            first = self.panels[0].actions
             for panel in self.panels:
-                panel.step(None if action is None else int(action))
+                # A person's action goes to every panel playing a game with the same
+                # actions; a panel on another game keeps its agent.
+                person = action is not None and panel.actions == first
+                panel.step(int(action) if person else None)
         elif op == "reset":
             seed = message.get("seed")
             self.seed = int(seed) if seed is not None else self.seed + 1000

@@ -41,7 +41,10 @@ function scheduleNext() {
   clearTimeout(timer);
   if (!view.playing || view.takeover) return;
   const speed = Number($("#speed").value);
-  timer = setTimeout(() => { if (!view.pending) send({ op: "step" }); }, 1000 / speed);
+  // Hold an episode's last frame a moment, so its outcome can be seen.
+  const ended = view.state && view.state.panels.some((p) => p.done);
+  const delay = ended ? Math.max(800, 1000 / speed) : 1000 / speed;
+  timer = setTimeout(() => { if (!view.pending) send({ op: "step" }); }, delay);
 }
 
 function setPlaying(on) {
