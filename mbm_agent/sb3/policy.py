@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from gymnasium import spaces
 from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
 from stable_baselines3.common.policies import BaseModel, MultiInputActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
 from mbm_agent.encoding.config import EncoderConfig
@@ -43,7 +44,62 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
     (parameters, state dict, ``predict``, other action spaces, separate
     extractors) is SB3's. The algorithm registry
     (:data:`~mbm_agent.sb3.algorithms.ALGORITHMS`) makes our trainer and ``load_agent`` use it.
+
+    Reward head: with ``reward_head=True`` the policy also has ``reward_net``, a
+    linear layer from the features to one predicted reward per action, which
+    :class:`~mbm_agent.sb3.ppo.MultimodalPPO` trains as an auxiliary loss (it
+    shapes the shared encoder). Acting never uses it, and exports leave it out.
+
+    Args:
+        *args: SB3's ``MultiInputActorCriticPolicy`` arguments.
+        reward_head: Add ``reward_net`` (needs a ``Discrete`` action space).
+        **kwargs: SB3's ``MultiInputActorCriticPolicy`` keyword arguments.
     """
+
+    def __init__(self, *args: Any, reward_head: bool = False, **kwargs: Any) -> None:
+        self.reward_head = bool(reward_head)
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        # Before SB3's _build, which creates the optimizer over every parameter.
+        if self.reward_head:
+            if not isinstance(self.action_space, spaces.Discrete):
+                raise ValueError(
+                    f"reward_head=True needs a Discrete action space, got {self.action_space}."
+                )
+            self.reward_net = nn.Linear(self.features_dim, int(self.action_space.n))
+        super()._build(lr_schedule)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "reward_head": self.reward_head}
+
+    def reward_predictions(self, obs: PyTorchObs) -> Tensor:
+        """``(B, n_actions)`` predicted reward of each action (needs ``reward_head``)."""
+        if not self.reward_head:
+            raise ValueError("This policy has no reward head (build it with reward_head=True).")
+        features = self._features(obs, self.features_extractor)
+        return self.reward_net(features)
+
+    def evaluate_actions_and_rewards(
+        self, obs: PyTorchObs, actions: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`evaluate_actions` plus the predicted reward of each taken action.
+
+        One pass through the encoder serves the policy, the value and the reward heads.
+        """
+        if not (self.reward_head and self._lean()):
+            raise ValueError(
+                "evaluate_actions_and_rewards needs reward_head=True, Discrete actions and a "
+                "shared features extractor."
+            )
+        features = self._features(obs, self.features_extractor)
+        latent_pi, latent_vf = self.mlp_extractor(features)
+        log_probs = torch.log_softmax(self.action_net(latent_pi), dim=-1)
+        index = actions.long().reshape(-1, 1)
+        taken = log_probs.gather(-1, index).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+        predicted = self.reward_net(features).gather(-1, index).squeeze(-1)
+        return self.value_net(latent_vf), taken, entropy, predicted
 
     def _features(self, obs: PyTorchObs, extractor: BaseFeaturesExtractor) -> Tensor:
         """Features of observations as the rollout buffer stores them (the env's dtypes).
