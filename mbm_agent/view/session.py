@@ -558,7 +558,10 @@ class Panel:
             value = np.asarray(self.obs[key])
             if modality == "image" and _is_frame(value):
                 frames[key] = png_data_uri(value)
-        rendered = self.env.render()
+        try:
+            rendered = self.env.render()
+        except (NotImplementedError, gym.error.Error, TypeError, ValueError):
+            rendered = None  # an env that cannot draw itself: the observed frame only
         topdown = (
             png_data_uri(rendered)
             if isinstance(rendered, np.ndarray) and _is_frame(rendered)

@@ -170,3 +170,11 @@ def test_the_command_prints_its_url_and_serves_until_stopped() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_without_the_web_stack_the_error_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    code, text = run_main(["view", str(AGENTS / "GoToObject")], capsys)
+    assert code == 2 and "pip install 'mbm-agent[view]'" in text
