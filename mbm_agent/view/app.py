@@ -242,6 +242,7 @@ def serve(
     Raises:
         ViewError: A bad host, run or port (before anything is started).
     """
+    _require_web_stack()
     import uvicorn
 
     app, sock = prepare(run_dirs, host=host, port=port, allow_remote=allow_remote, seed=seed)
