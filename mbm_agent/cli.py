@@ -15,6 +15,7 @@ import yaml
 
 import envs
 from mbm_agent._version import __version__
+from mbm_agent.encoding.fusion import FUSION_MODES
 from mbm_agent.training.config import ALGOS, VEC_ENVS, ConfigError, TrainConfig
 
 EPILOG = """examples:
@@ -69,7 +70,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("env_id", help=helps["env_id"])
     p.add_argument("--algo", choices=ALGOS, help=helps["algo"])
-    p.add_argument("--fusion", help="fusion mode of the encoder: concat, film, attention or gated")
+    p.add_argument(
+        "--fusion", choices=sorted(FUSION_MODES), help="fusion mode of the encoder (encoder.fusion)"
+    )
     p.add_argument("--steps", type=int, help=helps["steps"])
     p.add_argument("--seed", type=int, help=helps["seed"])
     p.add_argument("--n-envs", type=int, help=helps["n_envs"])
@@ -132,7 +135,7 @@ def _print_headline(run_dir: Path, report: dict[str, Any]) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mbm_agent.training.agent import source_architecture
-    from mbm_agent.training.config import merge, resolve_config
+    from mbm_agent.training.config import expand_aliases, merge, resolve_config
     from mbm_agent.training.trainer import train
 
     overrides = _parse_set(args.set)
@@ -160,7 +163,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.init_from is not None:
             # Start from the source's architecture; flags and --set still win (and a
             # mismatch they create is then reported by name).
-            overrides = merge(source_architecture(args.init_from), overrides)
+            overrides = merge(
+                source_architecture(args.init_from), expand_aliases(overrides, "flags and --set")
+            )
         cfg = resolve_config(args.env_id, config_file=args.config, overrides=overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -370,7 +375,9 @@ def _add_bc(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fusion", help="fusion mode: concat, film, attention or gated")
+    p.add_argument(
+        "--fusion", choices=sorted(FUSION_MODES), help="fusion mode of the encoder (encoder.fusion)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -400,15 +407,8 @@ def _cmd_bc(args: argparse.Namespace) -> int:
         eval_episodes=args.eval_episodes,
     )
     if args.fusion is not None:
-        settings.setdefault("encoder", {})["fusion"] = args.fusion
-    known = {f.name for f in dataclasses.fields(BCConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"--set {unknown}: not BC settings; known: {sorted(known)}.")
-    try:
-        cfg = BCConfig(**settings)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from exc
+        settings["fusion"] = args.fusion
+    cfg = BCConfig.from_dict(settings)
     demos = load_demos(args.demos)
     run_dir, report = bc_run(
         demos,
@@ -468,7 +468,13 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "run folder under OUT/runs/.",
     )
     p.add_argument("--games", nargs="+", metavar="ENV_ID", help="default: all our games")
-    p.add_argument("--fusions", nargs="+", metavar="MODE", help="default: all fusion modes")
+    p.add_argument(
+        "--fusions",
+        nargs="+",
+        choices=sorted(FUSION_MODES),
+        metavar="MODE",
+        help=f"fusion modes, of {', '.join(sorted(FUSION_MODES))} (default: all)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, help="budget per run (default: each game's)")
     p.add_argument("--no-ablations", action="store_true", help="skip the mask-<modality> runs")

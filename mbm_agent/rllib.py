@@ -376,7 +376,7 @@ def _yaml_defaults(env_id: str) -> tuple[dict[str, Any], dict[str, Any], list[in
     training["train_batch_size_per_learner"] = n_steps * cfg.n_envs
     net_arch = cfg.policy_kwargs.get("net_arch", [64])
     hidden = list(net_arch) if isinstance(net_arch, list) else [64]
-    return dict(cfg.encoder), training, hidden, cfg.n_envs
+    return cfg.encoder.to_dict(), training, hidden, cfg.n_envs
 
 
 def ppo_config(

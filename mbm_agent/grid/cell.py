@@ -114,7 +114,7 @@ def _cloned_policy(cell: Cell, root: Path, *, quick: bool, command: Sequence[str
     cfg = BCConfig(
         epochs=1 if quick else recipe.epochs,
         seed=cell.seed,
-        encoder=dict(recipe.encoder),
+        encoder=cell.game.encoder(),
         modalities=dict(cell.overrides.get("modalities", {})),
         eval_episodes=QUICK["final_eval_episodes"] if quick else 200,
         gif_episodes=0,

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import envs
+from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.fusion import FUSION_MODES
+from mbm_agent.training.config import resolve_config
 
 #: Report of a run's policy with sampled actions (the trainer's ``eval.json`` is greedy).
 SAMPLED = "eval-sampled"
@@ -19,12 +21,14 @@ SAMPLED = "eval-sampled"
 class BCRecipe:
     """The ``bc-ppo`` variant: clone the expert, then fine-tune the clone with PPO.
 
+    The clone (and so the fine-tuned policy) has the encoder the game's own config
+    trains with (:meth:`GameSpec.encoder`).
+
     Attributes:
         episodes: Expert episodes recorded (``mbm-agent demos``); their env steps
             count towards the budget next to PPO's.
         noise: DART noise of the recording (random action executed, expert's label kept).
         epochs: BC epochs (the lowest held-out-loss epoch is kept).
-        encoder: Encoder settings of the cloned (and fine-tuned) policy.
         ppo_steps: PPO steps after BC (``train --init-from``).
         learning_rate: PPO's learning rate (lower than from scratch, to keep the clone).
     """
@@ -32,7 +36,6 @@ class BCRecipe:
     episodes: int
     noise: float
     epochs: int
-    encoder: Mapping[str, Any]
     ppo_steps: int = 300_000
     learning_rate: float = 2e-4
 
@@ -46,7 +49,6 @@ class GameSpec:
         required: Modalities (observation keys) the design makes necessary.
         chance: Success rate the design implies without a required modality.
         steps: Training budget per run.
-        fusion: The fusion mode the ablations use (the game's default config's).
         note: Why the chance level is what it is.
         bc: The ``bc-ppo`` recipe, for games PPO does not learn from scratch
             within the budget.
@@ -62,10 +64,16 @@ class GameSpec:
     required: tuple[str, ...]
     chance: float
     steps: int
-    fusion: str
     note: str = ""
     bc: BCRecipe | None = None
     sampled: bool = False
+
+    def encoder(self) -> EncoderConfig:
+        """The encoder of the game's own config (``mbm_agent/configs``), read from there.
+
+        The ablations and the BC recipe train with it.
+        """
+        return resolve_config(self.env_id).encoder_config()
 
     @property
     def headline(self) -> str:
@@ -79,7 +87,6 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         ("image",),
         0.25,
         10_000,
-        "concat",
         "cue=image: one of 4 answers is shown only in the frame",
     ),
     "mbm/FindSound-v0": GameSpec(
@@ -87,7 +94,6 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         ("audio",),
         1 / 3,
         300_000,
-        "concat",
         "3 look-alike objects; only the sound says which one to reach",
         sampled=True,
     ),
@@ -96,9 +102,8 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         ("text",),
         1 / 3,
         500_000,
-        "film",
         "3 objects; only the instruction says which one to reach",
-        BCRecipe(10_000, 0.2, 10, {"fusion": "film", "image_encoder": "nature"}),
+        BCRecipe(10_000, 0.2, 10),
         sampled=True,
     ),
     "mbm/SoundMaze-v0": GameSpec(
@@ -106,9 +111,8 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         ("text", "audio"),
         1 / 3,
         500_000,
-        "film",
         "3 identical objects; the text names a sound, the audio says where it is",
-        BCRecipe(8_000, 0.2, 8, {"fusion": "film"}),
+        BCRecipe(8_000, 0.2, 8),
         sampled=True,
     ),
 }
@@ -206,32 +210,20 @@ def build_grid(
     cells = []
     for env_id in games:
         game = REFERENCE_GAMES[env_id]
-        variants: list[tuple[str, dict[str, Any]]] = [
-            (f, {"encoder": {"fusion": f}}) for f in fusions
-        ]
+        # Only what a variant changes: the rest (e.g. the encoder of the ablations and of
+        # the BC recipe) is the game's own config, resolved when the cell runs; a cell
+        # that starts from a clone takes the clone's architecture (train --init-from).
+        variants: list[tuple[str, dict[str, Any]]] = [(f, {"fusion": f}) for f in fusions]
+        fine_tune: dict[str, Any] = (
+            {} if game.bc is None else {"algo_kwargs": {"learning_rate": game.bc.learning_rate}}
+        )
         if bc and game.bc is not None:
-            variants.append(
-                (
-                    BC_PPO,
-                    {
-                        "encoder": dict(game.bc.encoder),
-                        "algo_kwargs": {"learning_rate": game.bc.learning_rate},
-                    },
-                )
-            )
+            variants.append((BC_PPO, fine_tune))
         if ablations:
             for m in game.required:
-                # the game's own recipe without m: PPO from scratch with its default
-                # fusion, or (a game PPO alone does not learn) its BC recipe
-                recipe: dict[str, Any] = (
-                    {"encoder": {"fusion": game.fusion}}
-                    if game.bc is None
-                    else {
-                        "encoder": dict(game.bc.encoder),
-                        "algo_kwargs": {"learning_rate": game.bc.learning_rate},
-                    }
-                )
-                variants.append((f"mask-{m}", {**recipe, "modalities": {m: "ignore"}}))
+                # the game's own recipe without m: PPO from scratch with its own config,
+                # or (a game PPO alone does not learn) its BC recipe
+                variants.append((f"mask-{m}", {**fine_tune, "modalities": {m: "ignore"}}))
         if baseline:
             variants.append(("sb3-default", {"extractor": "sb3"}))
         for variant, overrides in variants:

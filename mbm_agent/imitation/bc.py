@@ -18,7 +18,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,19 @@ from torch import nn
 import envs
 from envs.core.text import Vocabulary
 from mbm_agent.deploy.network import PolicyNetwork
-from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.config import EncoderConfig, unknown_key_hint
 from mbm_agent.encoding.multimodal import to_tensor_obs
 from mbm_agent.evaluation import evaluate_agent, write_report
 from mbm_agent.imitation.demos import DemoFileError, Demos
 from mbm_agent.sb3.policy import fast_adam
 from mbm_agent.training.agent import build_policy, load_agent, policy_spec, save_policy
-from mbm_agent.training.config import TrainConfig
+from mbm_agent.training.config import (
+    ALIASES,
+    ConfigError,
+    TrainConfig,
+    encoder_from_dict,
+    expand_aliases,
+)
 from mbm_agent.training.storage import atomic_write_text, space_to_dict
 from mbm_agent.training.trainer import record_gif
 
@@ -56,7 +62,8 @@ class BCConfig:
             constant-output state on FindSound.
         val_fraction: Fraction of episodes held out to pick the best epoch.
         seed: Seed of the initial weights and the batch order.
-        encoder: ``EncoderConfig`` fields.
+        encoder: The encoder's settings (a mapping of ``EncoderConfig`` fields is
+            converted); ``fusion`` is short for ``encoder.fusion`` in :meth:`from_dict`.
         modalities: Per-key modality declarations.
         net_arch: Hidden layers of the actor (and critic) after the encoder.
         activation: Activation of those layers (relu, tanh, elu, gelu); ``mbm-agent
@@ -72,7 +79,7 @@ class BCConfig:
     max_grad_norm: float = 0.5
     val_fraction: float = 0.1
     seed: int = 0
-    encoder: dict[str, Any] = field(default_factory=dict)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     modalities: dict[str, str] = field(default_factory=dict)
     net_arch: list[int] = field(default_factory=lambda: [64])
     # ReLU, not SB3's tanh: the fused features are unbounded, and on GoToObject the
@@ -83,6 +90,12 @@ class BCConfig:
     gif_episodes: int = 2
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, Mapping):  # fields as --set or a file gives them
+            self.encoder = encoder_from_dict(self.encoder)
+        if not isinstance(self.encoder, EncoderConfig):
+            raise ValueError(
+                f"encoder must be an EncoderConfig or a mapping, got {self.encoder!r}."
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} is not known; use one of {list(BACKENDS)}.")
         for name in ("epochs", "batch_size"):
@@ -95,7 +108,26 @@ class BCConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
         if self.eval_episodes < 0 or self.gif_episodes < 0:
             raise ValueError("eval_episodes and gif_episodes must be >= 0.")
-        EncoderConfig.from_dict(self.encoder)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BCConfig:
+        """Settings from a mapping (``mbm-agent bc``'s flags and ``--set``).
+
+        Raises:
+            ConfigError: An unknown setting (with the closest known name) or a bad value.
+        """
+        data = expand_aliases(data, "BC settings")
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            hints = ", ".join(unknown_key_hint(k, [*known, *ALIASES]) for k in unknown)
+            raise ConfigError(f"Unknown BC setting(s): {hints}; known: {[*known, *ALIASES]}.")
+        try:
+            return cls(**data)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
 
     def policy_kwargs(self) -> dict[str, Any]:
         """The SB3 ``policy_kwargs`` (JSON form) of the cloned policy."""
@@ -108,7 +140,7 @@ def _spec_for(
     """An untrained PPO policy (and its spec) for the game, as ``mbm-agent train`` would build."""
     env = envs.make(env_id, **dict(env_kwargs))
     vocabulary = env.unwrapped.vocabulary  # type: ignore[attr-defined]
-    encoder = EncoderConfig.from_dict(cfg.encoder)
+    encoder = cfg.encoder
     proto = {
         "algo": "ppo",
         "encoder": encoder.to_dict(),
@@ -328,7 +360,7 @@ def bc_run(
     """
     env_id = str(demos.meta["env_id"])
     game = envs.game_name(env_id)
-    fusion = EncoderConfig.from_dict(cfg.encoder).fusion
+    fusion = cfg.encoder.fusion
     name = run_name or f"{game}-bc-{cfg.backend}-{fusion}-s{cfg.seed}"
     run_dir = Path(runs_dir) / name
     if run_dir.exists():
@@ -354,7 +386,7 @@ def bc_run(
                     "algo": f"bc-{cfg.backend}",
                     "seed": cfg.seed,
                     "env_kwargs": demos.meta.get("env_kwargs", {}),
-                    "encoder": EncoderConfig.from_dict(cfg.encoder).to_dict(),
+                    "encoder": cfg.encoder.to_dict(),
                     "modalities": dict(cfg.modalities),
                     "policy_kwargs": cfg.policy_kwargs(),
                     "bc": asdict(cfg),

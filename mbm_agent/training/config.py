@@ -2,8 +2,16 @@
 
 Precedence (later wins): the dataclass defaults, ``mbm_agent/configs/default.yaml``,
 the environment's own YAML (``configs/<env id with / replaced by _>.yaml``), a
-``--config FILE``, then command-line flags. The resolved config is saved with
-every run as ``config.yaml`` and ``config.json``.
+``--config FILE``, then command-line flags and ``--set``. The resolved config is
+saved with every run as ``config.yaml`` and ``config.json``.
+
+This module owns the configuration's names and checks: the top-level aliases
+(:data:`ALIASES`, e.g. ``fusion`` for ``encoder.fusion``, rewritten only by
+:func:`expand_aliases`), the allowed algorithms (:data:`ALGOS`, the names of
+:data:`~mbm_agent.sb3.algorithms.ALGORITHMS`) and every field's validation, with
+the closest known name for a misspelt one. The encoder's fields are an
+:class:`~mbm_agent.encoding.config.EncoderConfig`, checked once when the config is
+made and handed on as that object.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ import yaml
 
 import envs
 from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.sb3.algorithms import ALGORITHMS
 from mbm_agent.training.adapter import parse_declarations
 from mbm_agent.training.storage import atomic_write_text
 
 #: The YAML defaults: ``default.yaml`` and one file per environment id.
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
-ALGOS = ("ppo", "a2c", "dqn", "recurrent_ppo")
+#: Algorithm names ``algo`` accepts: the registry's (:data:`~mbm_agent.sb3.algorithms.ALGORITHMS`).
+ALGOS: tuple[str, ...] = tuple(ALGORITHMS)
 EXTRACTORS = ("mbm", "sb3")
 DEVICES = ("cpu", "cuda", "auto")
 VEC_ENVS = ("dummy", "async")
@@ -33,6 +43,46 @@ VEC_ENVS = ("dummy", "async")
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and the fix."""
+
+
+#: Top-level short names for nested fields, accepted in config files, ``--set`` and
+#: flags: ``fusion: film`` is ``encoder: {fusion: film}``.
+ALIASES: dict[str, tuple[str, str]] = {"fusion": ("encoder", "fusion")}
+
+
+def expand_aliases(data: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """``data`` with each alias of :data:`ALIASES` moved into the field it stands for.
+
+    The one place an alias is rewritten. :func:`resolve_config` applies it to each
+    layer (default YAML, env YAML, ``--config``, flags) before merging them, so the
+    later layer wins whichever of the two spellings each uses;
+    :meth:`TrainConfig.from_dict` and ``mbm-agent bc`` apply it to what they are given.
+
+    Args:
+        data: Config fields, possibly with aliases.
+        where: Where ``data`` comes from, for the message.
+
+    Raises:
+        ConfigError: An alias and the field it stands for are both given, with
+            different values, or the section is not a mapping.
+    """
+    out = dict(data)
+    for alias, (section, name) in ALIASES.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        nested = out.get(section)
+        if nested is None:
+            nested = {}
+        if not isinstance(nested, Mapping):
+            raise ConfigError(f"{where}: {section} must be a mapping, got {nested!r}.")
+        if name in nested and nested[name] != value:
+            raise ConfigError(
+                f"{where}: {alias}={value!r} and {section}.{name}={nested[name]!r} disagree; "
+                f"{alias} is short for {section}.{name}, give one of them."
+            )
+        out[section] = {**nested, name: value}
+    return out
 
 
 @dataclass
@@ -107,8 +157,9 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Arguments of the environment."}
     )
-    encoder: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "EncoderConfig fields (fusion, features_dim, ...)."}
+    encoder: EncoderConfig = field(
+        default_factory=EncoderConfig,
+        metadata={"help": "EncoderConfig fields (fusion, features_dim, ...); a mapping in files."},
     )
     modalities: dict[str, Any] = field(
         default_factory=dict,
@@ -128,6 +179,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, Mapping):  # fields as a file or --set gives them
+            self.encoder = encoder_from_dict(self.encoder)
         self.validate()
 
     @property
@@ -135,14 +188,11 @@ class TrainConfig:
         """The encoder's fusion mode (``sb3-default`` for SB3's own extractor)."""
         if self.extractor == "sb3":
             return "sb3-default"
-        return str(self.encoder.get("fusion", EncoderConfig().fusion))
+        return self.encoder.fusion
 
     def encoder_config(self) -> EncoderConfig:
-        """The validated :class:`EncoderConfig` of this run."""
-        try:
-            return EncoderConfig.from_dict(self.encoder)
-        except ValueError as exc:
-            raise ConfigError(f"encoder: {exc}") from exc
+        """The run's :class:`EncoderConfig` (the :attr:`encoder` field itself)."""
+        return self.encoder
 
     def default_run_name(self) -> str:
         """``<game>-<algo>-<fusion>-s<seed>``."""
@@ -184,14 +234,17 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
         if not isinstance(self.sb3_zip, bool):
             raise ConfigError(f"sb3_zip must be true or false, got {self.sb3_zip!r}.")
-        for name in ("env_kwargs", "encoder", "modalities", "algo_kwargs", "policy_kwargs"):
+        if not isinstance(self.encoder, EncoderConfig):
+            raise ConfigError(
+                f"encoder must be a mapping of EncoderConfig fields, got {self.encoder!r}."
+            )
+        for name in ("env_kwargs", "modalities", "algo_kwargs", "policy_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping, got {getattr(self, name)!r}.")
         if self.run_name is not None and (
             not self.run_name or "/" in self.run_name or self.run_name in {".", ".."}
         ):
             raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}.")
-        self.encoder_config()
         try:
             parse_declarations(self.modalities)
         except ValueError as exc:
@@ -206,23 +259,20 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown fields are errors that suggest the closest name."""
-        data = dict(data)
-        data.pop("fusion_resolved", None)
-        if "fusion" in data:  # convenience alias of encoder.fusion
-            fusion = data.pop("fusion")
-            data["encoder"] = {**dict(data.get("encoder") or {}), "fusion": fusion}
+        data = expand_aliases(data)
+        data.pop("fusion_resolved", None)  # written by early versions
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in data if k not in known]
         if unknown:
             hints = []
             for key in unknown:
-                close = difflib.get_close_matches(str(key), [*known, "fusion"], n=1)
+                close = difflib.get_close_matches(str(key), [*known, *ALIASES], n=1)
                 if not close:  # e.g. learning_rate, which lives in algo_kwargs
                     nested = _section_names()
                     close = [nested[m] for m in difflib.get_close_matches(str(key), nested, n=1)]
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(
-                f"Unknown config field(s): {', '.join(hints)}. Known fields: {[*known, 'fusion']}."
+                f"Unknown config field(s): {', '.join(hints)}. Known fields: {[*known, *ALIASES]}."
             )
         if "env_id" not in data:
             raise ConfigError("env_id is required (the Gymnasium id to train on).")
@@ -274,6 +324,18 @@ def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def encoder_from_dict(data: Mapping[str, Any]) -> EncoderConfig:
+    """The checked :class:`EncoderConfig` of a config's ``encoder`` section.
+
+    Raises:
+        ConfigError: Naming the field (with the closest known name for a misspelt one).
+    """
+    try:
+        return EncoderConfig.from_dict(data)
+    except ValueError as exc:
+        raise ConfigError(f"encoder: {exc}") from exc
+
+
 def env_defaults_path(env_id: str) -> Path:
     """Where an environment's default hyperparameters live."""
     return CONFIG_DIR / f"{env_id.replace('/', '_')}.yaml"
@@ -286,30 +348,23 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Defaults <- default.yaml <- env YAML <- ``config_file`` <- ``overrides``."""
-    data: dict[str, Any] = _read_yaml(CONFIG_DIR / "default.yaml")
+    default_file = CONFIG_DIR / "default.yaml"
+    data: dict[str, Any] = expand_aliases(_read_yaml(default_file), str(default_file))
     env_file = env_defaults_path(env_id)
     if env_file.is_file():
-        data = merge(data, _read_yaml(env_file))
+        data = merge(data, expand_aliases(_read_yaml(env_file), str(env_file)))
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config file {path} does not exist.")
-        data = merge(data, _read_yaml(path))
-    if "fusion" in data:
-        data["encoder"] = {**dict(data.get("encoder") or {}), "fusion": data.pop("fusion")}
+        data = merge(data, expand_aliases(_read_yaml(path), str(path)))
     # Per-algorithm hyperparameters: hyperparams.<algo> feeds algo_kwargs.
     hyper = data.pop("hyperparams", {}) or {}
     algo = (overrides or {}).get("algo", data.get("algo", "ppo"))
     if not isinstance(hyper, dict):
         raise ConfigError("hyperparams must map an algorithm name to its hyperparameters.")
     data["algo_kwargs"] = merge(dict(hyper.get(algo) or {}), data.get("algo_kwargs") or {})
-    overrides = dict(overrides or {})
-    if "fusion" in overrides:
-        overrides["encoder"] = {
-            **dict(overrides.get("encoder") or {}),
-            "fusion": overrides.pop("fusion"),
-        }
-    data = merge(data, overrides)
+    data = merge(data, expand_aliases(overrides or {}, "flags and --set"))
     data["env_id"] = env_id
     return TrainConfig.from_dict(data)
 

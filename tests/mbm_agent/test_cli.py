@@ -353,7 +353,8 @@ def test_print_config_takes_the_hyperparameters_of_the_chosen_algo(
         (["--set", "algo=sac"], ("algo='sac'", "ppo", "recurrent_ppo")),
         (["--steps", "-5"], ("steps", "-5", ">= 1")),
         (["--set", "n_envs=0"], ("n_envs", ">= 1")),
-        (["--fusion", "bogus"], ("fusion", "bogus", "concat", "film", "attention", "gated")),
+        (["--set", "fusion=bogus"], ("fusion", "bogus", "concat", "film", "attention", "gated")),
+        (["--set", "encoder.fusoin=film"], ("fusoin", "did you mean 'fusion'")),
         (["--device", "tpu"], ("device", "tpu", "cpu")),
         (["--set", "steps"], ("--set", "KEY=VALUE")),
         (["--config", "/no/such/file.yaml"], ("/no/such/file.yaml", "does not exist")),
@@ -398,6 +399,25 @@ def test_bad_env_is_a_clear_error_and_leaves_no_run_folder(
         assert text in err, f"{text!r} not in {err!r}"
     leftovers = list(runs.iterdir()) if runs.exists() else []
     assert not leftovers, f"a failed start left {leftovers} behind"
+
+
+@pytest.mark.parametrize("command", ["train", "bc"])
+def test_fusion_choices_are_the_registry_s(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mbm_agent.cli import build_parser
+    from mbm_agent.encoding.fusion import FUSION_MODES
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    fusion = next(a for a in sub.choices[command]._actions if a.dest == "fusion")
+    assert sorted(fusion.choices) == sorted(FUSION_MODES)
+    target = ENV if command == "train" else "demos.npz"
+    with pytest.raises(SystemExit) as exc:
+        main([command, target, "--fusion", "sum"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"mbm-agent {command}: error: argument --fusion")
+    assert "'sum'" in last and all(m in last for m in FUSION_MODES)
 
 
 def test_bad_algo_choice_is_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:

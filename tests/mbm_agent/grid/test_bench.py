@@ -116,26 +116,25 @@ def test_build_grid_cells_and_overrides(env_id: str) -> None:
             cell.variant == "bc-ppo" or cell.variant.startswith("mask-")
         )
         assert o["steps"] == (game.bc.ppo_steps if bc_recipe else game.steps)
+        # A cell names only what its variant changes; the encoder is the game's config's.
+        assert "encoder" not in o
         if cell.variant == "bc-ppo":
-            assert o["encoder"] == dict(game.bc.encoder)
             assert o["algo_kwargs"] == {"learning_rate": game.bc.learning_rate}
-            assert "modalities" not in o and "extractor" not in o
+            assert "modalities" not in o and "extractor" not in o and "fusion" not in o
         elif cell.variant in ("concat", "film"):
-            assert o["encoder"] == {"fusion": cell.variant}
+            assert o["fusion"] == cell.variant
             assert "modalities" not in o and "extractor" not in o
         elif cell.variant.startswith("mask-"):
             modality = cell.variant.removeprefix("mask-")
             assert o["modalities"] == {modality: "ignore"}
-            assert "extractor" not in o
-            if game.bc is None:  # the game's default fusion, PPO from scratch
-                assert o["encoder"] == {"fusion": game.fusion}
+            assert "extractor" not in o and "fusion" not in o
+            if game.bc is None:  # the game's own config, PPO from scratch
                 assert "algo_kwargs" not in o
             else:  # the BC recipe without the modality
-                assert o["encoder"] == dict(game.bc.encoder)
                 assert o["algo_kwargs"] == {"learning_rate": game.bc.learning_rate}
         else:
             assert o["extractor"] == "sb3"
-            assert "encoder" not in o and "modalities" not in o
+            assert "fusion" not in o and "modalities" not in o
 
 
 def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
@@ -144,13 +143,15 @@ def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
     from mbm_agent.training.config import resolve_config
 
     for cell in build_grid(seeds=[0]):
-        # the ablations use the game's default fusion (its YAML's)
-        assert cell.game.fusion == env_fusion(cell.game.env_id)
+        # the ablations and the BC recipe use the game's own encoder (its YAML's)
+        game_encoder = cell.game.encoder()
+        assert game_encoder.fusion == env_fusion(cell.game.env_id)
+        assert game_encoder == resolve_config(cell.game.env_id).encoder_config()
         cfg = resolve_config(cell.game.env_id, overrides=dict(cell.overrides))
         recipe = cell.game.bc
         if recipe is not None and (cell.variant == "bc-ppo" or cell.variant.startswith("mask-")):
             assert cfg.seed == 0 and cfg.steps == recipe.ppo_steps
-            assert cfg.fusion == recipe.encoder["fusion"] and cfg.extractor == "mbm"
+            assert cfg.encoder_config() == game_encoder and cfg.extractor == "mbm"
             assert cfg.algo_kwargs["learning_rate"] == recipe.learning_rate
             masked = cell.variant.removeprefix("mask-")
             assert cfg.modalities == ({masked: "ignore"} if masked != cell.variant else {})
@@ -159,7 +160,7 @@ def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
         if cell.variant == "sb3-default":
             assert (cfg.extractor, cfg.fusion) == ("sb3", "sb3-default")
         elif cell.variant.startswith("mask-"):
-            assert cfg.extractor == "mbm" and cfg.fusion == cell.game.fusion
+            assert cfg.extractor == "mbm" and cfg.encoder_config() == game_encoder
             assert cfg.modalities == {cell.variant.removeprefix("mask-"): "ignore"}
         else:
             assert cfg.extractor == "mbm" and cfg.fusion == cell.variant
@@ -266,7 +267,7 @@ def test_grid_writes_ordinary_run_folders(grid: Grid) -> None:
 
     mask = json.loads((grid.run("mask-image") / "config.json").read_text())
     assert mask["modalities"] == {"image": "ignore"}
-    assert mask["fusion"] == REFERENCE_GAMES[PROBE].fusion
+    assert mask["fusion"] == REFERENCE_GAMES[PROBE].encoder().fusion == "concat"
     assert json.loads((grid.run("concat", 1) / "config.json").read_text())["fusion"] == "concat"
 
 
@@ -661,7 +662,7 @@ def test_bc_ppo_cell_clones_the_expert_then_fine_tunes(
     assert bc_config["algo"] == "bc-torch"
     assert bc_config["demos"]["seed"] == 1 + 100_000  # demos of another seed than seed 0's
     assert bc_config["demos"]["noise"] == recipe.noise
-    assert bc_config["encoder"]["fusion"] == recipe.encoder["fusion"]
+    assert bc_config["encoder"] == REFERENCE_GAMES[soundmaze].encoder().to_dict()
 
     config = json.loads((run / "config.json").read_text())
     assert Path(config["init_from"]) == bc_dir

@@ -112,7 +112,12 @@ def test_every_algorithm_trains_saves_loads_and_evaluates(algo: str, tmp_path: P
     report = evaluate_agent(agent, ENV, cfg.env_kwargs, episodes=3, n_envs=2)
     assert report["meta"]["episodes"] == 3
     assert report["meta"]["algo"] == algo
-    assert 0.0 <= report["success"]["rate"] <= 1.0
+    # The rate is the episodes' own successes, and greedy play on held-out seeds repeats.
+    successes = report["episodes"]["successes"]
+    assert len(successes) == 3
+    assert report["success"]["rate"] == pytest.approx(sum(successes) / 3)
+    again = evaluate_agent(agent, ENV, cfg.env_kwargs, episodes=3, n_envs=2)
+    assert again["episodes"] == report["episodes"]
     if algo == "recurrent_ppo":
         _check_actor_carries_state(agent)
 

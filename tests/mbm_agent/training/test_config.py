@@ -1,0 +1,234 @@
+"""The training config: precedence of its layers, aliases, validation, the round trip through a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.fusion import FUSION_MODES
+from mbm_agent.imitation.bc import BCConfig
+from mbm_agent.sb3.algorithms import ALGORITHMS
+from mbm_agent.training import config as config_module
+from mbm_agent.training.config import (
+    ALGOS,
+    ConfigError,
+    TrainConfig,
+    expand_aliases,
+    load_run_config,
+    resolve_config,
+    save_config,
+)
+
+ENV = "mbm/GoToObject-v0"
+
+
+def _write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``default.yaml`` and an env YAML of the test's own (the real ones stay untouched)."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    _write(
+        folder / "default.yaml",
+        {
+            "n_envs": 16,
+            "steps": 1000,
+            "policy_kwargs": {"net_arch": [64]},
+            "hyperparams": {"ppo": {"n_steps": 128, "gamma": 0.9}, "a2c": {"n_steps": 8}},
+        },
+    )
+    _write(
+        folder / "mbm_GoToObject-v0.yaml",
+        {"n_envs": 32, "fusion": "film", "hyperparams": {"ppo": {"n_steps": 64}}},
+    )
+    monkeypatch.setattr(config_module, "CONFIG_DIR", folder)
+    return folder
+
+
+# -- precedence ---------------------------------------------------------------------------
+def test_each_layer_overrides_the_one_before(config_dir: Path, tmp_path: Path) -> None:
+    """Dataclass defaults < default.yaml < env YAML < --config < flags and --set."""
+    cfg = resolve_config("mbm/FindSound-v0")  # no YAML of its own here
+    assert (cfg.n_envs, cfg.steps, cfg.eval_every) == (16, 1000, 20_000)  # last: the dataclass's
+    assert cfg.policy_kwargs == {"net_arch": [64]}
+    assert cfg.algo_kwargs == {"n_steps": 128, "gamma": 0.9}
+    assert cfg.encoder == EncoderConfig()
+
+    cfg = resolve_config(ENV)
+    assert (cfg.n_envs, cfg.steps) == (32, 1000)
+    assert cfg.algo_kwargs == {"n_steps": 64, "gamma": 0.9}  # merged key by key
+    assert cfg.fusion == "film"
+
+    user = _write(
+        tmp_path / "user.yaml",
+        {"n_envs": 8, "encoder": {"features_dim": 64}, "hyperparams": {"ppo": {"gamma": 0.5}}},
+    )
+    cfg = resolve_config(ENV, config_file=user)
+    assert cfg.n_envs == 8
+    assert cfg.algo_kwargs == {"n_steps": 64, "gamma": 0.5}
+    assert (cfg.encoder.fusion, cfg.encoder.features_dim) == ("film", 64)
+
+    flags = {"n_envs": 4, "algo_kwargs": {"n_steps": 16}, "encoder": {"features_dim": 32}}
+    cfg = resolve_config(ENV, config_file=user, overrides=flags)
+    assert cfg.n_envs == 4
+    assert cfg.algo_kwargs == {"n_steps": 16, "gamma": 0.5}
+    assert (cfg.encoder.fusion, cfg.encoder.features_dim) == ("film", 32)
+
+
+def test_the_algorithm_picks_its_hyperparameters(config_dir: Path) -> None:
+    cfg = resolve_config(ENV, overrides={"algo": "a2c"})
+    assert cfg.algo_kwargs == {"n_steps": 8}
+
+
+def test_resolve_config_checks_a_missing_config_file(config_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config(ENV, config_file=tmp_path / "nope.yaml")
+
+
+# -- aliases ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("env_layer", "file_layer", "flags", "fusion"),
+    [
+        # the env YAML says `fusion: film` (alias); each later layer wins in either spelling
+        ({}, {"encoder": {"fusion": "concat"}}, {}, "concat"),
+        ({}, {"fusion": "gated"}, {}, "gated"),
+        ({}, {"fusion": "gated"}, {"encoder": {"fusion": "attention"}}, "attention"),
+        ({}, {"encoder": {"fusion": "gated"}}, {"fusion": "attention"}, "attention"),
+        ({"encoder": {"fusion": "gated"}}, {}, {}, "gated"),
+        ({}, {}, {}, "film"),
+    ],
+)
+def test_fusion_alias_and_field_follow_precedence_in_any_spelling(
+    config_dir: Path,
+    tmp_path: Path,
+    env_layer: dict[str, Any],
+    file_layer: dict[str, Any],
+    flags: dict[str, Any],
+    fusion: str,
+) -> None:
+    if env_layer:
+        _write(config_dir / "mbm_GoToObject-v0.yaml", env_layer)
+    user = _write(tmp_path / "user.yaml", file_layer)
+    cfg = resolve_config(ENV, config_file=user, overrides=flags)
+    assert cfg.encoder.fusion == cfg.fusion == fusion
+
+
+def test_alias_and_field_disagreeing_in_one_layer_is_an_error(
+    config_dir: Path, tmp_path: Path
+) -> None:
+    user = _write(tmp_path / "user.yaml", {"fusion": "film", "encoder": {"fusion": "gated"}})
+    with pytest.raises(ConfigError, match=r"user\.yaml: fusion='film' and encoder\.fusion='gated'"):
+        resolve_config(ENV, config_file=user)
+    # the same value twice is fine
+    same = _write(tmp_path / "same.yaml", {"fusion": "gated", "encoder": {"fusion": "gated"}})
+    assert resolve_config(ENV, config_file=same).fusion == "gated"
+
+
+def test_expand_aliases_is_the_only_rewrite() -> None:
+    assert expand_aliases({"fusion": "film", "seed": 3}) == {
+        "encoder": {"fusion": "film"},
+        "seed": 3,
+    }
+    assert expand_aliases({"fusion": "film", "encoder": {"features_dim": 8}}) == {
+        "encoder": {"features_dim": 8, "fusion": "film"}
+    }
+    data = {"encoder": {"fusion": "film"}}
+    assert expand_aliases(data) == data
+    with pytest.raises(ConfigError, match="encoder must be a mapping"):
+        expand_aliases({"fusion": "film", "encoder": [1]})
+    cfg = TrainConfig.from_dict({"env_id": ENV, "fusion": "attention"})
+    assert cfg.encoder.fusion == "attention"
+
+
+# -- validation ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"stepz": 10}, ("'stepz'", "did you mean 'steps'")),
+        ({"fuson": "film"}, ("'fuson'", "did you mean 'fusion'")),
+        ({"learning_rat": 0.1}, ("'learning_rat'", "algo_kwargs.learning_rate")),
+        ({"features_dm": 8}, ("'features_dm'", "encoder.features_dim")),
+        ({"encoder": {"fusoin": "film"}}, ("encoder:", "'fusoin'", "did you mean 'fusion'")),
+        ({"algo": "sac"}, ("algo='sac'", *sorted(ALGORITHMS))),
+        ({"fusion": "sum"}, ("fusion='sum'", *sorted(FUSION_MODES))),
+        ({"encoder": {"features_dim": 0}}, ("features_dim", ">= 1")),
+        ({"encoder": [1, 2]}, ("encoder must be a mapping", "[1, 2]")),
+        ({"extractor": "clip"}, ("extractor='clip'", "mbm", "sb3")),
+        ({"n_envs": 0}, ("n_envs", ">= 1")),
+        ({"steps": True}, ("steps", "True")),
+        ({"device": "tpu"}, ("device='tpu'", "cpu")),
+    ],
+)
+def test_errors_name_the_field_and_the_fix(data: dict[str, Any], words: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"env_id": ENV, **data})
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+def test_allowed_names_come_from_the_registries() -> None:
+    assert tuple(ALGORITHMS) == ALGOS
+    assert EncoderConfig.choices()["fusion"] == tuple(FUSION_MODES)
+
+
+def test_the_encoder_is_checked_once_and_travels_as_an_object() -> None:
+    cfg = TrainConfig.from_dict({"env_id": ENV, "encoder": {"fusion": "gated"}})
+    assert isinstance(cfg.encoder, EncoderConfig)
+    assert cfg.encoder_config() is cfg.encoder
+    with pytest.raises(AttributeError):  # frozen: a checked config stays checked
+        cfg.encoder.fusion = "sum"  # type: ignore[misc]
+    given = EncoderConfig(features_dim=48)
+    assert TrainConfig(env_id=ENV, encoder=given).encoder is given
+
+
+# -- round trip ---------------------------------------------------------------------------
+@pytest.mark.parametrize("extractor", ["mbm", "sb3"])
+def test_round_trip_through_config_json(tmp_path: Path, extractor: str) -> None:
+    cfg = resolve_config(
+        ENV,
+        overrides={
+            "fusion": "attention",
+            "encoder": {"features_dim": 96},
+            "seed": 5,
+            "extractor": extractor,
+            "modalities": {"audio": "ignore"},
+            "algo_kwargs": {"learning_rate": 0.001},
+        },
+    )
+    save_config(cfg, tmp_path)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["fusion"] == ("attention" if extractor == "mbm" else "sb3-default")
+    assert saved["encoder"] == cfg.encoder.to_dict()  # every field, not only those given
+    loaded = load_run_config(tmp_path)
+    assert loaded == cfg
+    assert isinstance(loaded.encoder, EncoderConfig)
+
+
+def test_a_config_json_written_with_a_partial_encoder_loads(tmp_path: Path) -> None:
+    """Runs saved before the encoder travelled as an object hold only the fields given."""
+    cfg = resolve_config(ENV)
+    data = cfg.to_dict()
+    data["encoder"] = {"fusion": "gated"}
+    (tmp_path / "config.json").write_text(json.dumps(data), encoding="utf-8")
+    assert load_run_config(tmp_path).encoder == EncoderConfig(fusion="gated")
+
+
+# -- behaviour cloning settings -------------------------------------------------------------
+def test_bc_settings_share_the_alias_and_the_checks() -> None:
+    cfg = BCConfig.from_dict({"fusion": "film", "encoder": {"features_dim": 64}, "epochs": 2})
+    assert cfg.encoder == EncoderConfig(fusion="film", features_dim=64)
+    with pytest.raises(ConfigError, match=r"'epoch' \(did you mean 'epochs'\?\)"):
+        BCConfig.from_dict({"epoch": 2})
+    with pytest.raises(ConfigError, match="fusion='sum'"):
+        BCConfig.from_dict({"fusion": "sum"})
+    with pytest.raises(ConfigError, match="disagree"):
+        BCConfig.from_dict({"fusion": "film", "encoder": {"fusion": "gated"}})
