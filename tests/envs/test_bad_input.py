@@ -47,8 +47,25 @@ def test_single_env_rejects_invalid_action(single: envs.GameEnv, action: Any) ->
 
 
 def test_single_env_accepts_numpy_and_python_ints(single: envs.GameEnv) -> None:
+    """Each integer type takes effect, and the same effect as the plain int."""
+    reference = envs.make("mbm/GoToObject-v0")
+    reference.reset(seed=0)
+    moved = False
     for action in (0, np.int64(1), np.int32(2), np.array(2)):
-        single.step(action)
+        heading, pos = single.game.heading.copy(), single.game.agent_pos.copy()
+        obs, reward, terminated, truncated, _ = single.step(action)
+        expected = reference.step(int(action))
+        for key in obs:
+            np.testing.assert_array_equal(obs[key], expected[0][key], err_msg=f"{action!r}: {key}")
+        assert (reward, terminated, truncated) == expected[1:4], repr(action)
+        np.testing.assert_array_equal(single.game.heading, reference.game.heading)
+        np.testing.assert_array_equal(single.game.agent_pos, reference.game.agent_pos)
+        if int(action) in (0, 1):  # a turn always changes the heading, in place
+            assert single.game.heading[0] != heading[0], repr(action)
+            np.testing.assert_array_equal(single.game.agent_pos, pos)
+        else:
+            moved |= not np.array_equal(single.game.agent_pos, pos)
+    assert moved, "neither forward step moved the agent"
 
 
 def test_rejected_action_does_not_advance_the_episode(single: envs.GameEnv) -> None:
@@ -103,7 +120,15 @@ def test_probe_actions_follow_n_answers() -> None:
     assert env.action_space == gym.spaces.Discrete(5)
     with pytest.raises(ValueError, match=re.escape("[0, 4]")):
         env.step(5)
-    env.step(4)
+    # Answer 4 is taken as given: right exactly in the episodes whose answer is 4.
+    outcomes = set()
+    for seed in range(40):
+        env.reset(seed=seed)
+        answer = env.expert_action()
+        _, reward, terminated, _, info = env.step(4)
+        assert terminated and info["success"] == (answer == 4) == (reward > 0), seed
+        outcomes.add(answer == 4)
+    assert outcomes == {True, False}
 
 
 # -- reset options -------------------------------------------------------------------

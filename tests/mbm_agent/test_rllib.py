@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -303,12 +304,16 @@ EVAL_EPISODES = 512
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A fresh local Ray cluster for this process (never a shared or running one)."""
+def local_ray(ray_temp_dir: Path) -> Iterator[None]:
+    """A fresh local Ray cluster for this process (never a shared or running one).
+
+    Its files (sessions, sockets, logs) go under this session's pytest folder.
+    """
     if ray.is_initialized():  # left over by an earlier test in this process
         ray.shutdown()
     ray.init(
         address="local",
+        _temp_dir=str(ray_temp_dir),
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -89,7 +89,7 @@ def test_auto_backend_needs_two_runs_and_ray() -> None:
     assert resolve_backend("sequential", pending=4) == "sequential"
 
 
-def test_grid_on_local_ray_survives_a_killed_worker(tmp_path: Path) -> None:
+def test_grid_on_local_ray_survives_a_killed_worker(tmp_path: Path, ray_temp_dir: Path) -> None:
     """4 trials, 2 at a time; one trial's worker is SIGKILLed mid-training after a checkpoint.
 
     Tune retries it in a new worker, which resumes from the run's checkpoint;
@@ -97,7 +97,8 @@ def test_grid_on_local_ray_survives_a_killed_worker(tmp_path: Path) -> None:
     """
     pytest.importorskip("ray.tune")
     out = tmp_path / "grid"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The local Ray the command starts keeps its files under this test session's folder.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_temp_dir)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mbm_agent.cli", "bench", *GRID, "--out", str(out)],
         stdout=subprocess.PIPE,
