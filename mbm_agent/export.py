@@ -7,7 +7,7 @@ from mbm_agent.deploy.export import (
     VERIFY_TOLERANCE,
     ExportError,
     export_policy,
-    input_infos,
+    input_specs,
 )
 from mbm_agent.deploy.runtime import (
     EXPORT_FORMAT,
@@ -16,10 +16,10 @@ from mbm_agent.deploy.runtime import (
     MODEL_FILES,
     OUTPUT_NAMES,
     ExportedPolicy,
-    InputInfo,
     Runner,
     load_exported,
 )
+from mbm_agent.encoding.spec import InputSpec
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -31,9 +31,9 @@ __all__ = [
     "VERIFY_TOLERANCE",
     "ExportError",
     "ExportedPolicy",
-    "InputInfo",
+    "InputSpec",
     "Runner",
     "export_policy",
-    "input_infos",
+    "input_specs",
     "load_exported",
 ]

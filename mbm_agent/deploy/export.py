@@ -69,7 +69,6 @@ from mbm_agent.deploy.runtime import (
     FORMATS,
     MODEL_FILES,
     OUTPUT_NAMES,
-    InputInfo,
     Runner,
     keras_runner,
     normalize_outputs,
@@ -78,6 +77,7 @@ from mbm_agent.deploy.runtime import (
     tf_import_hint,
     torchscript_runner,
 )
+from mbm_agent.encoding.spec import InputSpec
 from mbm_agent.training.agent import Agent, load_agent, resolve_model_dir
 from mbm_agent.training.storage import fresh_tmp_dir, replace_dir
 
@@ -251,20 +251,15 @@ class _PositionalPolicy(nn.Module):
         return self.net(dict(zip(self.keys, inputs, strict=True)))
 
 
-def input_infos(net: PolicyNetwork) -> list[InputInfo]:
-    """The raw inputs of a policy network, in its input order."""
-    infos = []
-    for key in net.keys:
-        spec = net.encoder.encoders[key].input_spec
-        dtype = spec.dummy(1).numpy().dtype
-        infos.append(InputInfo(key, dtype.name, tuple(int(s) for s in spec.shape)))
-    return infos
+def input_specs(net: PolicyNetwork) -> list[InputSpec]:
+    """The raw inputs of a policy network, in its input order (``export.json``'s ``inputs``)."""
+    return list(net.encoder.input_specs)
 
 
 def _example(net: PolicyNetwork, batch: int, seed: int = 0) -> dict[str, NDArray[Any]]:
     """Random raw observations cast to the exported input dtypes."""
     obs = net.random_observations(batch, seed)
-    return {i.name: obs[i.name].astype(i.dtype) for i in input_infos(net)}
+    return {i.name: obs[i.name].astype(i.dtype) for i in input_specs(net)}
 
 
 def _metadata(
@@ -279,7 +274,7 @@ def _metadata(
         "version": EXPORT_VERSION,
         "export_format": fmt,
         "file": MODEL_FILES[fmt],
-        "inputs": [i.to_dict() for i in input_infos(net)],
+        "inputs": [spec.to_json() for spec in input_specs(net)],
         "outputs": list(OUTPUT_NAMES),
         "n_actions": net.n_actions,
         "policy_kind": net.kind,

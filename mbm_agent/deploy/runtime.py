@@ -17,7 +17,6 @@ import contextlib
 import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ import torch
 from numpy.typing import NDArray
 
 from mbm_agent.deploy.network import OUTPUT_NAMES
+from mbm_agent.encoding.spec import InputSpec, check_observation
 from mbm_agent.training.storage import ModelFileError, read_json
 
 if TYPE_CHECKING:
@@ -51,30 +51,6 @@ EXPORT_EXTRA = "pip install 'mbm-agent[export]'"
 TF_EXTRA = "pip install 'mbm-agent[tf]'"
 Runner = Callable[[dict[str, NDArray[Any]]], dict[str, NDArray[Any]]]
 """A loaded model: batched, checked inputs by name -> outputs by name."""
-
-
-@dataclass(frozen=True)
-class InputInfo:
-    """One input of an exported policy.
-
-    Attributes:
-        name: Observation key.
-        dtype: Numpy dtype name (``uint8``, ``int64`` or ``float32``).
-        shape: Per-sample shape (without the batch dimension).
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InputInfo:
-        """Inverse of :meth:`to_dict`."""
-        return cls(str(data["name"]), str(data["dtype"]), tuple(int(s) for s in data["shape"]))
 
 
 def require_onnxruntime() -> ModuleType:
@@ -192,7 +168,8 @@ class ExportedPolicy:
     starts. Keys, dtypes and
     shapes are checked against ``export.json`` before the model runs; safe
     dtype conversions (e.g. int32 token ids to int64) are made, unsafe ones
-    (float frames for a uint8 input) are refused with a message.
+    (float frames for a uint8 input) are refused with a message, by the check
+    every runtime shares (:func:`mbm_agent.encoding.spec.check_observation`).
 
     Attributes:
         path: The export folder.
@@ -208,7 +185,7 @@ class ExportedPolicy:
         self.path = path
         self.spec = spec
         self.format = str(spec["export_format"])
-        self.inputs = [InputInfo.from_dict(d) for d in spec["inputs"]]
+        self.inputs = [InputSpec.from_json(d) for d in spec["inputs"]]
         self.n_actions = int(spec["n_actions"])
         self._ignored = set(spec.get("ignored_keys") or ())
         self._run = run
@@ -280,98 +257,8 @@ class ExportedPolicy:
         Raises:
             ValueError: See :meth:`__call__`.
         """
-        if not isinstance(obs, Mapping):
-            raise ValueError(
-                f"obs must be a dict of arrays keyed {self.input_names}, got {type(obs).__name__}."
-            )
-        names = self.input_names
-        missing = [k for k in names if k not in obs]
-        unknown = [k for k in obs if k not in names and k not in self._ignored]
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"lacks key(s) {missing}")
-            if unknown:
-                parts.append(f"has unexpected key(s) {unknown}")
-            raise ValueError(
-                f"obs {' and '.join(parts)}; this policy takes {names}"
-                + (f" (keys it ignores: {sorted(self._ignored)})" if self._ignored else "")
-                + ". Pass the observation dict the env emits."
-            )
-        feeds: dict[str, NDArray[Any]] = {}
-        batched: bool | None = None
-        batch: int | None = None
-        for info in self.inputs:
-            x = _cast(info, np.asarray(obs[info.name]))
-            this_batched = _batching(info, x)
-            if batched is None:
-                batched = this_batched
-            elif this_batched != batched:
-                raise ValueError(
-                    f"obs[{info.name!r}] is {'batched' if this_batched else 'a single sample'} "
-                    f"(shape {x.shape}) but obs[{names[0]!r}] is "
-                    f"{'batched' if batched else 'a single sample'}; give every key the same "
-                    "leading batch dimension, or none."
-                )
-            if not this_batched:
-                x = x[None]
-            if batch is None:
-                batch = int(x.shape[0])
-            elif x.shape[0] != batch:
-                raise ValueError(
-                    f"obs[{info.name!r}] has batch size {x.shape[0]} but obs[{names[0]!r}] has "
-                    f"{batch}."
-                )
-            if not x.flags.c_contiguous or not x.flags.writeable:
-                x = np.array(x, order="C", copy=True)
-            feeds[info.name] = x
-        return feeds, bool(batched)
-
-
-def _cast(info: InputInfo, x: NDArray[Any]) -> NDArray[Any]:
-    """``x`` in the input's dtype, refusing conversions that would change values."""
-    want = np.dtype(info.dtype)
-    got = x.dtype
-    if got == want:
-        return x
-    where = f"obs[{info.name!r}] has dtype {got}, expected {want}"
-    if want == np.uint8:
-        if np.issubdtype(got, np.floating):
-            raise ValueError(
-                f"{where}: this input takes the raw frames the env emits (uint8, 0-255); the "
-                "model scales them itself. Frames holding 0-255 values: x.astype(np.uint8); "
-                "frames scaled to [0, 1]: (x * 255).round().astype(np.uint8)."
-            )
-        raise ValueError(f"{where}: convert the frames with x.astype(np.uint8).")
-    if np.issubdtype(want, np.integer):
-        if np.issubdtype(got, np.integer) and np.can_cast(got, want, casting="safe"):
-            return x.astype(want)
-        hint = " (token ids from Vocabulary.encode)" if info.name == "text" else ""
-        raise ValueError(f"{where}: give integers{hint} that fit in {want}.")
-    if any(np.issubdtype(got, kind) for kind in (np.floating, np.integer, np.bool_)):
-        return x.astype(want)
-    raise ValueError(f"{where}: give real numbers.")
-
-
-def _batching(info: InputInfo, x: NDArray[Any]) -> bool:
-    """Whether ``x`` is a batch of the input's samples (else one sample); checks the shape."""
-    shape = tuple(x.shape)
-    if shape == info.shape:
-        return False
-    if shape[1:] == info.shape and len(shape) == len(info.shape) + 1:
-        return True
-    one = info.shape if info.shape else "() (a scalar)"
-    raise ValueError(
-        f"obs[{info.name!r}] has shape {shape}, expected {one} for one observation or "
-        f"(B, {', '.join(str(s) for s in info.shape)}) for a batch."
-        + (
-            " The axes look permuted (channel-first vs channel-last); pass what the env emits."
-            if len(shape) in (len(info.shape), len(info.shape) + 1)
-            and sorted(shape[-len(info.shape) :]) == sorted(info.shape)
-            and info.shape
-            else ""
-        )
-    )
+        checked = check_observation(self.inputs, obs, single=True, ignored=self._ignored)
+        return checked.values, checked.batched
 
 
 def load_exported(

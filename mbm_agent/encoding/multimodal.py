@@ -19,7 +19,7 @@ float frame.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -173,6 +173,7 @@ class MultimodalEncoder(nn.Module):
         self.spatial_keys = [k for k in self.keys if isinstance(self.encoders[k], SpatialEncoder)]
         self.flat_keys = [k for k in self.keys if k not in self.spatial_keys]
         self._index = {k: i for i, k in enumerate(self.keys)}
+        self._input_specs = [replace(self.encoders[k].input_spec, name=k) for k in self.keys]
         dims = {k: self.encoders[k].output_dim for k in self.keys}
         learned = self.config.missing_embedding == "learned"
         self.missing = nn.ParameterDict(
@@ -430,9 +431,9 @@ class MultimodalEncoder(nn.Module):
         )
 
     @property
-    def input_specs(self) -> dict[str, InputSpec]:
-        """What each encoded key must look like, in :attr:`keys` order (what exports take)."""
-        return {k: self.encoders[k].input_spec for k in self.keys}
+    def input_specs(self) -> list[InputSpec]:
+        """What each encoded key must look like, named, in :attr:`keys` order (what exports take)."""
+        return self._input_specs
 
     def _check(self, obs: Mapping[str, Tensor], mask: Mapping[str, Tensor | bool] | None) -> int:
         if mask is not None:

@@ -44,11 +44,14 @@ class InputSpec:
             ``"float32"``); what else is accepted and converted is in the module docs.
         flexible_shape: Accept any per-sample shape with the same number of
             elements (a Discrete key arrives as ``(B,)`` or ``(B, 1)``).
+        name: The observation key (empty in a per-key encoder, which does not know
+            its key; :attr:`MultimodalEncoder.input_specs` names them).
     """
 
     shape: tuple[int, ...]
     dtype: str
     flexible_shape: bool = False
+    name: str = ""
 
     def __post_init__(self) -> None:
         np.dtype(self.dtype)  # a bad name fails here, not at the first observation
@@ -70,32 +73,22 @@ class InputSpec:
             return f"{article} {self.dtype} array of shape (B, ...) with {size} values per sample"
         return f"{article} {self.dtype} array of shape (B, *{self.shape})"
 
-    def to_json(self, name: str) -> SpecJSON:
-        """JSON form, with the key's name."""
-        out: SpecJSON = {"name": name, "dtype": self.dtype, "shape": list(self.shape)}
+    def to_json(self) -> SpecJSON:
+        """JSON form (one entry of ``export.json``'s ``inputs``)."""
+        out: SpecJSON = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
         if self.flexible_shape:
             out["flexible_shape"] = True
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> tuple[str, InputSpec]:
-        """``(name, spec)`` from :meth:`to_json`'s form."""
-        spec = cls(
+    def from_json(cls, data: Mapping[str, Any]) -> InputSpec:
+        """Inverse of :meth:`to_json`."""
+        return cls(
             tuple(int(s) for s in data["shape"]),
             str(data["dtype"]),
             bool(data.get("flexible_shape", False)),
+            str(data["name"]),
         )
-        return str(data["name"]), spec
-
-
-def specs_to_json(specs: Mapping[str, InputSpec]) -> list[SpecJSON]:
-    """The JSON list of inputs (in order) of ``export.json``."""
-    return [spec.to_json(name) for name, spec in specs.items()]
-
-
-def specs_from_json(data: Sequence[Mapping[str, Any]]) -> dict[str, InputSpec]:
-    """Inverse of :func:`specs_to_json`."""
-    return dict(InputSpec.from_json(d) for d in data)
 
 
 class CheckedObservation(NamedTuple):
@@ -182,7 +175,7 @@ def _batching(key: str, spec: InputSpec, shape: tuple[int, ...], single: bool) -
 
 
 def check_observation(
-    specs: Mapping[str, InputSpec],
+    specs: Sequence[InputSpec],
     obs: Mapping[str, Any],
     *,
     tensors: bool = False,
@@ -194,7 +187,7 @@ def check_observation(
     """Check an observation dict against input specs (and convert numpy inputs).
 
     Args:
-        specs: What each key must look like, in input order.
+        specs: What each key must look like (named), in input order.
         obs: The observation: arrays (or, with ``tensors``, torch tensors) by key.
         tensors: The values must be torch tensors (the torch encoder); they are
             checked, never converted (the encoders cast them). Otherwise values are
@@ -212,19 +205,20 @@ def check_observation(
     Raises:
         ValueError: Naming the key, what it must look like, what it is and the likely fix.
     """
-    names = list(specs)
+    by_name = {spec.name: spec for spec in specs}
+    names = list(by_name)
     if not isinstance(obs, Mapping):
         raise ValueError(
             f"obs must be a dict of {'tensors' if tensors else 'arrays'} keyed {names}, got "
             f"{type(obs).__name__}."
         )
     missing = [k for k in names if k not in obs and k not in absent]
-    unknown = [] if ignored is None else [k for k in obs if k not in specs and k not in ignored]
+    unknown = [] if ignored is None else [k for k in obs if k not in by_name and k not in ignored]
     if missing or unknown:
         parts = []
         if missing:
             plural = "s" if len(missing) > 1 else ""
-            expected = ", ".join(f"{k!r} ({specs[k].describe()})" for k in missing)
+            expected = ", ".join(f"{k!r} ({by_name[k].describe()})" for k in missing)
             parts.append(f"lacks key{plural} {expected}")
         if unknown:
             parts.append(f"has key(s) {unknown} it was not built for")
@@ -238,7 +232,7 @@ def check_observation(
     batched: bool | None = None
     batch: int | None = None
     first: str | None = None
-    for key, spec in specs.items():
+    for key, spec in by_name.items():
         if key not in obs:
             continue
         x = obs[key]

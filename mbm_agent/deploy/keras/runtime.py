@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from mbm_agent.deploy.network import OUTPUT_NAMES
+from mbm_agent.encoding.spec import InputSpec, check_observation
 
 SIGNATURE = "serving_default"
-
-
-@dataclass(frozen=True)
-class _InputSpec:
-    shape: tuple[int, ...]
-    dtype: np.dtype
 
 
 class PolicyRunner:
     """Run an exported policy on a dict of numpy observations.
 
     Calling it with ``{key: (B, *shape) array}`` returns ``{"action", "logits",
-    "value"}`` as numpy arrays. Inputs are checked by name (missing key, shape)
-    and cast to the expected dtype when that loses no kind (e.g. int32 ids to
-    int64); extra keys are ignored.
+    "value"}`` as numpy arrays. Inputs are checked and converted by the check
+    every runtime shares (:func:`mbm_agent.encoding.spec.check_observation`: keys,
+    shapes, dtypes, e.g. int32 ids cast to int64, float frames refused); extra
+    keys are ignored.
 
     Args:
         inputs: Expected per-sample shape and dtype of every input, by name.
@@ -35,7 +30,7 @@ class PolicyRunner:
         source: Description of the file, for error messages.
 
     Attributes:
-        inputs: Expected per-sample shape and dtype of every input, by name.
+        inputs: What every input must look like (named :class:`InputSpec`), in order.
     """
 
     def __init__(
@@ -44,7 +39,11 @@ class PolicyRunner:
         run: Callable[[dict[str, np.ndarray]], Mapping[str, Any]],
         source: str,
     ) -> None:
-        self.inputs = {k: _InputSpec(tuple(s), np.dtype(d)) for k, (s, d) in inputs.items()}
+        # A scalar input (a Discrete key) also takes (B, 1), as SB3's buffers store it.
+        self.inputs = [
+            InputSpec(tuple(s), np.dtype(d).name, flexible_shape=tuple(s) == (), name=k)
+            for k, (s, d) in inputs.items()
+        ]
         self._run = run
         self.source = source
 
@@ -54,30 +53,7 @@ class PolicyRunner:
         Raises:
             ValueError: Naming the key and the expected shape / dtype.
         """
-        if not isinstance(obs, Mapping):
-            raise ValueError(f"Observations must be a dict of arrays keyed by {list(self.inputs)}.")
-        out: dict[str, np.ndarray] = {}
-        batch: int | None = None
-        for key, spec in self.inputs.items():
-            expected = f"a {spec.dtype} array of shape (B, *{spec.shape})"
-            if key not in obs:
-                raise ValueError(f"obs lacks key {key!r}: {self.source} expects {expected}.")
-            x = np.asarray(obs[key])
-            if spec.shape == () and x.ndim == 2 and x.shape[1] == 1:
-                x = x.reshape(-1)
-            if x.shape[1:] != spec.shape or x.ndim != len(spec.shape) + 1:
-                hint = " It lacks the batch dimension." if x.shape == spec.shape else ""
-                raise ValueError(f"obs[{key!r}] has shape {x.shape}, expected {expected}.{hint}")
-            if x.dtype != spec.dtype:
-                if not np.can_cast(x.dtype, spec.dtype, casting="same_kind"):
-                    raise ValueError(f"obs[{key!r}] has dtype {x.dtype}, expected {expected}.")
-                x = x.astype(spec.dtype)
-            if batch is None:
-                batch = x.shape[0]
-            elif x.shape[0] != batch:
-                raise ValueError(f"obs[{key!r}] has batch size {x.shape[0]}, other keys {batch}.")
-            out[key] = np.ascontiguousarray(x)
-        return out
+        return check_observation(self.inputs, obs, ignored=None).values
 
     def __call__(self, obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """``{key: (B, *shape)}`` -> ``{"action": (B,), "logits": (B, A), "value": (B,)}``."""

@@ -193,7 +193,7 @@ def test_encoders_take_raw_observations_only(space_factory, obs_factory):
     """What SB3's preprocessing makes (floats, one-hot ids) is the SB3 adapter's to undo."""
     space = space_factory(("image", "text", "audio", "direction"), text_multidiscrete=True)
     enc = MultimodalEncoder(space)
-    assert {k: s.dtype for k, s in enc.input_specs.items()} == {
+    assert {s.name: s.dtype for s in enc.input_specs} == {
         "audio": "float32",
         "direction": "int64",
         "image": "uint8",
