@@ -12,16 +12,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
 from stable_baselines3.common.policies import BaseModel, MultiInputActorCriticPolicy
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.sb3.extractor import MultimodalExtractor
+
+MAX_MEMORY = 4096
+"""Largest recurrent state (``memory``) a policy is built with."""
+
+
+def check_memory(memory: object) -> int:
+    """``memory`` as the size of a recurrent state, or a ValueError naming the fix."""
+    if isinstance(memory, bool) or not isinstance(memory, int) or not 0 <= memory <= MAX_MEMORY:
+        raise ValueError(
+            f"memory must be the size of the recurrent state, an integer in [0, {MAX_MEMORY}] "
+            f"(0: no memory), got {memory!r}."
+        )
+    return memory
 
 
 class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
@@ -56,22 +70,152 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
         **kwargs: SB3's ``MultiInputActorCriticPolicy`` keyword arguments.
     """
 
-    def __init__(self, *args: Any, reward_head: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, reward_head: bool = False, memory: int = 0, **kwargs: Any
+    ) -> None:
         self.reward_head = bool(reward_head)
+        self.memory = check_memory(memory)
         super().__init__(*args, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:
         # Before SB3's _build, which creates the optimizer over every parameter.
+        if (self.reward_head or self.memory) and not isinstance(self.action_space, spaces.Discrete):
+            raise ValueError(
+                f"reward_head and memory need a Discrete action space, got {self.action_space}."
+            )
+        if self.memory and not self.share_features_extractor:
+            raise ValueError("memory needs a shared features extractor (share_features_extractor).")
         if self.reward_head:
-            if not isinstance(self.action_space, spaces.Discrete):
-                raise ValueError(
-                    f"reward_head=True needs a Discrete action space, got {self.action_space}."
-                )
-            self.reward_net = nn.Linear(self.features_dim, int(self.action_space.n))
+            n_actions = int(self.action_space.n)  # type: ignore[attr-defined]
+            self.reward_net = nn.Linear(self.features_dim, n_actions)
+        if self.memory:
+            self.memory_core = nn.GRUCell(self.features_dim, self.memory)
         super()._build(lr_schedule)
 
+    def _build_mlp_extractor(self) -> None:
+        """SB3's actor and critic layers, reading the recurrent state when there is memory."""
+        self.mlp_extractor = MlpExtractor(
+            self.memory or self.features_dim,
+            net_arch=self.net_arch,
+            activation_fn=self.activation_fn,
+            device=self.device,
+        )
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "reward_head": self.reward_head}
+        return {
+            **super()._get_constructor_parameters(),
+            "reward_head": self.reward_head,
+            "memory": self.memory,
+        }
+
+    # ---------------------------------------------------------------- memory
+    def initial_state(self, n: int) -> Tensor:
+        """The recurrent state of ``n`` new episodes: zeros ``(n, memory)``."""
+        return torch.zeros((n, self.memory), device=self.device)
+
+    def _log_probs_values(self, latent: Tensor) -> tuple[Tensor, Tensor]:
+        latent_pi, latent_vf = self.mlp_extractor(latent)
+        return torch.log_softmax(self.action_net(latent_pi), dim=-1), self.value_net(latent_vf)
+
+    def step(
+        self, obs: PyTorchObs, state: Tensor, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step of a policy with memory.
+
+        Args:
+            obs: A batch of observations.
+            state: ``(B, memory)`` recurrent state before this step.
+            episode_starts: ``(B,)`` 1.0 where ``obs`` starts an episode (its state is
+                reset to zeros first), else 0.0.
+
+        Returns:
+            ``(B, n)`` action log-probabilities, ``(B, 1)`` values and the new state.
+        """
+        features = self._features(obs, self.features_extractor)
+        state = state * (1.0 - episode_starts.to(state.dtype))[:, None]
+        state = self.memory_core(features, state)
+        log_probs, values = self._log_probs_values(state)
+        return log_probs, values, state
+
+    def evaluate_sequences(
+        self, obs: PyTorchObs, actions: Tensor, states: Tensor, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Values, log-probabilities, entropies (and predicted rewards) over sequences.
+
+        Args:
+            obs: ``n * L`` observations: ``n`` sequences of ``L`` consecutive steps of
+                one env each, sequence by sequence.
+            actions: ``(n * L,)`` actions taken.
+            states: ``(n, memory)`` state each sequence started from in the rollout.
+            episode_starts: ``(n * L,)`` 1.0 where a step starts an episode (its
+                state is reset to zeros first, as in :meth:`step`).
+
+        Returns:
+            ``(n * L, 1)`` values, ``(n * L,)`` log-probabilities of ``actions``,
+            ``(n * L,)`` entropies and, with a reward head, ``(n * L,)`` predicted
+            rewards of ``actions`` (else None).
+        """
+        features = self._features(obs, self.features_extractor)
+        n = states.shape[0]
+        length = features.shape[0] // n
+        seq = features.reshape(n, length, -1)
+        keep = (1.0 - episode_starts.to(seq.dtype)).reshape(n, length)
+        state = states
+        outputs = []
+        for t in range(length):
+            state = self.memory_core(seq[:, t], state * keep[:, t, None])
+            outputs.append(state)
+        latent = torch.stack(outputs, dim=1).reshape(n * length, -1)
+        log_probs, values = self._log_probs_values(latent)
+        index = actions.long().reshape(-1, 1)
+        taken = log_probs.gather(-1, index).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+        predicted = (
+            self.reward_net(features).gather(-1, index).squeeze(-1) if self.reward_head else None
+        )
+        return values, taken, entropy, predicted
+
+    def predict(  # type: ignore[override]
+        self,
+        observation: Any,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3's ``predict``; with memory, ``state`` is carried between calls.
+
+        A memory policy starts from zeros when ``state`` is None and resets the
+        slots where ``episode_start`` is set (as sb3-contrib's recurrent policies).
+        """
+        if not self.memory:
+            return super().predict(observation, state, episode_start, deterministic)
+        self.set_training_mode(False)
+        obs_tensor, vectorized = self.obs_to_tensor(observation)
+        n = (
+            int(next(iter(obs_tensor.values())).shape[0])
+            if isinstance(obs_tensor, dict)
+            else int(obs_tensor.shape[0])
+        )
+        with torch.no_grad():
+            h = (
+                self.initial_state(n)
+                if state is None
+                else torch.as_tensor(np.asarray(state[0]), dtype=torch.float32, device=self.device)
+            )
+            starts = torch.as_tensor(
+                np.zeros(n) if episode_start is None else np.asarray(episode_start),
+                dtype=torch.float32,
+                device=self.device,
+            ).reshape(n)
+            log_probs, _, h = self.step(obs_tensor, h, starts)
+            if deterministic:
+                actions = log_probs.argmax(dim=-1)
+            else:
+                actions = torch.multinomial(log_probs.exp(), 1, True).squeeze(-1)
+        out = actions.cpu().numpy()
+        if not vectorized:
+            out = out.squeeze(axis=0)
+        return out, (h.cpu().numpy(),)
 
     def reward_predictions(self, obs: PyTorchObs) -> Tensor:
         """``(B, n_actions)`` predicted reward of each action (needs ``reward_head``)."""
@@ -125,8 +269,17 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
             self._features(obs, self.vf_features_extractor),
         )
 
+    def _no_memory(self, method: str) -> None:
+        if self.memory:
+            raise ValueError(
+                f"{type(self).__name__}.{method} has no recurrent state; a policy with memory "
+                "acts through step() or predict(obs, state, episode_start) and trains through "
+                "evaluate_sequences()."
+            )
+
     def get_distribution(self, obs: PyTorchObs) -> Distribution:
         """As SB3's, through :meth:`_features`."""
+        self._no_memory("get_distribution")
         latent_pi = self.mlp_extractor.forward_actor(
             self._features(obs, self.pi_features_extractor)
         )
@@ -134,14 +287,17 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
 
     def predict_values(self, obs: PyTorchObs) -> Tensor:
         """As SB3's, through :meth:`_features`."""
+        self._no_memory("predict_values")
         latent_vf = self.mlp_extractor.forward_critic(
             self._features(obs, self.vf_features_extractor)
         )
         return self.value_net(latent_vf)
 
     def _lean(self) -> bool:
-        return self.share_features_extractor and isinstance(
-            self.action_dist, CategoricalDistribution
+        return (
+            not self.memory
+            and self.share_features_extractor
+            and isinstance(self.action_dist, CategoricalDistribution)
         )
 
     def _heads(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
@@ -153,6 +309,7 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
         self, obs: PyTorchObs, deterministic: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Actions, values and log-probabilities of the actions (as SB3's)."""
+        self._no_memory("forward")
         if not self._lean():
             return super().forward(obs, deterministic)
         log_probs, values = self._heads(obs)
@@ -166,6 +323,7 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
         self, obs: PyTorchObs, actions: Tensor
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Values, log-probabilities of ``actions`` and entropies (as SB3's)."""
+        self._no_memory("evaluate_actions")
         if not self._lean():
             return super().evaluate_actions(obs, actions)
         log_probs, values = self._heads(obs)

@@ -20,9 +20,21 @@ end an episode are where a sparse-reward game decides. The loss weights the
 steps that end an episode as much as all other steps together (the mean of
 each group, averaged), so a batch with a few endings still learns from them.
 
-With ``aux_reward_coef=0`` (the default) this is exactly SB3's PPO: the same
-loss, the same updates, the same logs. The train loop follows SB3's
-``PPO.train`` line for line and adds the auxiliary term.
+Memory. With a policy that has memory (``policy_kwargs={"memory": 128}``: a
+GRU over the fused features, :class:`MultimodalActorCriticPolicy`), rollouts
+carry each env's recurrent state from step to step (reset at episode starts)
+and store the state each step started from; the update runs the GRU over
+sequences of ``sequence_length`` consecutive steps (truncated backpropagation
+through time), each starting from the state stored in the rollout, as R2D2's
+"stored state" (Kapturowski et al., 2019). Why memory: an agent that sees only
+its own 7x7 view and hears a stereo mix cannot tell from one step whether it
+has just turned away from the target or whether a sound is in front or
+behind; without memory its greedy (argmax) play loops, turning left and right
+or walking into a wall, where a sampled action would eventually break out.
+
+With ``aux_reward_coef=0`` and no memory (the defaults) this is exactly SB3's
+PPO: the same loss, the same updates, the same logs. The train loop follows
+SB3's ``PPO.train`` line for line and adds the auxiliary term and the sequences.
 """
 
 from __future__ import annotations
@@ -33,12 +45,15 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 from torch.nn import functional as F
 
 from mbm_agent.sb3.buffer import MultimodalRolloutBuffer, MultimodalRolloutSamples
-from mbm_agent.sb3.policy import MultimodalActorCriticPolicy
+from mbm_agent.sb3.policy import MultimodalActorCriticPolicy, check_memory
 
 
 def reward_prediction_loss(predicted: Tensor, rewards: Tensor, ends: Tensor) -> Tensor:
@@ -73,7 +88,13 @@ class MultimodalPPO(PPO):
     """
 
     def __init__(
-        self, policy: Any, env: Any, *, aux_reward_coef: float = 0.0, **kwargs: Any
+        self,
+        policy: Any,
+        env: Any,
+        *,
+        aux_reward_coef: float = 0.0,
+        sequence_length: int = 16,
+        **kwargs: Any,
     ) -> None:
         if (
             isinstance(aux_reward_coef, bool)
@@ -86,20 +107,36 @@ class MultimodalPPO(PPO):
                 f"{aux_reward_coef!r}."
             )
         self.aux_reward_coef = float(aux_reward_coef)
-        if self.aux_reward_coef > 0:
-            if not (isinstance(policy, type) and issubclass(policy, MultimodalActorCriticPolicy)):
-                raise ValueError(
-                    "aux_reward_coef > 0 needs our MultimodalActorCriticPolicy (it adds the "
-                    f"reward head), got {policy!r}; set aux_reward_coef=0 for another policy."
-                )
-            kwargs["policy_kwargs"] = {**(kwargs.get("policy_kwargs") or {}), "reward_head": True}
+        policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
+        self.memory = check_memory(policy_kwargs.get("memory", 0))
+        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int):
+            raise ValueError(f"sequence_length must be an integer, got {sequence_length!r}.")
+        self.sequence_length = sequence_length
+        ours = isinstance(policy, type) and issubclass(policy, MultimodalActorCriticPolicy)
+        if (self.aux_reward_coef > 0 or self.memory) and not ours:
+            raise ValueError(
+                "aux_reward_coef > 0 and memory need our MultimodalActorCriticPolicy (it adds "
+                f"the reward head and the recurrent core), got {policy!r}; set "
+                "aux_reward_coef=0 and no memory for another policy."
+            )
+        if self.aux_reward_coef > 0 or self.memory:
+            if self.aux_reward_coef > 0:
+                policy_kwargs["reward_head"] = True
+            kwargs["policy_kwargs"] = policy_kwargs
             if kwargs.get("rollout_buffer_class") is None:
                 kwargs["rollout_buffer_class"] = MultimodalRolloutBuffer
             elif not issubclass(kwargs["rollout_buffer_class"], MultimodalRolloutBuffer):
                 raise ValueError(
-                    "aux_reward_coef > 0 needs a MultimodalRolloutBuffer (it records rewards "
-                    "and episode ends for the auxiliary loss)."
+                    "aux_reward_coef > 0 and memory need a MultimodalRolloutBuffer (it records "
+                    "rewards, episode ends and recurrent states)."
                 )
+            if self.memory:
+                kwargs["rollout_buffer_kwargs"] = {
+                    **(kwargs.get("rollout_buffer_kwargs") or {}),
+                    "memory": self.memory,
+                    "sequence_length": sequence_length,
+                }
+        self._last_state: Tensor | None = None
         super().__init__(policy, env, **kwargs)
         if self.aux_reward_coef > 0 and not isinstance(self.action_space, spaces.Discrete):
             raise ValueError(
@@ -108,7 +145,7 @@ class MultimodalPPO(PPO):
 
     def train(self) -> None:
         """One PPO update on the rollout buffer (SB3's, plus the auxiliary term)."""
-        if self.aux_reward_coef == 0:
+        if self.aux_reward_coef == 0 and not self.memory:
             super().train()
             return
         policy = self.policy
@@ -134,9 +171,16 @@ class MultimodalPPO(PPO):
             for data in self.rollout_buffer.get(self.batch_size):
                 assert isinstance(data, MultimodalRolloutSamples)
                 actions = data.actions.long().flatten()
-                values, log_prob, entropy, predicted = policy.evaluate_actions_and_rewards(
-                    data.observations, actions
-                )
+                predicted: Tensor | None
+                if self.memory:
+                    assert data.states is not None and data.episode_starts is not None
+                    values, log_prob, entropy, predicted = policy.evaluate_sequences(
+                        data.observations, actions, data.states, data.episode_starts
+                    )
+                else:
+                    values, log_prob, entropy, predicted = policy.evaluate_actions_and_rewards(
+                        data.observations, actions
+                    )
                 values = values.flatten()
                 advantages = data.advantages
                 if self.normalize_advantage and len(advantages) > 1:
@@ -154,7 +198,11 @@ class MultimodalPPO(PPO):
                     )
                 value_loss = F.mse_loss(data.returns, values_pred)
                 entropy_loss = -torch.mean(entropy)
-                reward_loss = reward_prediction_loss(predicted, data.rewards, data.episode_ends)
+                reward_loss = (
+                    reward_prediction_loss(predicted, data.rewards, data.episode_ends)
+                    if predicted is not None
+                    else torch.zeros(())
+                )
                 loss = (
                     policy_loss
                     + self.ent_coef * entropy_loss
@@ -199,3 +247,96 @@ class MultimodalPPO(PPO):
         self.logger.record("train/clip_range", clip_range)
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        out = super()._setup_learn(*args, **kwargs)
+        if self.memory and (self._last_state is None or kwargs.get("reset_num_timesteps", True)):
+            assert isinstance(self.policy, MultimodalActorCriticPolicy)
+            self._last_state = self.policy.initial_state(self.n_envs)
+        return out
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """SB3's rollout loop; with memory, each env's recurrent state goes along.
+
+        Without memory it is SB3's own. With memory it follows SB3's loop step for
+        step (Discrete actions only): the policy's :meth:`~MultimodalActorCriticPolicy.step`
+        takes and returns the state, the buffer stores the state each step started
+        from, the value of a truncated episode's last observation is read with the
+        state that observation would continue from, as is the value after the
+        rollout (reset where the last step ended an episode).
+        """
+        if not self.memory:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        policy = self.policy
+        assert isinstance(policy, MultimodalActorCriticPolicy)
+        assert isinstance(rollout_buffer, MultimodalRolloutBuffer)
+        assert self._last_obs is not None and self._last_episode_starts is not None
+        policy.set_training_mode(False)
+        n_steps = 0
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        if self._last_state is None or self._last_state.shape[0] != env.num_envs:
+            self._last_state = policy.initial_state(env.num_envs)
+        state = self._last_state
+        dones = self._last_episode_starts
+        new_obs = self._last_obs
+        while n_steps < n_rollout_steps:
+            starts = torch.as_tensor(
+                self._last_episode_starts, dtype=torch.float32, device=self.device
+            )
+            with torch.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                log_probs_all, values, new_state = policy.step(obs_tensor, state, starts)
+                actions_t = torch.multinomial(log_probs_all.exp(), 1, True).squeeze(-1)
+                log_probs = log_probs_all.gather(-1, actions_t.unsqueeze(-1)).squeeze(-1)
+            actions = actions_t.cpu().numpy()
+            new_obs, rewards, dones, infos = env.step(actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            for idx, done in enumerate(dones):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
+                    terminal_obs = policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with torch.no_grad():
+                        _, terminal_value, _ = policy.step(
+                            terminal_obs,  # type: ignore[arg-type]
+                            new_state[idx : idx + 1],
+                            torch.zeros(1, device=self.device),
+                        )
+                    rewards[idx] += self.gamma * float(terminal_value[0, 0])
+            rollout_buffer.add(
+                self._last_obs,  # type: ignore[arg-type]
+                actions.reshape(-1, 1),
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
+                state=state,
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+            state = new_state
+        self._last_state = state
+        with torch.no_grad():
+            _, values, _ = policy.step(
+                obs_as_tensor(new_obs, self.device),  # type: ignore[arg-type]
+                state,
+                torch.as_tensor(dones, dtype=torch.float32, device=self.device),
+            )
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from envs.sb3 import SB3VecEnv
 from mbm_agent.encoding.config import EncoderConfig
@@ -140,3 +142,120 @@ def test_aux_needs_our_policy() -> None:
         MultimodalPPO("MultiInputPolicy", _probe(), aux_reward_coef=1.0)
     with pytest.raises(ValueError, match="aux_reward_coef must be a number"):
         MultimodalPPO(MultimodalActorCriticPolicy, _probe(), aux_reward_coef=-1.0)
+
+
+# ------------------------------------------------------------------------- memory
+class RecallEnv(gym.Env[dict[str, np.ndarray], np.int64]):
+    """A cue (one of two) shown at the first step only; at the third step the action
+    must name it. A memoryless policy is right half the time; one with memory always."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Dict({"cue": spaces.Box(0.0, 1.0, (3,), np.float32)})
+        self.action_space = spaces.Discrete(2)
+        self._cue = 0
+        self._t = 0
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        obs = np.zeros(3, np.float32)
+        if self._t == 0:
+            obs[self._cue] = 1.0
+        else:
+            obs[2] = self._t / 2.0  # the clock: when to answer
+        return {"cue": obs}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, object] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        super().reset(seed=seed)
+        self._cue = int(self.np_random.integers(2))
+        self._t = 0
+        return self._obs(), {}
+
+    def step(
+        self, action: np.int64
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, object]]:
+        self._t += 1
+        if self._t < 3:
+            return self._obs(), 0.0, False, False, {}
+        success = int(action) == self._cue
+        return self._obs(), float(success), True, False, {"is_success": success}
+
+
+def _recall_model(memory: int, seed: int = 0) -> MultimodalPPO:
+    venv = DummyVecEnv([RecallEnv for _ in range(16)])
+    venv.seed(seed)
+    return MultimodalPPO(
+        MultimodalActorCriticPolicy,
+        venv,
+        policy_kwargs=policy_kwargs_for(
+            EncoderConfig(features_dim=32, vector_dim=16),
+            {},
+            {"net_arch": [32], "memory": memory} if memory else {"net_arch": [32]},
+        ),
+        n_steps=16,
+        batch_size=64,
+        n_epochs=4,
+        learning_rate=1e-3,
+        sequence_length=8,
+        seed=seed,
+        device="cpu",
+    )
+
+
+def _recall_success(model: MultimodalPPO, episodes: int = 200) -> float:
+    env = RecallEnv()
+    wins = 0
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=10_000 + ep)
+        state, start, done = None, np.ones(1), False
+        while not done:
+            batch = {k: v[None] for k, v in obs.items()}
+            action, state = model.policy.predict(batch, state, start, deterministic=True)
+            start = np.zeros(1)
+            obs, reward, done, _, _ = env.step(np.int64(action[0]))
+        wins += int(reward > 0)
+    return wins / episodes
+
+
+def test_sequences_replay_the_rollout_exactly(sb3_logger: Logger) -> None:
+    """Before any update, the sequence pass over the stored rollout gives back the
+    rollout's own log-probabilities and values: the states and resets line up."""
+    model = _recall_model(memory=8)
+    model.set_logger(sb3_logger)
+    model.n_epochs = 0  # collect without updating
+    model.learn(256)
+    policy = model.policy
+    assert isinstance(policy, MultimodalActorCriticPolicy)
+    batches = list(model.rollout_buffer.get(64))
+    assert len(batches) == 4
+    for data in batches:
+        assert data.states is not None and data.episode_starts is not None
+        assert data.states.shape == (8, 8)
+        with torch.no_grad():
+            values, log_prob, _, _ = policy.evaluate_sequences(
+                data.observations, data.actions.long().flatten(), data.states, data.episode_starts
+            )
+        torch.testing.assert_close(log_prob, data.old_log_prob, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(values.flatten(), data.old_values, atol=1e-5, rtol=1e-5)
+        # the recall episodes are 3 steps long: starts every 3rd step of each env
+        assert data.episode_starts.sum() > 0
+
+
+def test_memory_solves_recall_where_no_memory_cannot(sb3_logger: Logger) -> None:
+    with_memory = _recall_model(memory=16)
+    with_memory.set_logger(sb3_logger)
+    with_memory.learn(12_000)
+    assert _recall_success(with_memory) > 0.95
+    without = _recall_model(memory=0)  # the control: the game does need memory
+    without.set_logger(sb3_logger)
+    without.learn(4_000)
+    assert _recall_success(without) < 0.7
+
+
+def test_memory_policy_refuses_stateless_calls() -> None:
+    model = _recall_model(memory=8)
+    obs = {"cue": torch.zeros(2, 3)}
+    with pytest.raises(ValueError, match="has no recurrent state"):
+        model.policy(obs)
+    with pytest.raises(ValueError, match="memory must be the size"):
+        _recall_model(memory=-1)
