@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import envs
 from mbm_agent._version import __version__
 from mbm_agent.encoding.fusion import FUSION_MODES
 from mbm_agent.training.config import ALGOS, VEC_ENVS, ConfigError, TrainConfig
+from mbm_agent.training.lock import RunLockedError
 
 EPILOG = """examples:
   mbm-agent demo                                  # short training + evaluation into runs/
@@ -103,24 +103,20 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def _resume_config(args: argparse.Namespace) -> TrainConfig:
-    """The saved config of the run to resume; only ``--steps`` (a larger budget) changes it.
+def _resume_config(args: argparse.Namespace, flags: dict[str, Any]) -> TrainConfig:
+    """The config of the run to resume, from :func:`~mbm_agent.training.config.resume_config`.
 
-    Resolving the defaults again would raise a small run's budget to the default
-    ``steps`` of ``default.yaml``.
+    ``--steps`` is the run's new total budget; flags that would change the run
+    (``--fusion``, ``--set``, ``--config``, ...) are refused by name.
     """
-    from mbm_agent.training.config import load_run_config
+    from mbm_agent.training.config import resume_config
 
-    if not args.resume.is_dir():
-        raise ConfigError(f"--resume {args.resume}: no such run folder.")
-    cfg = load_run_config(args.resume)
+    cfg = resume_config(args.resume, {**flags, "set": args.set, "config": args.config})
     if args.env_id != cfg.env_id:
         raise ConfigError(
             f"--resume {args.resume} is a run on {cfg.env_id}, not {args.env_id}; "
             f"use: mbm-agent train {cfg.env_id} --resume {args.resume}"
         )
-    if args.steps is not None:
-        cfg = dataclasses.replace(cfg, steps=args.steps)
     return cfg
 
 
@@ -158,7 +154,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.resume is not None:
-        cfg = _resume_config(args)
+        cfg = _resume_config(args, flags)
     else:
         if args.init_from is not None:
             # Start from the source's architecture; flags and --set still win (and a
@@ -225,9 +221,17 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from mbm_agent.evaluation import evaluate_agent, report_markdown, write_report
     from mbm_agent.training.agent import load_agent
+    from mbm_agent.training.config import check_name
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}.")
+    if args.name is not None:
+        check_name(args.name, "--name")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ConfigError(
+            f"--out {args.out} is a file; --out takes a folder (the report is written as "
+            "NAME.json and NAME.md in it)."
+        )
     agent = load_agent(args.run, args.which)
     report = evaluate_agent(
         agent,
@@ -740,7 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:  # a missing optional dependency; the message names the extra
         print(f"mbm-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, RunLockedError) as exc:
         print(f"mbm-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # ModelFileError and other bad-input errors

@@ -79,7 +79,14 @@ from mbm_agent.deploy.runtime import (
 )
 from mbm_agent.encoding.spec import InputSpec
 from mbm_agent.training.agent import Agent, load_agent, resolve_model_dir
-from mbm_agent.training.storage import fresh_tmp_dir, replace_dir
+from mbm_agent.training.config import ConfigError
+from mbm_agent.training.storage import (
+    ModelFileError,
+    atomic_write_text,
+    fresh_tmp_dir,
+    read_json,
+    replace_dir,
+)
 
 if TYPE_CHECKING:
     from envs.core.text import Vocabulary
@@ -135,6 +142,9 @@ def export_policy(
     Returns:
         The export folder. It is written to a temporary folder and renamed into
         place, so a failed export leaves an earlier one in ``out_dir`` untouched.
+        An existing ``out_dir`` is replaced only when it is empty or an earlier
+        export (it holds mbm-agent's ``export.json``): an export never deletes
+        anything it did not write.
 
     Raises:
         ValueError: An unknown format or exporter, or no ``out_dir`` for an
@@ -145,6 +155,7 @@ def export_policy(
         ImportError: The format's optional dependencies are missing (the message
             names the pip extra).
         ModelFileError: The run or policy folder is missing or damaged.
+        ConfigError: ``out_dir`` is a file, or a non-empty folder that is not an export.
     """
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}; known formats: {list(FORMATS)}.")
@@ -160,6 +171,7 @@ def export_policy(
             )
         out_dir = default_dir / "exports" / fmt
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     vocabulary = vocabulary if vocabulary is not None else own_vocabulary
     if fmt == "onnx":
         _require_onnx()
@@ -180,12 +192,38 @@ def export_policy(
         meta.update(extra)
         if vocabulary is not None:
             vocabulary.save(tmp / "vocabulary.json")
-        (tmp / "export.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        atomic_write_text(tmp / "export.json", json.dumps(meta, indent=2))
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an export folder whose replacement would delete something that is not an export.
+
+    Raises:
+        ConfigError: ``out_dir`` is a file or a link, or a non-empty folder without
+            mbm-agent's ``export.json`` (a run folder, ``runs/``, anything else).
+    """
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ConfigError(
+            f"--out {out_dir} is a file or a link; an export is a folder: pick a new one."
+        )
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    try:
+        ours = read_json(out_dir / "export.json", "the export").get("format") == EXPORT_FORMAT
+    except ModelFileError:
+        ours = False
+    if not ours:
+        raise ConfigError(
+            f"--out {out_dir} is a folder holding other files, not an earlier export (it has "
+            "no export.json of mbm-agent); an export replaces its folder whole, so it is only "
+            f"written to a new or empty folder or over an earlier export, e.g. --out "
+            f"{out_dir / 'export'}."
+        )
 
 
 def _resolve_source(

@@ -27,7 +27,9 @@ from numpy.typing import NDArray
 
 from mbm_agent.deploy.network import OUTPUT_NAMES
 from mbm_agent.encoding.spec import InputSpec, check_observation
-from mbm_agent.training.storage import ModelFileError, read_json
+from mbm_agent.encoding.values import check_values
+from mbm_agent.training.model_check import MAX_ACTIONS, MAX_KEYS
+from mbm_agent.training.storage import MAX_SPACE_DIMS, MAX_SPACE_ELEMENTS, ModelFileError, read_json
 
 if TYPE_CHECKING:
     from envs.core.text import Vocabulary
@@ -193,7 +195,20 @@ class ExportedPolicy:
         if spec.get("vocabulary"):
             from envs.core.text import Vocabulary
 
-            self.vocabulary = Vocabulary.load(path / str(spec["vocabulary"]))
+            vocab_path = path / str(spec["vocabulary"])
+            try:
+                self.vocabulary = Vocabulary.load(vocab_path)
+            except (ValueError, OSError, RecursionError) as exc:
+                raise ModelFileError(f"{vocab_path}: {exc}; re-export the policy.") from exc
+            for info in self.inputs:
+                if (spec.get("modalities") or {}).get(info.name) == "text" and info.shape != (
+                    self.vocabulary.max_len,
+                ):
+                    raise ModelFileError(
+                        f"{vocab_path} (max_len {self.vocabulary.max_len}) does not fit input "
+                        f"{info.name!r} of shape {info.shape} in {path / 'export.json'}; "
+                        "re-export the policy."
+                    )
         self.adapter: ObservationAdapter | None = None
         self._adapter_state: AdapterState | None = None
         if spec.get("observation_adapter"):
@@ -258,7 +273,80 @@ class ExportedPolicy:
             ValueError: See :meth:`__call__`.
         """
         checked = check_observation(self.inputs, obs, single=True, ignored=self._ignored)
+        # The rule every runtime shares (the torch agent's too): no NaN/inf, no empty
+        # batch, whatever the backend would make of them.
+        for info in self.inputs:
+            check_values(info.name, checked.values[info.name], info.dtype, info.shape)
         return checked.values, checked.batched
+
+
+_INPUT_DTYPES = ("uint8", "int64", "float32", "int32", "float64", "bool")
+
+
+def _plain_file_name(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and "/" not in value
+        and "\\" not in value
+        and "\0" not in value
+    )
+
+
+def check_export_json(spec: Mapping[str, Any], path: Path) -> None:
+    """Check the fields of ``export.json`` that loading reads.
+
+    Raises:
+        ModelFileError: A field is malformed (the message names the file and the
+            field); ``file`` and ``vocabulary`` must name files inside the folder.
+    """
+
+    def fail(field: str, message: str) -> ModelFileError:
+        return ModelFileError(f"{path}: field {field!r} {message}; re-export the policy.")
+
+    fmt = spec.get("export_format")
+    if fmt not in FORMATS:
+        raise fail("export_format", f"names an unknown format {fmt!r} (known: {list(FORMATS)})")
+    for field in ("file", "vocabulary"):
+        value = spec.get(field)
+        if value is None and (field == "vocabulary" or field not in spec):
+            continue
+        if not _plain_file_name(value):
+            raise fail(field, f"must name a file inside the export folder, got {value!r:.80}")
+    inputs = spec.get("inputs")
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_KEYS:
+        raise fail("inputs", f"must be a list of 1 to {MAX_KEYS} inputs")
+    for i, item in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise fail(where, "must be an object with a 'name' string")
+        if item.get("dtype") not in _INPUT_DTYPES:
+            raise fail(f"{where}.dtype", f"must be one of {list(_INPUT_DTYPES)}")
+        shape = item.get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_SPACE_DIMS
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SPACE_ELEMENTS
+                for d in shape
+            )
+            or int(np.prod(shape, dtype=np.float64)) > MAX_SPACE_ELEMENTS
+        ):
+            raise fail(
+                f"{where}.shape",
+                f"must be a list of at most {MAX_SPACE_DIMS} sizes holding at most "
+                f"{MAX_SPACE_ELEMENTS} values",
+            )
+    n_actions = spec.get("n_actions")
+    if isinstance(n_actions, bool) or not isinstance(n_actions, int):
+        raise fail("n_actions", "must be an integer")
+    if not 1 <= n_actions <= MAX_ACTIONS:
+        raise fail("n_actions", f"must be in [1, {MAX_ACTIONS}]")
+    ignored = spec.get("ignored_keys") or []
+    if not isinstance(ignored, list) or not all(isinstance(k, str) for k in ignored):
+        raise fail("ignored_keys", "must be a list of key names")
+    if not isinstance(spec.get("modalities") or {}, Mapping):
+        raise fail("modalities", "must be an object")
 
 
 def load_exported(
@@ -299,9 +387,8 @@ def load_exported(
             f"(format {spec.get('format')!r}, version {spec.get('version')!r}); re-export the "
             "policy with this mbm-agent."
         )
-    fmt = spec.get("export_format")
-    if fmt not in FORMATS:
-        raise ModelFileError(f"{folder / 'export.json'} names an unknown format {fmt!r}.")
+    check_export_json(spec, folder / "export.json")
+    fmt = spec["export_format"]
     model = folder / str(spec.get("file", MODEL_FILES[fmt]))
     if not model.exists():
         raise ModelFileError(f"{model} is missing; re-export the policy.")

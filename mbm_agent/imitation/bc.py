@@ -39,6 +39,7 @@ from mbm_agent.training.config import (
     ALIASES,
     ConfigError,
     TrainConfig,
+    check_name,
     encoder_from_dict,
     expand_aliases,
 )
@@ -361,7 +362,7 @@ def bc_run(
     env_id = str(demos.meta["env_id"])
     game = envs.game_name(env_id)
     fusion = cfg.encoder.fusion
-    name = run_name or f"{game}-bc-{cfg.backend}-{fusion}-s{cfg.seed}"
+    name = check_name(run_name or f"{game}-bc-{cfg.backend}-{fusion}-s{cfg.seed}", "--run-name")
     run_dir = Path(runs_dir) / name
     if run_dir.exists():
         raise ValueError(f"Run folder {run_dir} already exists; pick another --run-name.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,20 +25,30 @@ from stable_baselines3.common.policies import BasePolicy
 from envs.core.text import Vocabulary
 from mbm_agent._version import __version__
 from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.values import check_space_observation
 from mbm_agent.sb3.algorithms import ALGORITHMS, policy_class
 from mbm_agent.sb3.extractor import MultimodalExtractor
 from mbm_agent.sb3.policy import policy_kwargs_for
 from mbm_agent.training.adapter import AdapterState, ObservationAdapter
 from mbm_agent.training.config import TrainConfig
 from mbm_agent.training.envs import observation_adapter
+from mbm_agent.training.model_check import (
+    MAX_PARAMETERS,
+    check_model_json,
+    count_parameters_meta,
+    parameter_bound,
+)
 from mbm_agent.training.storage import (
     FORMAT,
     FORMAT_VERSION,
+    RESTORE_HINT,
+    SCORE_FILE,
     ModelFileError,
     atomic_save_module,
     atomic_write_text,
     fresh_tmp_dir,
     load_module,
+    old_dir,
     read_json,
     replace_dir,
     space_from_dict,
@@ -119,15 +130,31 @@ def model_spec(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary | None)
 
 
 def save_policy(
-    policy: BasePolicy, spec: Mapping[str, Any], out_dir: Path, vocabulary: Vocabulary | None
+    policy: BasePolicy,
+    spec: Mapping[str, Any],
+    out_dir: Path,
+    vocabulary: Vocabulary | None,
+    *,
+    score: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a policy folder atomically (a crash leaves the previous one intact)."""
+    """Write a policy folder atomically (a crash leaves the previous one intact).
+
+    Args:
+        policy: The SB3 policy.
+        spec: Its description (:func:`policy_spec`).
+        out_dir: The folder to write (replaced whole).
+        vocabulary: The instruction vocabulary, if the game has text.
+        score: The evaluation that chose this policy (``best/``), written as
+            ``score.json`` in the same rename as the weights.
+    """
     tmp = fresh_tmp_dir(out_dir)
     try:
         atomic_write_text(tmp / "model.json", json.dumps(spec, indent=2))
         atomic_save_module(tmp / "model.safetensors", policy, metadata={"format": FORMAT})
         if vocabulary is not None:
             vocabulary.save(tmp / "vocabulary.json")
+        if score is not None:
+            atomic_write_text(tmp / SCORE_FILE, json.dumps(dict(score), indent=2))
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -144,34 +171,84 @@ def read_spec(model_dir: Path) -> dict[str, Any]:
         )
     if spec.get("version") != FORMAT_VERSION:
         raise ModelFileError(
-            f"{model_dir} was saved in policy format version {spec.get('version')!r}; this mbm-agent "
+            f"{model_dir / 'model.json'}: field 'version': {model_dir} was saved in policy "
+            f"format version {spec.get('version')!r}; this mbm-agent "
             f"reads version {FORMAT_VERSION}. Load it with the mbm-agent version that wrote it "
             f"({spec.get('mbm_agent_version', 'unknown')}) or retrain."
         )
+    check_model_json(spec, model_dir / "model.json")
     return spec
 
 
-def build_policy(spec: Mapping[str, Any]) -> BasePolicy:
-    """Construct an untrained policy with the architecture ``spec`` describes."""
+#: What a malformed model.json can make the policy constructors raise; all of them
+#: become a :class:`ModelFileError` naming the file.
+_BUILD_ERRORS = (KeyError, ValueError, TypeError, AttributeError, IndexError, AssertionError)
+
+
+def build_policy(spec: Mapping[str, Any], where: Path | str = "model.json") -> BasePolicy:
+    """Construct an untrained policy with the architecture ``spec`` describes.
+
+    The spec's fields are checked first and the policy's size is bounded by
+    :data:`~mbm_agent.training.model_check.MAX_PARAMETERS` before any weight is
+    allocated.
+
+    Args:
+        spec: A ``model.json`` (read by :func:`read_spec`, or made by :func:`policy_spec`).
+        where: The file it came from, for the messages.
+
+    Raises:
+        ModelFileError: The spec is malformed, too large, or does not build.
+    """
+    check_model_json(spec, where)
     try:
         encoder = EncoderConfig.from_dict(spec["encoder"])
-        obs_space = space_from_dict(spec["observation_space"])
-        act_space = space_from_dict(spec["action_space"])
+    except _BUILD_ERRORS as exc:
+        raise ModelFileError(f"{where}: field 'encoder' is malformed: {exc}") from exc
+    obs_space = space_from_dict(spec["observation_space"], f"{where}: observation_space")
+    act_space = space_from_dict(spec["action_space"], f"{where}: action_space")
+    if not isinstance(obs_space, spaces.Dict):
+        raise ModelFileError(f"{where}: observation_space must be a Dict space.")
+    try:
         kwargs = policy_kwargs_for(
             encoder,
             spec.get("modalities", {}),
             spec.get("policy_kwargs", {}),
             str(spec.get("extractor", "mbm")),
         )
-    except (KeyError, ValueError) as exc:
-        raise ModelFileError(f"model.json does not describe a buildable policy: {exc}") from exc
-    if not isinstance(obs_space, spaces.Dict):
-        raise ModelFileError("model.json observation_space must be a Dict space.")
-    try:
         cls = policy_class(str(spec.get("algo")), str(spec.get("extractor", "mbm")))
-    except ValueError as exc:
-        raise ModelFileError(f"model.json does not describe a buildable policy: {exc}") from exc
-    return cls(obs_space, act_space, lambda _: 0.0, **kwargs)
+    except _BUILD_ERRORS as exc:
+        raise ModelFileError(f"{where} does not describe a buildable policy: {exc}") from exc
+
+    def build(check_inputs: bool = True) -> BasePolicy:
+        args = kwargs
+        if not check_inputs and "features_extractor_kwargs" in kwargs:
+            # Counting on the meta device: the dummy forward pass needs no input checks.
+            extractor = dict(kwargs["features_extractor_kwargs"])
+            extractor["config"] = {**extractor["config"], "check_inputs": False}
+            args = {**kwargs, "features_extractor_kwargs": extractor}
+        return cls(obs_space, act_space, lambda _: 0.0, **args)
+
+    bound = parameter_bound(spec)
+    if bound > MAX_PARAMETERS:
+        try:
+            n_params = count_parameters_meta(lambda: build(check_inputs=False))
+        except Exception as exc:  # an op without a meta kernel: refuse rather than allocate
+            raise ModelFileError(
+                f"{where} describes a policy of up to {bound} parameters, more than the "
+                f"{MAX_PARAMETERS} parameters mbm-agent loads, and its exact size cannot be "
+                f"counted without allocating it ({type(exc).__name__}); {RESTORE_HINT}."
+            ) from exc
+        if n_params > MAX_PARAMETERS:
+            raise ModelFileError(
+                f"{where} describes a policy of {n_params} parameters, more than the "
+                f"{MAX_PARAMETERS} parameters mbm-agent loads; {RESTORE_HINT}."
+            )
+    try:
+        return build()
+    except ModelFileError:
+        raise
+    except (*_BUILD_ERRORS, RuntimeError, NotImplementedError) as exc:
+        raise ModelFileError(f"{where} does not describe a buildable policy: {exc}") from exc
 
 
 class Agent:
@@ -252,10 +329,17 @@ class Agent:
         state: tuple[NDArray[Any], ...] | None = None,
         episode_start: NDArray[np.bool_] | None = None,
     ) -> tuple[NDArray[Any], tuple[NDArray[Any], ...] | None]:
-        """Actions for a (batched or single) observation, as SB3's ``predict``."""
+        """Actions for a (batched or single) observation, as SB3's ``predict``.
+
+        Raises:
+            ValueError: Float frames for a uint8 image, NaN or infinite values, or an
+                empty batch (the same rule as every export's runtime).
+        """
         if episode_start is not None and self.adapter_state.batch == len(episode_start):
             self.adapter_state.reset(np.flatnonzero(episode_start))
         converted = self.adapter.adapt(observation, self.adapter_state)
+        if isinstance(self.policy.observation_space, spaces.Dict):
+            check_space_observation(self.policy.observation_space, converted)
         with torch.no_grad():
             return self.policy.predict(
                 converted,
@@ -322,6 +406,15 @@ def resolve_model_dir(path: str | Path, which: str = "best") -> Path:
     for name in names:
         if (p / name / "model.json").is_file():
             return p / name
+        # A run stopped between the two renames that replace a policy folder left the
+        # previous copy here; the next training run puts it back (storage.recover_dir).
+        kept = old_dir(p / name)
+        if (kept / "model.json").is_file() and not (p / name).exists():
+            warnings.warn(
+                f"{p / name} is missing; using the copy a stopped run left in {kept}.",
+                stacklevel=2,
+            )
+            return kept
     raise ModelFileError(f"{p} holds no saved policy ({' or '.join(names)}/model.json is missing).")
 
 
@@ -349,12 +442,36 @@ def load_agent(path: str | Path, which: str = "best", device: str = "cpu") -> Ag
             )
         try:
             vocabulary = Vocabulary.load(vocab_path)
-        except ValueError as exc:
+        except (ValueError, OSError, RecursionError) as exc:
             raise ModelFileError(f"{vocab_path}: {exc}") from exc
     try:
         ObservationAdapter.from_spec(spec)
     except ValueError as exc:
         raise ModelFileError(f"{model_dir / 'model.json'}: {exc}") from exc
-    policy = build_policy(spec)
+    policy = build_policy(spec, model_dir / "model.json")
+    if vocabulary is not None:
+        check_vocabulary(vocabulary, policy, model_dir)
     load_module(model_dir / "model.safetensors", policy)
     return Agent(policy.to(device), spec, vocabulary)
+
+
+def check_vocabulary(vocabulary: Vocabulary, policy: BasePolicy, model_dir: Path) -> None:
+    """Refuse a ``vocabulary.json`` that does not fit the policy's text inputs.
+
+    Raises:
+        ModelFileError: Its size differs from the text encoder's number of token ids,
+            or its ``max_len`` from the instruction length in ``model.json``.
+    """
+    from mbm_agent.encoding.encoders import TextEncoder
+
+    for module in policy.modules():
+        if not isinstance(module, TextEncoder):
+            continue
+        if len(vocabulary) != module.vocab_size or vocabulary.max_len != module.seq_len:
+            raise ModelFileError(
+                f"{model_dir / 'vocabulary.json'} does not fit {model_dir / 'model.json'}: it has "
+                f"{len(vocabulary)} words and max_len {vocabulary.max_len}, the policy reads "
+                f"{module.vocab_size} token ids and instructions of {module.seq_len}; copy the "
+                "vocabulary.json saved with this policy (best/, final/ or "
+                "checkpoints/step-*/policy/ of its run)."
+            )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from envs.core.text import Vocabulary
 from mbm_agent.training.agent import Agent, model_spec, save_policy
 from mbm_agent.training.checkpoints import TrainState, save_checkpoint
 from mbm_agent.training.config import TrainConfig
+from mbm_agent.training.storage import append_text
 
 METRIC_FIELDS = (
     "timesteps",
@@ -66,8 +68,7 @@ class TrainerCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         if not self._metrics_path.exists():
-            with self._metrics_path.open("w", newline="") as fh:
-                csv.writer(fh).writerow(METRIC_FIELDS)
+            self._append_csv(METRIC_FIELDS)
         if self.progress:
             from tqdm.auto import tqdm
 
@@ -136,8 +137,7 @@ class TrainerCallback(BaseCallback):
             "" if eval_return is None else f"{eval_return:.4f}",
             "" if eval_success is None else f"{eval_success:.4f}",
         ]
-        with self._metrics_path.open("a", newline="") as fh:
-            csv.writer(fh).writerow(row)
+        self._append_csv(row)
         if self._bar is not None:
             self._bar.set_postfix(
                 fps=f"{fps:.0f}", ret=f"{ret:.2f}", success=f"{succ:.2f}", refresh=False
@@ -147,6 +147,12 @@ class TrainerCallback(BaseCallback):
             if now - self._last_refresh >= (0.5 if sys.stderr.isatty() else 30.0):
                 self._last_refresh = now
                 self._bar.refresh()
+
+    def _append_csv(self, row: Sequence[object]) -> None:
+        # One write per row (a kill never leaves half a row) that refuses a symlink.
+        line = io.StringIO()
+        csv.writer(line).writerow(row)
+        append_text(self._metrics_path, line.getvalue())
 
     def _on_rollout_end(self) -> None:
         self._write_row()
@@ -175,6 +181,12 @@ class TrainerCallback(BaseCallback):
                 model_spec(self.model, self.cfg, self.vocab),
                 self.run_dir / "best",
                 self.vocab,
+                score={
+                    "score": score,
+                    "num_timesteps": int(self.model.num_timesteps),
+                    "eval_success": success,
+                    "eval_return": ret,
+                },
             )
 
     def checkpoint(self) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,45 @@ ALGOS: tuple[str, ...] = tuple(ALGORITHMS)
 EXTRACTORS = ("mbm", "sb3")
 DEVICES = ("cpu", "cuda", "auto")
 VEC_ENVS = ("dummy", "async")
+
+
+#: Longest run, report or file name accepted, in bytes (file systems allow 255; the
+#: rest is room for the suffixes and temporary names mbm-agent adds).
+MAX_NAME_BYTES = 200
+
+#: Fields a resumed run may change: a new total budget and where it runs. Every
+#: other difference from the saved config is refused (it would no longer be the
+#: run its checkpoints come from).
+RESUME_HONOURED = ("steps", "device", "torch_threads", "vec_env")
+#: Fields that say where a run folder is, not what it trains (``--resume`` names it).
+RESUME_LOCATION = ("runs_dir", "run_name")
+
+#: Checks of the SB3 hyperparameters we know: ``(kind, low, high)``; kind ``int``,
+#: ``number`` or ``bool``; ``low``/``high`` inclusive bounds (None: unbounded). SB3
+#: would otherwise fail on a bad value with an assertion, or only once training runs.
+ALGO_KWARGS_CHECKS: dict[str, tuple[str, float | None, float | None]] = {
+    "n_steps": ("int", 1, None),
+    "batch_size": ("int", 2, None),
+    "n_epochs": ("int", 1, None),
+    "buffer_size": ("int", 1, None),
+    "learning_starts": ("int", 0, None),
+    "target_update_interval": ("int", 1, None),
+    "stats_window_size": ("int", 1, None),
+    "learning_rate": ("number", 0.0, None),
+    "gamma": ("number", 0.0, 1.0),
+    "gae_lambda": ("number", 0.0, 1.0),
+    "ent_coef": ("number", 0.0, None),
+    "vf_coef": ("number", 0.0, None),
+    "max_grad_norm": ("number", 0.0, None),
+    "clip_range": ("number", 0.0, None),
+    "exploration_fraction": ("number", 0.0, 1.0),
+    "exploration_initial_eps": ("number", 0.0, 1.0),
+    "exploration_final_eps": ("number", 0.0, 1.0),
+    "tau": ("number", 0.0, 1.0),
+    "rms_prop_eps": ("number", 0.0, None),
+    "normalize_advantage": ("bool", None, None),
+    "use_rms_prop": ("bool", None, None),
+}
 
 
 class ConfigError(ValueError):
@@ -83,6 +123,76 @@ def expand_aliases(data: Mapping[str, Any], where: str = "config") -> dict[str, 
             )
         out[section] = {**nested, name: value}
     return out
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` if it is a plain, visible file name of reasonable length, else :class:`ConfigError`.
+
+    Args:
+        name: A run name, report name or the like.
+        what: How the user gave it (``--run-name``), for the message.
+    """
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in {".", ".."}
+        or any(c in name for c in "/\\\0")
+    ):
+        raise ConfigError(
+            f"{what} must be a plain file name (no '/', not '.' or '..'), got {name!r}."
+        )
+    if name.startswith("."):
+        raise ConfigError(
+            f"{what} {name!r} starts with '.': such names are kept for mbm-agent's temporary "
+            "files; drop the dot."
+        )
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{what} is {size} bytes long; at most {MAX_NAME_BYTES} are allowed (file systems "
+            "stop at 255). Pick a shorter name."
+        )
+    return name
+
+
+def check_algo_kwargs(algo_kwargs: Mapping[str, Any]) -> None:
+    """Check the hyperparameters of :data:`ALGO_KWARGS_CHECKS`; others are left to SB3."""
+    for name, value in algo_kwargs.items():
+        check = ALGO_KWARGS_CHECKS.get(str(name))
+        if check is None:
+            continue
+        kind, low, high = check
+        where = f"algo_kwargs.{name}"
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, got {value!r}.")
+            continue
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            wanted = "an integer"
+        else:
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+            wanted = "a number"
+        if ok and low is not None and value < low:
+            ok = False
+        if ok and high is not None and value > high:
+            ok = False
+        if not ok:
+            bounds = (
+                f" in [{low}, {high}]"
+                if low is not None and high is not None
+                else f" >= {low}"
+                if low is not None
+                else ""
+            )
+            raise ConfigError(
+                f"{where} must be {wanted}{bounds}, got {value!r}; fix it in the config file "
+                f"or with --set {where}=VALUE."
+            )
 
 
 @dataclass
@@ -241,10 +351,11 @@ class TrainConfig:
         for name in ("env_kwargs", "modalities", "algo_kwargs", "policy_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping, got {getattr(self, name)!r}.")
-        if self.run_name is not None and (
-            not self.run_name or "/" in self.run_name or self.run_name in {".", ".."}
-        ):
-            raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}.")
+        if self.run_name is not None:
+            check_name(self.run_name, "run_name")
+        if not isinstance(self.runs_dir, str) or not self.runs_dir:
+            raise ConfigError(f"runs_dir must be a folder path, got {self.runs_dir!r}.")
+        check_algo_kwargs(self.algo_kwargs)
         try:
             parse_declarations(self.modalities)
         except ValueError as exc:
@@ -363,6 +474,14 @@ def resolve_config(
     algo = (overrides or {}).get("algo", data.get("algo", "ppo"))
     if not isinstance(hyper, dict):
         raise ConfigError("hyperparams must map an algorithm name to its hyperparameters.")
+    if not isinstance(algo, str):
+        raise ConfigError(f"algo must be one of {list(ALGOS)}, got {algo!r}.")
+    for name, value in (
+        ("hyperparams." + algo, hyper.get(algo)),
+        ("algo_kwargs", data.get("algo_kwargs")),
+    ):
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a mapping of hyperparameters, got {value!r}.")
     data["algo_kwargs"] = merge(dict(hyper.get(algo) or {}), data.get("algo_kwargs") or {})
     data = merge(data, expand_aliases(overrides or {}, "flags and --set"))
     data["env_id"] = env_id
@@ -377,13 +496,106 @@ def save_config(cfg: TrainConfig, run_dir: Path) -> None:
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
-    """The resolved config saved in a run folder."""
+    """The resolved config saved in a run folder.
+
+    Raises:
+        ConfigError: ``config.json`` is missing, corrupt or holds a bad field (the
+            message names the file and the field).
+    """
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run folder: {path.name} is missing.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path} is corrupt ({exc}); the run's config cannot be read.") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object of config fields.")
     data.pop("fusion", None)
-    return TrainConfig.from_dict(data)
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    except TypeError as exc:  # a field of the wrong shape for the dataclass
+        raise ConfigError(f"{path} holds a malformed config: {exc}") from exc
+
+
+#: Config fields that ``mbm-agent train`` has a flag for (others are set with ``--set``).
+_CLI_FLAGS = frozenset(
+    [
+        "algo",
+        "fusion",
+        "steps",
+        "seed",
+        "n_envs",
+        "run_name",
+        "runs_dir",
+        "device",
+        "eval_every",
+        "eval_episodes",
+        "checkpoint_every",
+        "vec_env",
+        "torch_threads",
+        "sb3_zip",
+        "init_from",
+        "set",
+        "config",
+    ]
+)
+
+
+def _flag(name: str) -> str:
+    if name in _CLI_FLAGS:
+        return "--" + name.replace("_", "-")
+    return f"{name} (--set {name}...)"
+
+
+def resume_config(run_dir: str | Path, flags: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The configuration a resumed run continues with: the saved one, changed only where safe.
+
+    The single place that decides what ``--resume`` does with other settings:
+
+    - ``steps`` is the run's new *total* budget (not steps to add); the saved config
+      is updated with it, so a later ``--resume`` keeps it.
+    - ``device`` and ``torch_threads`` (where it runs) are honoured.
+    - ``runs_dir`` and ``run_name`` must not be given: the run folder is ``run_dir``.
+    - Anything else (``--fusion``, ``--seed``, ``--n-envs``, ``--set``, ``--config``,
+      ...) would make it another run than the one its checkpoints come from, and is
+      refused, unless it equals the saved value.
+
+    Args:
+        run_dir: The run folder.
+        flags: Settings given with the resume, by config field name (plus ``set``
+            and ``config`` for those flags); None, empty and unchanged values are
+            not changes.
+
+    Raises:
+        ConfigError: No such run, a damaged ``config.json``, or a refused change
+            (the message names the flag).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such run folder.")
+    cfg = load_run_config(run_dir)
+    changes: dict[str, Any] = {}
+    for name, value in (flags or {}).items():
+        if value is None or (isinstance(value, list | tuple | dict) and not value):
+            continue
+        if name not in ("set", "config") and getattr(cfg, name, object()) == value:
+            continue
+        if name in RESUME_HONOURED:
+            changes[name] = value
+            continue
+        why = (
+            "the run folder is the one --resume names"
+            if name in RESUME_LOCATION
+            else "it would make this another run than the one its checkpoints come from"
+        )
+        raise ConfigError(
+            f"--resume {run_dir}: {_flag(name)} cannot be changed when resuming ({why}; saved: "
+            f"{getattr(cfg, name, 'see config.yaml')!r}). Drop it, or start a new run "
+            f"(--init-from {run_dir} starts it from this run's policy). Only "
+            f"{', '.join(_flag(n) for n in RESUME_HONOURED)} may change; --steps is the new "
+            "total budget."
+        )
+    return dataclasses.replace(cfg, **changes) if changes else cfg

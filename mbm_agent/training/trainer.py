@@ -8,15 +8,24 @@ Run folder layout (see ``runs/README.md``)::
       metrics.csv                one row per rollout (and per periodic evaluation)
       tb/                        TensorBoard logs
       checkpoints/step-N/        resumable checkpoints (policy, optimizer, counters)
-      best/                      policy with the best periodic evaluation
+      best/                      policy with the best periodic evaluation (score.json: its score)
       final/                     policy at the end of training
       eval.json, eval.md         final evaluation on held-out seeds
       learning_curve.png         return and success vs environment steps
       episodes.gif               a few evaluation episodes
+      .lock                      held by the one process writing the folder
+
+Resuming (:func:`train` with ``resume=``) takes its settings from
+:func:`~mbm_agent.training.config.resume_config`, repairs what a killed writer
+left (:func:`~mbm_agent.training.storage.clean_stale`), then continues from the
+newest readable checkpoint; it refuses, touching nothing, when the run has
+checkpoints but none reads, or has a ``final/`` policy but no checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shlex
 import shutil
 import signal
@@ -49,10 +58,31 @@ from mbm_agent.training.agent import (
     save_policy,
 )
 from mbm_agent.training.callback import TrainerCallback
-from mbm_agent.training.checkpoints import TrainState, latest_checkpoint, truncate_metrics
-from mbm_agent.training.config import ConfigError, TrainConfig, load_run_config, save_config
+from mbm_agent.training.checkpoints import (
+    TrainState,
+    checkpoint_folders,
+    latest_checkpoint,
+    read_best_score,
+    truncate_metrics,
+)
+from mbm_agent.training.config import (
+    RESUME_LOCATION,
+    ConfigError,
+    TrainConfig,
+    load_run_config,
+    resume_config,
+    save_config,
+)
 from mbm_agent.training.envs import make_single_env, make_train_env, observation_adapter
-from mbm_agent.training.storage import load_module
+from mbm_agent.training.lock import RunLock
+from mbm_agent.training.storage import (
+    ModelFileError,
+    append_text,
+    clean_stale,
+    fresh_tmp_dir,
+    load_module,
+    replace_dir,
+)
 from mbm_agent.training.threads import torch_threads_for
 
 
@@ -149,20 +179,100 @@ class TrainResult:
     report: dict[str, Any] | None
 
 
-def _unique_run_dir(cfg: TrainConfig) -> Path:
+def _new_run_dir(cfg: TrainConfig) -> Path:
+    """Create the folder of a new run (``NAME``, or ``NAME-2``, ... for a default name)."""
     root = Path(cfg.runs_dir)
     name = cfg.run_name or cfg.default_run_name()
-    run_dir = root / name
-    if run_dir.exists():
-        if cfg.run_name is not None:
-            raise ConfigError(
-                f"Run folder {run_dir} already exists; continue it with --resume {run_dir}, or pick another --run-name."
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        run_dir = root / (name if i == 1 else f"{name}-{i}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            if cfg.run_name is not None:
+                raise ConfigError(
+                    f"Run folder {run_dir} already exists; continue it with --resume {run_dir}, "
+                    "or pick another --run-name."
+                ) from None
+            continue
+        return run_dir
+    raise ConfigError(f"{root} holds 10000 runs named {name}*; pick a --run-name.")
+
+
+def _resume_changes(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """The fields of ``cfg`` that differ from the run's saved config (locations aside)."""
+    saved = load_run_config(run_dir)
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.name not in RESUME_LOCATION and getattr(cfg, f.name) != getattr(saved, f.name)
+    }
+
+
+def _prepare_resume(
+    cfg: TrainConfig,
+    run_dir: Path,
+    model: BaseAlgorithm,
+    venv: VecEnv,
+    vocab: Vocabulary | None,
+) -> TrainState:
+    """Repair, check and load a run being resumed (its lock held); its counters.
+
+    Raises:
+        ModelFileError, ConfigError: Nothing to resume from, or the run cannot continue
+            as asked (nothing in the folder is changed then, repairs aside).
+    """
+    for name in ("metrics.csv", "command.txt"):
+        if (run_dir / name).is_symlink():
+            raise ModelFileError(
+                f"{run_dir / name} is a symbolic link; mbm-agent writes only its own files in "
+                "a run folder. Replace it with a copy of its target, then resume."
             )
-        i = 2
-        while (root / f"{name}-{i}").exists():
-            i += 1
-        run_dir = root / f"{name}-{i}"
-    return run_dir
+    for folder in (run_dir, run_dir / "checkpoints"):
+        removed = clean_stale(folder)
+        if removed:
+            warnings.warn(
+                f"Removed what a stopped run left in {folder}: {', '.join(removed)}.",
+                stacklevel=3,
+            )
+    loaded = latest_checkpoint(run_dir, model)
+    if loaded is None:
+        if (run_dir / "final").exists() or checkpoint_folders(run_dir):
+            raise ModelFileError(
+                f"--resume {run_dir}: the run has no checkpoint to continue from "
+                f"(checkpoints/ is empty), but it has trained (final/ exists); nothing was "
+                f"changed. Start a new run from its policy: mbm-agent train {cfg.env_id} "
+                f"--init-from {run_dir}"
+            )
+        warnings.warn(
+            f"{run_dir} has no checkpoint yet (it stopped before its first one): training it "
+            "again from step 0; metrics.csv rows of the lost attempt are dropped, best/ is "
+            "kept unless an evaluation beats it.",
+            stacklevel=3,
+        )
+        loaded = TrainState()
+        if cfg.init_from is not None:  # start again where the first attempt started
+            init_policy_from(model, cfg, vocab)
+    if cfg.steps < loaded.num_timesteps:
+        raise ConfigError(
+            f"--steps {cfg.steps} is below the {loaded.num_timesteps} steps {run_dir} has "
+            "trained; --steps is the run's total budget: give at least that many."
+        )
+    # The best score lives with best/ (score.json, renamed in with the weights): a
+    # checkpoint may predate the last improvement, and resuming with its score
+    # would let a worse policy replace a better best/.
+    if not (run_dir / "best").is_dir():
+        loaded.best_eval = -float("inf")
+    else:
+        score = read_best_score(run_dir)
+        if score is not None:
+            loaded.best_eval = score
+    if cfg != load_run_config(run_dir):  # a new budget or device: kept for the next resume
+        save_config(cfg, run_dir)
+    truncate_metrics(run_dir / "metrics.csv", loaded.num_timesteps)
+    if loaded.num_timesteps:
+        venv.seed(cfg.seed + loaded.num_timesteps)  # fresh episodes, not a replay of the first
+    return loaded
 
 
 def train(
@@ -176,23 +286,25 @@ def train(
     """Train an agent and write its run folder.
 
     Args:
-        cfg: Resolved configuration (ignored except for ``steps`` when resuming:
-            the run's saved config is used, with ``steps`` raised if larger).
+        cfg: Resolved configuration. When resuming it must be the run's saved
+            configuration except where :func:`~mbm_agent.training.config.resume_config`
+            allows a change (``steps``: the new total budget, ``device``,
+            ``torch_threads``); any other difference is refused.
         resume: A run folder to continue from its newest readable checkpoint.
         command: The command line to record (default: ``sys.argv``).
         progress: Show a progress bar.
         finalize: Run the final evaluation, plot and GIF.
+
+    Raises:
+        ConfigError: A bad setting, a refused change on resume, or a run folder that
+            exists already.
+        ModelFileError: Nothing readable to resume from.
+        RunLockedError: Another live process is writing the run folder.
     """
+    run_dir: Path | None = None
     if resume is not None:
         run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise ConfigError(f"--resume {run_dir}: no such run folder.")
-        saved = load_run_config(run_dir)
-        if cfg.steps > saved.steps:
-            saved.steps = cfg.steps
-        cfg = saved
-    else:
-        run_dir = _unique_run_dir(cfg)
+        cfg = resume_config(run_dir, _resume_changes(cfg, run_dir))
 
     # Env and algorithm come first: a bad env id or hyperparameter is then an
     # error that leaves no half-made run folder behind.
@@ -201,31 +313,37 @@ def train(
     torch.set_num_threads(torch_threads_for(cfg.torch_threads))
     venv, vocab = make_train_env(cfg, cfg.seed)
     try:
-        model = build_algorithm(cfg, venv, _tensorboard_dir(run_dir))
-    except BaseException:
-        venv.close()
-        raise
-    if resume is None and cfg.init_from is not None:
-        try:
+        model = build_algorithm(cfg, venv, None)
+        if resume is None and cfg.init_from is not None:
             init_policy_from(model, cfg, vocab)
-        except BaseException:
-            venv.close()
-            raise
-    if resume is None:
-        run_dir.mkdir(parents=True)
-        save_config(cfg, run_dir)
-    cmd = " ".join(shlex.quote(a) for a in (command if command is not None else sys.argv))
-    with (run_dir / "command.txt").open("a", encoding="utf-8") as fh:
-        fh.write(cmd + "\n")
-    state = TrainState()
-    if resume is not None:
-        loaded = latest_checkpoint(run_dir, model)
-        truncate_metrics(run_dir / "metrics.csv", loaded.num_timesteps if loaded else 0)
-        if loaded is not None:
-            state = loaded
-            venv.seed(
-                cfg.seed + state.num_timesteps
-            )  # fresh episodes, not a replay of the first ones
+        if run_dir is None:
+            run_dir = _new_run_dir(cfg)
+        with RunLock(run_dir):
+            if resume is None:
+                save_config(cfg, run_dir)
+                state = TrainState()
+            else:
+                state = _prepare_resume(cfg, run_dir, model, venv, vocab)
+            tensorboard = _tensorboard_dir(run_dir)
+            model.tensorboard_log = str(tensorboard) if tensorboard is not None else None
+            cmd = " ".join(shlex.quote(a) for a in (command if command is not None else sys.argv))
+            append_text(run_dir / "command.txt", cmd + "\n")
+            return _learn(cfg, run_dir, model, vocab, state, resume is not None, progress, finalize)
+    finally:
+        venv.close()
+
+
+def _learn(
+    cfg: TrainConfig,
+    run_dir: Path,
+    model: BaseAlgorithm,
+    vocab: Vocabulary | None,
+    state: TrainState,
+    resumed: bool,
+    progress: bool,
+    finalize: bool,
+) -> TrainResult:
+    """Train from ``state`` to ``cfg.steps``, save checkpoint, final and best, finalize."""
 
     def periodic(agent: Agent, episodes: int) -> dict[str, Any]:
         return evaluate_agent(
@@ -255,7 +373,7 @@ def train(
             model.learn(
                 total_timesteps=remaining,
                 callback=callback,
-                reset_num_timesteps=resume is None or state.num_timesteps == 0,
+                reset_num_timesteps=not resumed or state.num_timesteps == 0,
                 tb_log_name="train",
                 progress_bar=False,
             )
@@ -266,10 +384,19 @@ def train(
     ckpt = callback.checkpoint()
     save_policy(model.policy, model_spec(model, cfg, vocab), run_dir / "final", vocab)
     if not (run_dir / "best").exists():
-        shutil.copytree(run_dir / "final", run_dir / "best")
+        # Never evaluated: best/ is the final policy (copied whole, then renamed in).
+        tmp = fresh_tmp_dir(run_dir / "best")
+        try:
+            shutil.copytree(run_dir / "final", tmp, dirs_exist_ok=True)
+            replace_dir(tmp, run_dir / "best")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if cfg.sb3_zip:
-        model.save(run_dir / "sb3_model.zip")
-    venv.close()
+        target = run_dir / "sb3_model.zip"
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        model.save(partial)
+        os.replace(partial, target)
     interrupted = callback.stop_requested
     if interrupted:
         print(

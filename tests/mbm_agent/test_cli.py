@@ -437,3 +437,152 @@ def test_config_error_in_a_real_process_has_no_traceback(tmp_path: Path) -> None
     assert result.stderr.count("\n") == 1
     assert "learning_rate" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# -- nothing outside its folder, flags that --resume cannot honour --------------------------
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--fusion", next(m for m in ("gated", "attention") if m != env_fusion())], "--fusion"),
+        (["--set", "algo_kwargs.learning_rate=0.1"], "--set"),
+        (["--n-envs", "2"], "--n-envs"),
+        (["--seed", "7"], "--seed"),
+        (["--config", "__config__"], "--config"),
+        (["--run-name", "other"], "--run-name"),
+        (["--eval-every", "64"], "--eval-every"),
+    ],
+)
+def test_resume_refuses_flags_that_change_the_run(
+    flags: list[str], named: str, run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_tree(run0, tmp_path / "run")
+    config = tmp_path / "config.yaml"
+    config.write_text("n_envs: 2\n")
+    flags = [str(config) if f == "__config__" else f for f in flags]
+    before = _tree(run)
+    argv = ["train", ENV, "--resume", str(run), *flags, "--no-progress"]
+    assert main([*argv, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbm-agent train: error: --resume")
+    assert named in err and "--init-from" in err
+    assert main(argv) == 2
+    capsys.readouterr()
+    assert _tree(run) == before
+
+
+def test_resume_takes_unchanged_flags_and_steps_as_the_new_total(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_tree(run0, tmp_path / "run")
+    saved = json.loads((run / "config.json").read_text())
+    argv = ["train", ENV, "--resume", str(run), "--seed", str(saved["seed"]), "--print-config"]
+    assert main(argv) == 0  # restating a saved value is not a change
+    assert f"steps: {saved['steps']}\n" in capsys.readouterr().out
+    # --steps is the run's new total budget, kept for the next resume.
+    total = saved["steps"] + ROLLOUT
+    assert main(["train", ENV, "--resume", str(run), "--steps", str(total), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert json.loads((run / "config.json").read_text())["steps"] == total
+    assert checkpoint_steps(run)[-1] == total
+    assert main(["train", ENV, "--resume", str(run), "--print-config"]) == 0
+    assert f"steps: {total}\n" in capsys.readouterr().out
+    # Below what the run has trained: refused, nothing changed.
+    before = _tree(run)
+    assert main(["train", ENV, "--resume", str(run), "--steps", str(ROLLOUT), "--no-progress"]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert _tree(run) == before
+
+
+def test_resume_refuses_a_symlinked_metrics_file(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_tree(run0, tmp_path / "run")
+    for name in ("metrics.csv", "command.txt"):
+        outside = tmp_path / f"outside-{name}"
+        outside.write_bytes((run / name).read_bytes())
+        (run / name).unlink()
+        (run / name).symlink_to(outside)
+        before = outside.read_bytes()
+        assert main(["train", ENV, "--resume", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "symbolic link" in err and name in err
+        assert outside.read_bytes() == before
+        (run / name).unlink()
+        (run / name).write_bytes(before)
+
+
+def test_eval_writes_only_inside_its_folder(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_tree(run0, tmp_path / "a" / "b" / "run")
+    for name in ("../../x", "/tmp/x", "..", ".hidden", "x" * 300):
+        assert main(["eval", str(run), "--episodes", "1", "--name", name]) == 2
+        assert "--name" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "x.json").exists() and not (tmp_path / "x.json").exists()
+    target = tmp_path / "report.txt"
+    target.write_text("keep")
+    assert main(["eval", str(run), "--episodes", "1", "--out", str(target)]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert target.read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--run-name", "x" * 300], "run_name"),
+        (["--run-name", "../../escape"], "run_name"),
+        (["--set", "algo_kwargs.n_steps=0"], "algo_kwargs.n_steps"),
+        (["--set", "algo_kwargs.learning_rate=abc"], "algo_kwargs.learning_rate"),
+        (["--set", "algo_kwargs.gamma=abc"], "algo_kwargs.gamma"),
+        (["--set", "algo_kwargs.batch_size=1"], "algo_kwargs.batch_size"),
+    ],
+)
+def test_bad_names_and_hyperparameters_are_one_line_errors(
+    flags: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", ENV, *TINY_FLAGS, "--runs-dir", str(runs), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbm-agent train: error: ") and err.count("\n") == 1, err
+    assert named in err
+    assert not runs.exists() or not any(runs.iterdir())
+    assert not (tmp_path / "escape").exists()
+
+
+def test_bc_run_name_stays_inside_runs_dir(tmp_path: Path) -> None:
+    from mbm_agent.imitation.bc import BCConfig, bc_run
+    from mbm_agent.imitation.demos import record_demos
+    from mbm_agent.training.config import ConfigError
+
+    demos = record_demos(ENV, 2, n_envs=2)
+    runs = tmp_path / "a" / "runs"
+    with pytest.raises(ConfigError, match="--run-name"):
+        bc_run(demos, BCConfig(epochs=1, eval_episodes=0), run_name="../../x", runs_dir=runs)
+    assert not (tmp_path / "x").exists()
+
+
+# -- export never deletes what it did not write ----------------------------------------------
+@pytest.mark.slow
+def test_export_out_never_replaces_a_folder_it_did_not_write(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("onnxruntime")
+    runs = tmp_path / "runs"
+    run = copy_tree(run0, runs / "run")
+    before = _tree(runs)
+    for out in (run, runs, run / "best", run / "metrics.csv"):
+        assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err
+        assert _tree(runs) == before
+    # A new folder, then the same folder again (an earlier export of ours) both work.
+    out = tmp_path / "exports" / "ts"
+    for _ in range(2):
+        assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+        assert (out / "export.json").is_file() and (out / "policy.pt").is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert _tree(runs) == before

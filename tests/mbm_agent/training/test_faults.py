@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,13 @@ from mbm_agent.training.callback import TrainerCallback
 from mbm_agent.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from mbm_agent.training.config import load_run_config
 from mbm_agent.training.envs import make_train_env
+from mbm_agent.training.lock import RunLock, RunLockedError
 from mbm_agent.training.storage import (
     ModelFileError,
     atomic_save_tensors,
     atomic_write_bytes,
     atomic_write_text,
+    clean_stale,
     load_tensors,
 )
 from mbm_agent.training.trainer import build_algorithm
@@ -234,11 +239,30 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
 
 
+def _edit_state(ckpt: Path, **changes: Any) -> None:
+    state = json.loads((ckpt / "state.json").read_text())
+    state.update(changes)
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+def _reshape_a_moment(ckpt: Path) -> None:
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    name = next(n for n in tensors if n.endswith(".exp_avg"))
+    tensors[name] = torch.zeros(3, 3)
+    atomic_save_tensors(ckpt / "optimizer.safetensors", tensors)
+
+
 CORRUPTIONS = {
     "truncated-weights": lambda c: _truncate(c / "policy" / "model.safetensors"),
     "truncated-optimizer": lambda c: _truncate(c / "optimizer.safetensors"),
     "corrupt-state": lambda c: (c / "state.json").write_text("{"),
     "missing-optimizer-json": lambda c: (c / "optimizer.json").unlink(),
+    "state-field-of-the-wrong-type": lambda c: _edit_state(c, num_timesteps="abc"),
+    "state-not-matching-its-name": lambda c: _edit_state(c, num_timesteps=7),
+    "optimizer-moment-of-the-wrong-shape": _reshape_a_moment,
+    "optimizer-json-not-fitting": lambda c: (c / "optimizer.json").write_text(
+        json.dumps({"param_groups": "abc"})
+    ),
 }
 
 
@@ -421,3 +445,193 @@ def test_failed_checkpoint_write_leaves_no_partial_checkpoint(
     path = save_checkpoint(ckpt_run, model, cfg, None, state)
     assert path == step_dir(ckpt_run, 4 * ROLLOUT)
     assert checkpoint_steps(ckpt_run) == [2 * ROLLOUT, 3 * ROLLOUT, 4 * ROLLOUT]
+
+
+# -- (e) nothing lost: pruning, best/, resume without a checkpoint, moved-aside folders -------
+def _run_snapshot(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder but the TensorBoard logs and the lock."""
+    return {
+        name: data
+        for name, data in _snapshot(run).items()
+        if not name.startswith("tb/") and name != ".lock"
+    }
+
+
+def test_pruning_keeps_the_newest_readable_checkpoints_by_step(
+    ckpt_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = ckpt_run / "checkpoints"
+    (root / "step-zzz").mkdir()  # not a checkpoint name
+    (root / "step-zzz" / "notes.txt").write_text("mine")
+    truncated = step_dir(ckpt_run, 32 * ROLLOUT)  # a name above every real step, unreadable
+    copy_tree(step_dir(ckpt_run, 3 * ROLLOUT), truncated)
+    _truncate(truncated / "policy" / "model.safetensors")
+    cfg = load_run_config(ckpt_run)
+    cfg.keep_checkpoints = 2
+    model = _model_for(ckpt_run)
+    state = load_checkpoint(step_dir(ckpt_run, 3 * ROLLOUT), model)
+    model.num_timesteps = 4 * ROLLOUT
+    with pytest.warns(UserWarning) as caught:
+        written = save_checkpoint(ckpt_run, model, cfg, None, state)
+    assert written == step_dir(ckpt_run, 4 * ROLLOUT)
+    # The newest two readable ones by step number, the one just written among them.
+    assert written.is_dir() and step_dir(ckpt_run, 3 * ROLLOUT).is_dir()
+    assert not step_dir(ckpt_run, ROLLOUT).exists()
+    assert not step_dir(ckpt_run, 2 * ROLLOUT).exists()
+    # What does not parse or read is left alone, with a warning naming it.
+    assert (root / "step-zzz" / "notes.txt").read_text() == "mine"
+    assert truncated.is_dir()
+    messages = " ".join(str(w.message) for w in caught)
+    assert "step-zzz" in messages and truncated.name in messages
+    # Resuming skips both and continues from the newest readable checkpoint.
+    with pytest.warns(UserWarning, match="Skipping unreadable checkpoint"):
+        loaded = latest_checkpoint(ckpt_run, _model_for(ckpt_run))
+    assert loaded is not None and loaded.num_timesteps == 4 * ROLLOUT
+
+
+def test_resume_never_replaces_a_better_best(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A crash after best/ improved and before the next checkpoint: the checkpoint
+    # knows no evaluation (best_eval null), best/ knows its score.
+    newest = step_dir(ckpt_run, 3 * ROLLOUT) / "state.json"
+    state = json.loads(newest.read_text())
+    state["best_eval"] = None
+    newest.write_text(json.dumps(state))
+    (ckpt_run / "best" / "score.json").write_text(json.dumps({"score": 5.0}))
+    best = _snapshot(ckpt_run / "best")
+    argv = ["train", ENV, "--resume", str(ckpt_run), "--steps", str(4 * ROLLOUT)]
+    cfg = json.loads((ckpt_run / "config.json").read_text())
+    cfg["eval_every"] = ROLLOUT  # evaluate after the resume (a saved-config edit)
+    (ckpt_run / "config.json").write_text(json.dumps(cfg))
+    assert main([*argv, "--no-progress"]) == 0, capsys.readouterr().err
+    rows = read_metrics(ckpt_run)
+    assert any(r["eval_return"] for r in rows)  # an evaluation ran, and lost to best/
+    assert _snapshot(ckpt_run / "best") == best
+
+
+def test_resume_without_a_readable_checkpoint_changes_nothing(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for step in checkpoint_steps(ckpt_run):
+        (step_dir(ckpt_run, step) / "state.json").write_text('{"format": "mbm-agent/checkpoint"}')
+    before = _run_snapshot(ckpt_run)
+    with pytest.warns(UserWarning, match="Skipping unreadable checkpoint"):
+        assert main(["train", ENV, "--resume", str(ckpt_run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "No readable checkpoint" in err and "num_timesteps" in err
+    assert _run_snapshot(ckpt_run) == before  # metrics.csv, command.txt, best/, final/ too
+
+
+def test_resume_of_a_trained_run_without_checkpoints_is_refused(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.rmtree(ckpt_run / "checkpoints")
+    before = _run_snapshot(ckpt_run)
+    assert main(["train", ENV, "--resume", str(ckpt_run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "--init-from" in err
+    assert _run_snapshot(ckpt_run) == before
+
+
+def test_resume_before_the_first_checkpoint_trains_again_and_says_so(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("checkpoints", "final", "best"):
+        shutil.rmtree(ckpt_run / name)
+    n_rows = len(read_metrics(ckpt_run))
+    assert n_rows > 0
+    with pytest.warns(UserWarning, match="no checkpoint yet"):
+        assert main(["train", ENV, "--resume", str(ckpt_run), "--no-progress"]) == 0
+    assert rollout_steps(read_metrics(ckpt_run)) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT]
+    capsys.readouterr()
+
+
+def test_a_policy_left_aside_by_a_kill_is_found_and_put_back(ckpt_run: Path) -> None:
+    best = _snapshot(ckpt_run / "best")
+    # A kill between the two renames that replace best/: only the old copy remains.
+    os.replace(ckpt_run / "best", ckpt_run / ".best.old")
+    (ckpt_run / ".best.abc123.tmp").mkdir()  # the new one, half written
+    (ckpt_run / "checkpoints" / ".step-000000000512.x.tmp").mkdir()
+    with pytest.warns(UserWarning, match="using the copy"):
+        agent = load_agent(ckpt_run, "best")  # what `mbm-agent eval RUN` loads
+    assert agent.spec["env_id"] == ENV
+    with pytest.warns(UserWarning, match="Restored"):
+        removed = clean_stale(ckpt_run)
+    assert removed == [".best.abc123.tmp"]
+    assert clean_stale(ckpt_run / "checkpoints") == [".step-000000000512.x.tmp"]
+    assert _snapshot(ckpt_run / "best") == best
+    assert not _leftovers(ckpt_run)
+    # A save that finds only the moved-aside copy puts it back first, then replaces it.
+    os.replace(ckpt_run / "best", ckpt_run / ".best.old")
+    final = load_agent(ckpt_run, "final")
+    with pytest.warns(UserWarning, match="Restored"):
+        save_policy(final.policy, final.spec, ckpt_run / "best", final.vocabulary)
+    assert not _leftovers(ckpt_run)
+    _assert_same_tensors(
+        load_file(str(ckpt_run / "best" / "model.safetensors")),
+        load_file(str(ckpt_run / "final" / "model.safetensors")),
+    )
+
+
+# -- (f) one writer per run folder ------------------------------------------------------------
+def test_a_run_folder_being_written_is_refused(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _run_snapshot(ckpt_run)
+    with RunLock(ckpt_run):
+        assert (ckpt_run / ".lock").read_text().split()[0] == str(os.getpid())
+        assert main(["train", ENV, "--resume", str(ckpt_run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"process {os.getpid()}" in err and "one writer" in err
+        with pytest.raises(RunLockedError):
+            RunLock(ckpt_run).acquire()
+    assert not (ckpt_run / ".lock").exists()
+    assert _run_snapshot(ckpt_run) == before
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(ckpt_run: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    pid = int(dead.stdout)
+    (ckpt_run / ".lock").write_text(f"{pid} somehost\n")
+    with pytest.warns(UserWarning, match=f"taking over the lock of process {pid}"):
+        lock = RunLock(ckpt_run)
+        lock.acquire()
+    try:
+        assert (ckpt_run / ".lock").read_text().split()[0] == str(os.getpid())
+    finally:
+        lock.release()
+
+
+def test_two_trainings_with_one_name_one_fails_cleanly(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    procs = [
+        start_cli("train", ENV, *TINY_FLAGS, "--runs-dir", runs, "--run-name", "same")
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], results
+    err = next(e for (_, e), p in zip(results, procs, strict=True) if p.returncode == 2)
+    assert "Traceback" not in err
+    assert "already exists" in err or "being written" in err
+    assert len(rollout_steps(read_metrics(runs / "same"))) == 2  # one writer's rows only
+
+
+def test_resume_drops_malformed_metrics_rows_with_a_warning(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics = ckpt_run / "metrics.csv"
+    with metrics.open("a") as fh:
+        fh.write("abc,1,2,3,4,5,6,,\n")  # garbage
+        fh.write("512,1.0,2")  # a row cut by a crash
+    with pytest.warns(UserWarning, match=r"metrics\.csv, line \d+: dropping a malformed row"):
+        rc = main(["train", ENV, "--resume", str(ckpt_run), "--steps", "512", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    steps = rollout_steps(read_metrics(ckpt_run))
+    assert steps == sorted(set(steps)) and steps[-1] == 512

@@ -296,6 +296,48 @@ def _edit_spec(**changes: Any) -> Callable[[Path], None]:
     return edit
 
 
+def _edit_text_space(**changes: Any) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        spec = json.loads((folder / "model.json").read_text())
+        spec["observation_space"]["spaces"]["text"].update(changes)
+        (folder / "model.json").write_text(json.dumps(spec))
+
+    return edit
+
+
+def _edit_image_space(**changes: Any) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        spec = json.loads((folder / "model.json").read_text())
+        spec["observation_space"]["spaces"]["image"].update(changes)
+        (folder / "model.json").write_text(json.dumps(spec))
+
+    return edit
+
+
+def _edit_encoder(**changes: Any) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        spec = json.loads((folder / "model.json").read_text())
+        spec["encoder"].update(changes)
+        (folder / "model.json").write_text(json.dumps(spec))
+
+    return edit
+
+
+def _compose(*edits: Callable[[Path], None]) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        for one in edits:
+            one(folder)
+
+    return edit
+
+
+def _shrink_vocabulary(folder: Path) -> None:
+    vocab = json.loads((folder / "vocabulary.json").read_text())
+    vocab["tokens"] = vocab["tokens"][:-1]
+    vocab["max_len"] += 1
+    (folder / "vocabulary.json").write_text(json.dumps(vocab))
+
+
 #: name -> (damage, the file the message must name, words of the message)
 DAMAGE: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...]]] = {
     "truncated-weights": (
@@ -343,7 +385,37 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...]]] = {
     "malformed-space": (
         _edit_spec(observation_space={"type": "Box"}),
         "model.json",
-        ("buildable",),
+        ("observation_space", "Dict"),
+    ),
+    "net-arch-not-a-list": (
+        _edit_spec(policy_kwargs={"net_arch": "abc"}),
+        "model.json",
+        ("policy_kwargs.net_arch", "list"),
+    ),
+    "list-for-an-object": (
+        _edit_spec(encoder=[1, 2]),
+        "model.json",
+        ("'encoder'", "object"),
+    ),
+    "huge-features-dim": (
+        _edit_spec(encoder={"features_dim": 10**9}),
+        "model.json",
+        ("encoder.features_dim", "integer in"),
+    ),
+    "huge-text-vocabulary": (
+        _compose(_edit_text_space(high=999_999), _edit_encoder(word_dim=4096)),
+        "model.json",
+        ("parameters", "more than"),
+    ),
+    "huge-image": (
+        _edit_image_space(shape=[100_000, 100_000, 3]),
+        "model.json",
+        ("observation_space", "more than"),
+    ),
+    "vocabulary-of-another-policy": (
+        _shrink_vocabulary,
+        "vocabulary.json",
+        ("does not fit", "model.json", "max_len"),
     ),
     "missing-vocabulary": (
         lambda f: (f / "vocabulary.json").unlink(),

@@ -29,7 +29,7 @@ from mbm_agent.training.agent import load_agent
 from mbm_agent.training.checkpoints import load_checkpoint
 from mbm_agent.training.config import ConfigError, merge, resolve_config
 from mbm_agent.training.envs import SuccessInfo, make_train_env
-from mbm_agent.training.trainer import _unique_run_dir, build_algorithm, train
+from mbm_agent.training.trainer import _new_run_dir, build_algorithm, train
 
 ALGO_BUDGETS: dict[str, dict[str, Any]] = {
     "a2c": {"algo_kwargs": {"n_steps": 8}, "sb3_zip": True, "eval_every": 0},
@@ -194,21 +194,19 @@ def test_metrics_rows_follow_the_rollouts(tmp_path: Path) -> None:
 def test_run_names_are_unique_unless_given(tmp_path: Path) -> None:
     cfg = resolve_config(ENV, overrides={"runs_dir": str(tmp_path)})
     base = f"GoToObject-ppo-{env_fusion()}-s0"  # the fusion of the env's YAML
-    first = _unique_run_dir(cfg)
-    assert first == tmp_path / base
-    first.mkdir()
-    assert _unique_run_dir(cfg) == tmp_path / f"{base}-2"
-    (tmp_path / f"{base}-2").mkdir()
-    assert _unique_run_dir(cfg) == tmp_path / f"{base}-3"
+    assert _new_run_dir(cfg) == tmp_path / base
+    assert _new_run_dir(cfg) == tmp_path / f"{base}-2"
+    assert _new_run_dir(cfg) == tmp_path / f"{base}-3"
+    assert all((tmp_path / n).is_dir() for n in (base, f"{base}-2", f"{base}-3"))
     # --fusion (and --seed, --algo) change the default name.
     other = resolve_config(
         ENV, overrides={"runs_dir": str(tmp_path), "fusion": "gated", "seed": 4, "algo": "a2c"}
     )
-    assert _unique_run_dir(other) == tmp_path / "GoToObject-a2c-gated-s4"
+    assert _new_run_dir(other) == tmp_path / "GoToObject-a2c-gated-s4"
     named = resolve_config(ENV, overrides={"runs_dir": str(tmp_path), "run_name": "mine"})
     (tmp_path / "mine").mkdir()
     with pytest.raises(ConfigError, match="--resume"):
-        _unique_run_dir(named)
+        _new_run_dir(named)
 
 
 @pytest.mark.parametrize(
