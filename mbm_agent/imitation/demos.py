@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +27,56 @@ from numpy.typing import NDArray
 
 import envs
 from mbm_agent.evaluation import episode_success
-from mbm_agent.training.storage import atomic_write_bytes
+from mbm_agent.training.storage import ModelFileError, atomic_write_bytes
 
 DEMOS_FORMAT = "mbm-agent-demos"
 DEMOS_VERSION = 1
 
+#: Most bytes the arrays of one demonstrations file may hold once loaded, checked
+#: from the array headers before any array is read (a file claiming more is refused).
+MAX_DEMOS_BYTES = 2**34
+#: Most arrays (observation keys plus the five fixed ones) in a demonstrations file.
+MAX_DEMOS_ARRAYS = 256
 
-class DemoFileError(ValueError):
+
+class DemoFileError(ModelFileError):
     """A demonstrations file is missing, corrupt or from another game."""
+
+
+def _array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Shape and dtype of every array in an ``.npz``, read from the headers alone."""
+    headers = {}
+    with zipfile.ZipFile(path) as zf:
+        members = zf.infolist()
+        if len(members) > MAX_DEMOS_ARRAYS:
+            raise DemoFileError(
+                f"{path} holds {len(members)} arrays, more than a demonstrations file "
+                f"({MAX_DEMOS_ARRAYS}); record it again."
+            )
+        for info in members:
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            headers[info.filename.removesuffix(".npy")] = (tuple(shape), dtype)
+    return headers
+
+
+def _check_sizes(path: Path, headers: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]]) -> None:
+    total = 0
+    for name, (shape, dtype) in headers.items():
+        if dtype.hasobject:
+            raise DemoFileError(
+                f"{path}: array {name!r} holds Python objects (pickles); refusing to load it."
+            )
+        total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if total > MAX_DEMOS_BYTES:
+        raise DemoFileError(
+            f"{path}: its arrays would take {total} bytes, more than the {MAX_DEMOS_BYTES} "
+            "a demonstrations file may hold; record fewer episodes per file."
+        )
 
 
 @dataclass
@@ -203,8 +246,11 @@ def load_demos(path: str | Path) -> Demos:
             f"{path} does not exist; record demonstrations with: mbm-agent demos ENV_ID --out {path}"
         )
     try:
+        _check_sizes(path, _array_headers(path))
         with np.load(path, allow_pickle=False) as data:
             files = {name: data[name] for name in data.files}
+    except DemoFileError:
+        raise
     except ValueError as exc:
         raise DemoFileError(
             f"{path} holds pickled objects or is not an array file; refusing to load it ({exc})."
@@ -215,10 +261,12 @@ def load_demos(path: str | Path) -> Demos:
         ) from exc
     try:
         meta = json.loads(str(files.pop("meta")))
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise DemoFileError(
             f"{path} has no readable metadata; is it an mbm-agent demos file?"
         ) from exc
+    if not isinstance(meta, dict):
+        raise DemoFileError(f"{path}: its metadata must be a JSON object; record it again.")
     if meta.get("format") != DEMOS_FORMAT or meta.get("version") != DEMOS_VERSION:
         raise DemoFileError(
             f"{path} is not an mbm-agent demonstrations file of version {DEMOS_VERSION} "
@@ -229,12 +277,28 @@ def load_demos(path: str | Path) -> Demos:
     obs = {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith("obs/")}
     if missing or not obs:
         raise DemoFileError(f"{path} lacks {missing or ['observations']}; record it again.")
+    arrays = {**{f"obs/{k}": v for k, v in obs.items()}, **{k: files[k] for k in needed}}
+    scalar = [k for k, v in arrays.items() if v.ndim == 0]
+    if scalar:
+        raise DemoFileError(f"{path}: arrays {scalar} hold no steps; record it again.")
     n = len(files["actions"])
-    bad = [k for k, v in {**obs, **{k: files[k] for k in needed}}.items() if len(v) != n]
+    bad = [k for k, v in arrays.items() if len(v) != n]
     if bad:
         raise DemoFileError(
             f"{path}: arrays {bad} do not have {n} steps like 'actions'; record it again."
         )
+    for name, value in arrays.items():
+        kinds = "iu" if name in ("actions", "executed", "episode") else "biuf"
+        if value.dtype.kind not in kinds:
+            raise DemoFileError(
+                f"{path}: array {name!r} has dtype {value.dtype}, expected "
+                f"{'integers' if kinds == 'iu' else 'numbers'}; record it again."
+            )
+    if not isinstance(meta.get("env_id"), str):
+        raise DemoFileError(f"{path}: metadata field 'env_id' must be a string; record it again.")
+    for name in ("env_kwargs",):
+        if not isinstance(meta.get(name, {}), dict):
+            raise DemoFileError(f"{path}: metadata field {name!r} must be an object.")
     return Demos(
         obs,
         files["actions"].astype(np.int64),
