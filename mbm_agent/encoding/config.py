@@ -131,6 +131,7 @@ class EncoderConfig:
         features_dim: Width of the fused feature vector.
         image_encoder: Image CNN, one of ``IMAGE_ENCODERS``.
         image_dim: Embedding width of image and symbolic-grid encoders.
+        image_cells: Grid cells per side of the frame (``image_encoder="cells"``).
         text_encoder: Text encoder, one of ``TEXT_ENCODERS``.
         word_dim: Word embedding width.
         text_dim: Text embedding width.
@@ -151,6 +152,12 @@ class EncoderConfig:
         default="small", metadata={"help": "Image CNN architecture.", "choices": "image"}
     )
     image_dim: int = field(default=128, metadata={"help": "Image / grid embedding width."})
+    image_cells: int = field(
+        default=7,
+        metadata={
+            "help": "Grid cells per side of the frame, for image_encoder=cells (7: our games' and MiniGrid's agent view)."
+        },
+    )
     # Bag-of-words by default: our instructions are short templates whose meaning is
     # in which words appear; it costs ~1/6 of the GRU and made end-to-end PPO 3.1-3.5x
     # SB3's default pipeline instead of 2.0-2.3x. Use "gru" (or "attention") where word

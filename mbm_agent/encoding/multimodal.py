@@ -245,6 +245,7 @@ class MultimodalEncoder(nn.Module):
                 "uint8" if space.dtype == np.uint8 else "float32",
                 cfg.image_encoder,
                 cfg.image_dim,
+                cfg.image_cells,
             )
         if modality == "symbolic_grid":
             assert isinstance(space, spaces.Box) and plan.channels_last is not None

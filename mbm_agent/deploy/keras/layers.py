@@ -147,7 +147,7 @@ class KerasImageEncoder(keras.layers.Layer):
     spatial = True
     mirrors = ImageEncoder
     #: The ``EncoderConfig.image_encoder`` architectures mirrored (a test checks each).
-    archs: tuple[str, ...] = ("small", "nature")
+    archs: tuple[str, ...] = ("small", "nature", "cells")
 
     def __init__(self, template: ImageEncoder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
