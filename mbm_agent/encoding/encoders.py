@@ -34,6 +34,9 @@ IMAGE_ENCODERS: tuple[str, ...] = ("small", "nature", "cells")
 TEXT_ENCODERS: tuple[str, ...] = ("gru", "bow", "attention")
 """Names accepted by ``EncoderConfig.text_encoder``."""
 
+#: Token id of an unknown word (the observation contract: 0 = padding, 1 = unknown).
+UNKNOWN_TOKEN_ID = 1
+
 FilmParams = list[tuple[Tensor, Tensor]]
 """Per conv block ``(gamma, beta)``, each ``(B, C)``; features become ``x * (1 + gamma) + beta``."""
 
@@ -312,6 +315,7 @@ class TextEncoder(ModalityEncoder):
             raise ValueError(f"Unknown text encoder {kind!r}; known: {list(TEXT_ENCODERS)}.")
         self.kind = kind
         self.vocab_size = int(vocab_size)
+        self._unknown_id = min(UNKNOWN_TOKEN_ID, self.vocab_size - 1)
         self.seq_len = int(seq_len)
         self.word_embedding = nn.Embedding(self.vocab_size, word_dim, padding_idx=0)
         self.rnn: nn.GRU | None = None
@@ -336,8 +340,15 @@ class TextEncoder(ModalityEncoder):
         self.input_spec = InputSpec((self.seq_len,), "int64")
 
     def token_ids(self, x: Tensor) -> Tensor:
-        """The incoming ``(B, L)`` token ids as int64 ids of the vocabulary."""
-        return x.long().clamp(0, self.vocab_size - 1)
+        """The incoming ``(B, L)`` token ids as int64 ids of the vocabulary.
+
+        An id outside the vocabulary is an unknown word (``UNKNOWN_TOKEN_ID``), as
+        ``Vocabulary.encode`` makes it, not the last word or padding; the Keras twin
+        and every export do the same.
+        """
+        ids = x.long()
+        outside = (ids < 0) | (ids >= self.vocab_size)
+        return torch.where(outside, torch.full_like(ids, self._unknown_id), ids)
 
     def forward(self, x: Tensor) -> Tensor:
         """Encode a batch of instructions.

@@ -46,6 +46,7 @@ from mbm_agent.encoding.encoders import (
 )
 from mbm_agent.encoding.fusion import make_fusion
 from mbm_agent.encoding.spec import InputSpec, check_observation
+from mbm_agent.encoding.values import empty_batch_message
 
 _LAYOUTS = ("hwc", "chw")
 _SPATIAL = ("image", "symbolic_grid")
@@ -458,6 +459,9 @@ class MultimodalEncoder(nn.Module):
             ),
         )
         batch = checked.batch if checked.batch is not None else self._batch_from_mask(mask)
+        if batch == 0:  # refused as every runtime refuses it (encoding/values.py)
+            key, value = next(iter(checked.values.items()), ("mask", torch.zeros(0)))
+            raise ValueError(empty_batch_message(key, tuple(value.shape)))
         for key, value in (mask or {}).items():
             if isinstance(value, Tensor):
                 if value.numel() != batch or value.dtype != torch.bool:

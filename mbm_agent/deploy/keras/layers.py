@@ -33,6 +33,7 @@ from mbm_agent.deploy.keras.porting import (
 from mbm_agent.deploy.network import UnsupportedPolicyError
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.encoders import (
+    UNKNOWN_TOKEN_ID,
     AudioEncoder,
     ImageEncoder,
     SpatialEncoder,
@@ -366,7 +367,10 @@ class KerasTextEncoder(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         """``(B, L)`` token ids (0 = padding) -> ``(B, output_dim)``."""
-        ids = ops.clip(ops.cast(x, "int32"), 0, self.vocab_size - 1)
+        # Ids outside the vocabulary are unknown words, as in the torch encoder.
+        outside = ops.logical_or(ops.less(x, 0), ops.greater_equal(x, self.vocab_size))
+        unknown = min(UNKNOWN_TOKEN_ID, self.vocab_size - 1)
+        ids = ops.cast(ops.where(outside, ops.full_like(x, unknown), x), "int32")
         valid = ops.not_equal(ids, 0)
         emb = self.word_embedding(ids)  # (B, L, D)
         if self.kind == "gru":

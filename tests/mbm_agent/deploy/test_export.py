@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -339,3 +340,100 @@ def test_exported_policy_repr_and_names(exported):
     assert policy.input_names == list(net.keys)
     assert "torchscript" in repr(policy) and "image: uint8[64, 64, 3]" in repr(policy)
     assert isinstance(Path(policy.path), Path)
+
+
+# -- one rule for what every runtime refuses (issue 15) -------------------------------------
+@pytest.fixture(scope="module")
+def every_format(game, tmp_path_factory) -> tuple[dict[str, ExportedPolicy], Agent, PolicyNetwork]:
+    """One policy as the torch agent and in every export format (Keras ones when TF is here)."""
+    policy, spec, net = build(game, fusion="concat")
+    root = tmp_path_factory.mktemp("formats")
+    formats = ["onnx", "torchscript"]
+    try:
+        import tensorflow  # noqa: F401
+
+        import mbm_agent.deploy.keras  # noqa: F401
+
+        formats += ["savedmodel", "tflite"]
+    except ImportError:
+        pass
+    exports = {}
+    for fmt in formats:
+        kwargs = {"onnx_exporter": "legacy"} if fmt == "onnx" else {}
+        exports[fmt] = load_exported(export_policy(net, fmt, root / fmt, **kwargs))
+    return exports, Agent(policy, spec, game[2]), net
+
+
+def test_nan_and_empty_observations_are_refused_alike_everywhere(every_format):
+    exports, agent, net = every_format
+    obs = observations(net, 3)
+    nan = {**obs, "audio": obs["audio"].copy()}
+    nan["audio"][1, 0, 0, 0] = np.nan
+    inf = {**obs, "audio": obs["audio"].copy()}
+    inf["audio"][0, 1, 2, 3] = -np.inf
+    empty = {k: v[:0] for k, v in obs.items()}
+    runtimes = {**{fmt: p.act for fmt, p in exports.items()}, "torch": agent.act}
+    for bad, words in ((nan, "NaN or infinite"), (inf, "NaN or infinite"), (empty, "batch of 0")):
+        messages = set()
+        for act in runtimes.values():
+            with pytest.raises(ValueError, match=words) as exc:
+                act(bad)
+            messages.add(str(exc.value))
+        assert len(messages) == 1, messages  # the same words from every format
+    with pytest.raises(ValueError, match="batch of 0"):
+        net.encoder(to_tensor_obs(empty))
+
+
+def test_out_of_range_token_ids_are_unknown_words_everywhere(every_format, game):
+    exports, _, net = every_format
+    vocab_size = len(game[2])
+    obs = observations(net, 6)
+    obs["text"][:, 0] = 3
+    unknown = {**obs, "text": obs["text"].copy()}
+    unknown["text"][:, 0] = 1  # <unk>
+    outside = {**obs, "text": obs["text"].copy()}
+    outside["text"][:, 0] = [vocab_size, vocab_size + 7, 10**9, -1, -(10**9), 2**40]
+    ref = reference(net, unknown)
+    np.testing.assert_allclose(reference(net, outside)["logits"], ref["logits"], atol=1e-6)
+    assert not np.allclose(reference(net, obs)["logits"], ref["logits"])  # ids matter at all
+    for fmt, policy in exports.items():
+        got = policy(outside)
+        tol = 1e-3 if fmt in ("savedmodel", "tflite") else TOL
+        np.testing.assert_allclose(got["logits"], ref["logits"], atol=tol, rtol=tol, err_msg=fmt)
+
+
+def test_float_frames_are_refused_by_the_torch_agent(every_format):
+    _, agent, net = every_format
+    obs = observations(net, 2)
+    with pytest.raises(ValueError, match=r"obs\['image'\] has dtype float32, expected uint8.*255"):
+        agent.act({**obs, "image": obs["image"].astype(np.float32) / 255})
+
+
+def test_export_json_paths_stay_inside_the_export(exported, tmp_path):
+    policy, _ = exported
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    for field, value in (
+        ("file", str(policy.path / "policy.pt")),
+        ("file", "../ts/policy.pt"),
+        ("vocabulary", str(secret)),
+        ("vocabulary", "../secret.json"),
+    ):
+        copy = tmp_path / f"copy-{field}-{abs(hash(value))}"
+        shutil.copytree(policy.path, copy)
+        spec = json.loads((copy / "export.json").read_text())
+        spec[field] = value
+        (copy / "export.json").write_text(json.dumps(spec))
+        with pytest.raises(ModelFileError, match=rf"export.json: field '{field}'.*inside"):
+            load_exported(copy)
+
+
+def test_a_vocabulary_of_another_length_is_refused(exported, game, tmp_path):
+    _, net = exported
+    copy = export_policy(net, "torchscript", tmp_path / "copy", vocabulary=game[2])
+    assert load_exported(copy).vocabulary == game[2]
+    vocab = json.loads((copy / "vocabulary.json").read_text())
+    vocab["max_len"] += 2
+    (copy / "vocabulary.json").write_text(json.dumps(vocab))
+    with pytest.raises(ModelFileError, match=r"vocabulary\.json.*does not fit"):
+        load_exported(copy)
