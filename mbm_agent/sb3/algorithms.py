@@ -60,8 +60,10 @@ _SB3_AC_POLICY = "stable_baselines3.common.policies:MultiInputActorCriticPolicy"
 _RECURRENT_POLICY = "sb3_contrib.common.recurrent.policies:RecurrentMultiInputActorCriticPolicy"
 
 ALGORITHMS: dict[str, Algorithm] = {
+    # SB3's PPO plus our reward prediction and memory (both off by default: then it is
+    # SB3's PPO exactly); our games' configs turn them on (mbm_agent/sb3/ppo.py).
     "ppo": Algorithm(
-        "stable_baselines3:PPO",
+        "mbm_agent.sb3.ppo:MultimodalPPO",
         "mbm_agent.sb3.policy:MultimodalActorCriticPolicy",
         _SB3_AC_POLICY,
         "actor_critic",

@@ -84,6 +84,12 @@ class MultimodalPPO(PPO):
             be a :class:`MultimodalActorCriticPolicy` (it gets a reward head).
         env: The training env.
         aux_reward_coef: Weight of the reward-prediction loss (0: plain PPO).
+        sequence_length: Steps per sequence the memory is trained on (must divide
+            ``n_steps``).
+        memory: Size of the policy's recurrent state (0: none); the same as
+            ``policy_kwargs={"memory": N}``, given here so that a config can ask for
+            memory from PPO alone (``hyperparams.ppo.memory``): the algorithm that
+            carries the state is what makes a memory trainable.
         **kwargs: SB3 ``PPO`` arguments.
     """
 
@@ -94,6 +100,7 @@ class MultimodalPPO(PPO):
         *,
         aux_reward_coef: float = 0.0,
         sequence_length: int = 16,
+        memory: int = 0,
         **kwargs: Any,
     ) -> None:
         if (
@@ -108,6 +115,14 @@ class MultimodalPPO(PPO):
             )
         self.aux_reward_coef = float(aux_reward_coef)
         policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
+        memory = check_memory(memory)
+        if memory and policy_kwargs.get("memory", memory) != memory:
+            raise ValueError(
+                f"memory={memory} and policy_kwargs.memory={policy_kwargs['memory']} disagree; "
+                "give the recurrent state's size once."
+            )
+        if memory:
+            policy_kwargs["memory"] = memory
         self.memory = check_memory(policy_kwargs.get("memory", 0))
         if isinstance(sequence_length, bool) or not isinstance(sequence_length, int):
             raise ValueError(f"sequence_length must be an integer, got {sequence_length!r}.")

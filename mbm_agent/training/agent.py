@@ -92,6 +92,12 @@ def policy_spec(
     ``observation_adapter`` unless it changes nothing) converts the env's raw
     observations into the ``observation_space`` the policy takes.
     """
+    policy_kwargs = dict(policy_kwargs)
+    # Parts an algorithm adds to our policy (MultimodalPPO: the reward head, a memory
+    # given as its own argument) are the policy's architecture: model.json says so.
+    for name in ("reward_head", "memory"):
+        if getattr(policy, name, None):
+            policy_kwargs[name] = getattr(policy, name)
     spec = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -103,7 +109,7 @@ def policy_spec(
         "action_space": space_to_dict(policy.action_space),
         "encoder": encoder.to_dict(),
         "modalities": dict(modalities),
-        "policy_kwargs": dict(policy_kwargs),
+        "policy_kwargs": policy_kwargs,
         "extractor": extractor,
         "vocabulary": vocabulary is not None,
     }

@@ -1,11 +1,14 @@
-"""The SB3 callback of a training run: progress, ``metrics.csv``, periodic evaluation, checkpoints."""
+"""The SB3 callback of a training run: progress, ``metrics.csv``, periodic evaluation, checkpoints, the curriculum."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from envs.core.text import Vocabulary
 from mbm_agent.training.agent import Agent, model_spec, save_policy
 from mbm_agent.training.checkpoints import TrainState, save_checkpoint
-from mbm_agent.training.config import TrainConfig
+from mbm_agent.training.config import ConfigError, TrainConfig
+from mbm_agent.training.curriculum import Curriculum
+from mbm_agent.training.envs import make_train_env
 from mbm_agent.training.storage import append_text
 
 METRIC_FIELDS = (
@@ -33,7 +38,13 @@ METRIC_FIELDS = (
 
 
 class TrainerCallback(BaseCallback):
-    """Progress bar, metrics CSV, periodic evaluation (best kept) and checkpoints, clean Ctrl-C."""
+    """Progress bar, metrics CSV, periodic evaluation (best kept) and checkpoints, clean Ctrl-C.
+
+    With a curriculum (``cfg.curriculum``, :mod:`~mbm_agent.training.curriculum`) it
+    also moves training to the next level between rollouts: the training envs are
+    rebuilt with the level's arguments (same spaces, same count), every slot starts a
+    new episode, and ``curriculum.csv`` gets a row (step, level, env arguments).
+    """
 
     def __init__(
         self,
@@ -58,6 +69,22 @@ class TrainerCallback(BaseCallback):
         self._next_ckpt = self._next_multiple(cfg.checkpoint_every)
         self._episodes = 0
         self._metrics_path = run_dir / "metrics.csv"
+        self.curriculum = Curriculum.from_config(cfg.curriculum)
+        if self.curriculum is not None:
+            self.curriculum.restore(state.curriculum_level)
+            shared = sorted(
+                {k for level in self.curriculum.levels for k in level} & set(cfg.env_kwargs)
+            )
+            if shared:
+                warnings.warn(
+                    f"The curriculum's levels set {shared}, which env_kwargs sets too: its "
+                    "levels are trained first and env_kwargs applies from the last level on; "
+                    "train on env_kwargs alone with --set curriculum={}.",
+                    stacklevel=2,
+                )
+        self._promote = False
+        self._env_kwargs = dict(cfg.env_kwargs)  # those of the envs being trained on
+        self._warned_success = False
 
     def _next_multiple(self, every: int) -> int | None:
         if every <= 0:
@@ -69,6 +96,8 @@ class TrainerCallback(BaseCallback):
     def _on_training_start(self) -> None:
         if not self._metrics_path.exists():
             self._append_csv(METRIC_FIELDS)
+        if self.curriculum is not None:
+            self._enter_level()
         if self.progress:
             from tqdm.auto import tqdm
 
@@ -87,9 +116,19 @@ class TrainerCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self._bar is not None:
             self._bar.n = min(self.model.num_timesteps, self.cfg.steps)
-        for info in self.locals.get("infos", []):
-            if "episode" in info:
-                self._episodes += 1
+        ended = [info for info in self.locals.get("infos", []) if "episode" in info]
+        self._episodes += len(ended)
+        if self.curriculum is not None and ended:
+            if not any("is_success" in info for info in ended) and not self._warned_success:
+                self._warned_success = True
+                warnings.warn(
+                    f"{self.cfg.env_id} reports no info['is_success'] when an episode ends, so "
+                    "the curriculum cannot measure success and stays at its first level; have "
+                    "the env report it, or train without a curriculum (--set curriculum={}).",
+                    stacklevel=2,
+                )
+            successes = [bool(info.get("is_success", False)) for info in ended]
+            self._promote = self.curriculum.record(successes) or self._promote
         n = self.model.num_timesteps
         if self._next_eval is not None and n >= self._next_eval:
             self._next_eval = self._next_multiple(self.cfg.eval_every)
@@ -156,6 +195,55 @@ class TrainerCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self._write_row()
+        if self.curriculum is not None and self._promote:
+            # Between rollouts: the buffer just filled holds only the old level's steps.
+            self._promote = False
+            self.curriculum.promote()
+            self._enter_level()
+
+    def _enter_level(self) -> None:
+        """Train on the curriculum's current level from the next rollout on."""
+        assert self.curriculum is not None
+        kwargs = self.curriculum.env_kwargs(self.cfg.env_kwargs)
+        model = self.model
+        if kwargs != self._env_kwargs:
+            level_cfg = dataclasses.replace(self.cfg, env_kwargs=kwargs)
+            # A new seed per level: the level's worlds are not a replay of the run's first.
+            venv, _ = make_train_env(level_cfg, self.cfg.seed + 7919 * (model.num_timesteps + 1))
+            if (
+                venv.observation_space != model.observation_space
+                or venv.action_space != model.action_space
+                or venv.num_envs != model.n_envs
+            ):
+                venv.close()
+                raise ConfigError(
+                    f"curriculum level {self.curriculum.level + 1} ({kwargs}) changes the "
+                    f"env's spaces ({venv.observation_space} vs {model.observation_space}); "
+                    "a level may change only arguments that keep the observation and action "
+                    "spaces (e.g. grid_size, not frame_size)."
+                )
+            old = model.env
+            model.env = venv
+            model._last_obs = venv.reset()
+            model._last_episode_starts = np.ones((venv.num_envs,), dtype=bool)
+            if hasattr(model, "_last_state"):
+                model._last_state = None  # a memory starts empty in the new worlds
+            if old is not None and old is not self.training_env:
+                old.close()  # a level's env of ours; the trainer closes its own
+            model.ep_info_buffer.clear()
+            self._env_kwargs = kwargs
+        row = {
+            "timesteps": int(model.num_timesteps),
+            "level": self.curriculum.level,
+            "levels": len(self.curriculum.levels),
+            "env_kwargs": kwargs,
+        }
+        append_text(self.run_dir / "curriculum.jsonl", json.dumps(row) + "\n")
+        print(
+            f"curriculum: {self.curriculum.describe()} from step {model.num_timesteps}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def agent(self) -> Agent:
         """The policy being trained, as an :class:`Agent`."""
@@ -193,6 +281,8 @@ class TrainerCallback(BaseCallback):
         """Write a resumable checkpoint now."""
         self.state.wall_time = self._elapsed()
         self._t0 = time.perf_counter()
+        if self.curriculum is not None:
+            self.state.curriculum_level = self.curriculum.level
         return save_checkpoint(self.run_dir, self.model, self.cfg, self.vocab, self.state)
 
     def _on_training_end(self) -> None:

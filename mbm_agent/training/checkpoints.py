@@ -68,6 +68,7 @@ class TrainState:
     best_eval: float = -float("inf")
     wall_time: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    curriculum_level: int = 0
 
 
 def checkpoint_folders(run_dir: Path) -> list[tuple[int, Path]]:
@@ -142,6 +143,7 @@ def save_checkpoint(
             "n_updates": int(getattr(model, "_n_updates", 0)),
             "best_eval": state.best_eval if np.isfinite(state.best_eval) else None,
             "wall_time": state.wall_time,
+            "curriculum_level": state.curriculum_level,
         }
         atomic_write_text(tmp / "state.json", json.dumps(payload))
         replace_dir(tmp, final)
@@ -185,8 +187,8 @@ def _read_state(ckpt: Path) -> dict[str, Any]:
             f"{path} is not an mbm-agent checkpoint (format {state.get('format')!r}); "
             f"{RESTORE_HINT}."
         )
-    for name in ("num_timesteps", "n_updates"):
-        value = state.get(name, 0 if name == "n_updates" else None)
+    for name in ("num_timesteps", "n_updates", "curriculum_level"):
+        value = state.get(name, None if name == "num_timesteps" else 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ModelFileError(
                 f"{path}: field {name!r} must be an integer >= 0, got {value!r}; {RESTORE_HINT}."
@@ -235,6 +237,7 @@ def load_checkpoint(ckpt: Path, model: BaseAlgorithm) -> TrainState:
         n_updates=int(state.get("n_updates", 0)),
         best_eval=float(best) if best is not None else -float("inf"),
         wall_time=float(state.get("wall_time", 0.0)),
+        curriculum_level=int(state.get("curriculum_level", 0)),
     )
 
 

@@ -31,6 +31,7 @@ import envs
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.sb3.algorithms import ALGORITHMS
 from mbm_agent.training.adapter import parse_declarations
+from mbm_agent.training.curriculum import Curriculum
 from mbm_agent.training.storage import atomic_write_text
 
 #: The YAML defaults: ``default.yaml`` and one file per environment id.
@@ -287,6 +288,12 @@ class TrainConfig:
         default_factory=dict,
         metadata={"help": "Extra policy arguments (net_arch, activation_fn name, ...)."},
     )
+    curriculum: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Easier versions of the game trained first: {levels: [{grid_size: 5}, ...], promote_at: 0.8, window: 100} (env_kwargs overrides, easiest first; {} for none)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, Mapping):  # fields as a file or --set gives them
@@ -356,6 +363,12 @@ class TrainConfig:
         if not isinstance(self.runs_dir, str) or not self.runs_dir:
             raise ConfigError(f"runs_dir must be a folder path, got {self.runs_dir!r}.")
         check_algo_kwargs(self.algo_kwargs)
+        if not isinstance(self.curriculum, dict):
+            raise ConfigError(f"curriculum must be a mapping, got {self.curriculum!r}.")
+        try:
+            Curriculum.from_config(self.curriculum)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         try:
             parse_declarations(self.modalities)
         except ValueError as exc:

@@ -103,7 +103,7 @@ def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None
     common.update(algorithm_kwargs(cfg.algo, venv.observation_space))
     try:
         return algo(policy, venv, **common, **cfg.algo_kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"algo_kwargs for {cfg.algo}: {exc}") from exc
 
 
@@ -312,6 +312,7 @@ def train(
     # share the cores (see training/threads.py for the measurements).
     torch.set_num_threads(torch_threads_for(cfg.torch_threads))
     venv, vocab = make_train_env(cfg, cfg.seed)
+    model: BaseAlgorithm | None = None
     try:
         model = build_algorithm(cfg, venv, None)
         if resume is None and cfg.init_from is not None:
@@ -330,6 +331,8 @@ def train(
             append_text(run_dir / "command.txt", cmd + "\n")
             return _learn(cfg, run_dir, model, vocab, state, resume is not None, progress, finalize)
     finally:
+        if model is not None and model.env is not None and model.env is not venv:
+            model.env.close()  # a curriculum level's envs
         venv.close()
 
 
