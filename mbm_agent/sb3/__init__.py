@@ -9,7 +9,8 @@ buffer classes) are handled here and nowhere else:
   :func:`policy_kwargs_for`.
 - :mod:`~mbm_agent.sb3.buffer`: :class:`MultimodalRolloutBuffer`.
 - :mod:`~mbm_agent.sb3.algorithms`: the registry :data:`ALGORITHMS` (algorithm
-  class, policy class, family per name), :func:`policy_class` and :func:`algorithm_kwargs`.
+  class, policy class, family per name), :func:`policy_class`, :func:`algorithm_kwargs`
+  and :func:`is_recurrent` (whether a saved policy carries a state between steps).
 - :mod:`~mbm_agent.sb3.vec_env`: :class:`KeepChannelsLast`.
 
 For speed, ``mbm-agent train`` also gives SB3 :class:`KeepChannelsLast` (no frame
@@ -25,6 +26,8 @@ from mbm_agent.sb3.algorithms import (
     Algorithm,
     algorithm_class,
     algorithm_kwargs,
+    is_recurrent,
+    memory_size,
     policy_class,
 )
 from mbm_agent.sb3.buffer import MultimodalRolloutBuffer
@@ -48,6 +51,8 @@ __all__ = [
     "algorithm_class",
     "algorithm_kwargs",
     "fast_adam",
+    "is_recurrent",
+    "memory_size",
     "policy_class",
     "policy_kwargs_for",
 ]

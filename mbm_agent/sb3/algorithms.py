@@ -15,6 +15,7 @@ names its pip extra, and only when it is used.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +158,38 @@ def family(name: str) -> str:
         ValueError: An unknown algorithm.
     """
     return get_algorithm(name).family
+
+
+def memory_size(spec: Mapping[str, Any]) -> int:
+    """Size of the recurrent state our policy's ``memory`` core carries (0: none).
+
+    Args:
+        spec: A policy's description (``model.json``); its ``policy_kwargs.memory``.
+    """
+    kwargs = spec.get("policy_kwargs")
+    memory = kwargs.get("memory", 0) if isinstance(kwargs, Mapping) else 0
+    if isinstance(memory, bool) or not isinstance(memory, int):
+        return 0
+    return max(memory, 0)
+
+
+def is_recurrent(spec: Mapping[str, Any]) -> bool:
+    """Whether a saved policy carries a state from one step of an episode to the next.
+
+    The one test of it everything that loads, evaluates, exports or shows a policy
+    reads: an algorithm of the ``recurrent`` family (sb3-contrib's RecurrentPPO, an
+    LSTM), or our policy with a memory core (``policy_kwargs.memory > 0``, a GRU over
+    the fused features: :class:`~mbm_agent.sb3.policy.MultimodalActorCriticPolicy`).
+    Such a policy acts through ``predict(obs, state, episode_start)``, its state
+    carried between the steps of an episode and reset where one starts.
+
+    Args:
+        spec: A policy's description (``model.json``: ``algo``, ``policy_kwargs``).
+    """
+    entry = ALGORITHMS.get(str(spec.get("algo")))
+    if entry is None:
+        return False
+    return entry.family == "recurrent" or memory_size(spec) > 0
 
 
 def algorithm_kwargs(name: str, observation_space: spaces.Space[Any]) -> dict[str, Any]:

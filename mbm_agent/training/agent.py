@@ -26,7 +26,7 @@ from envs.core.text import Vocabulary
 from mbm_agent._version import __version__
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.values import check_space_observation
-from mbm_agent.sb3.algorithms import ALGORITHMS, policy_class
+from mbm_agent.sb3.algorithms import is_recurrent, policy_class
 from mbm_agent.sb3.extractor import MultimodalExtractor
 from mbm_agent.sb3.policy import policy_kwargs_for
 from mbm_agent.training.adapter import AdapterState, ObservationAdapter
@@ -281,8 +281,7 @@ class Agent:
         self.adapter = ObservationAdapter.from_spec(spec)
         self.adapter_state: AdapterState = self.adapter.new_state(1)
         self.policy.set_training_mode(False)
-        entry = ALGORITHMS.get(str(spec.get("algo")))
-        self.recurrent = entry is not None and entry.family == "recurrent"
+        self.recurrent = is_recurrent(spec)
 
     @property
     def extractor(self) -> MultimodalExtractor:
@@ -366,34 +365,69 @@ class Agent:
 
 
 class Actor:
-    """Stateful action function over batched observations (``reset()`` at episode starts)."""
+    """Stateful action function over batched observations, one episode per slot.
+
+    A recurrent policy (:attr:`Agent.recurrent`) carries its state from one call to
+    the next, slot by slot. A slot starts a new episode (a fresh state, a silent
+    waveform window) on the first call, after :meth:`reset` and where the call's
+    ``episode_start`` is set; the exported runtimes
+    (:class:`~mbm_agent.deploy.runtime.ExportedPolicy`, the Keras
+    :class:`~mbm_agent.deploy.keras.runtime.PolicyRunner`) take the same calls.
+
+    Attributes:
+        agent: The agent acting.
+        deterministic: Greedy (True) or sampled actions.
+        state: The recurrent state after the last call (None before the first, and
+            for a memoryless policy).
+    """
 
     def __init__(self, agent: Agent, deterministic: bool) -> None:
         self.agent = agent
         self.deterministic = deterministic
         self.state: tuple[NDArray[Any], ...] | None = None
-        self.episode_start: NDArray[np.bool_] | None = None
+        self._starts: NDArray[np.bool_] | None = None
 
-    def reset(self) -> None:
-        """Forget the recurrent state (call when every slot starts a new episode)."""
-        self.state = None
-        self.episode_start = None
-        self.agent.reset()
+    def reset(self, slots: NDArray[np.bool_] | Sequence[int] | None = None) -> None:
+        """Start new episodes: in every slot (None), or in ``slots`` (indices or a mask).
 
-    def __call__(self, observation: Mapping[str, NDArray[Any]]) -> NDArray[Any]:
-        """One action per slot."""
-        if not self.agent.recurrent:
-            return self.agent.act(observation, self.deterministic)
+        The state of those slots is reset on the next call.
+        """
+        if slots is None:
+            self.state = None
+            self._starts = None
+            self.agent.reset()
+            return
+        if self._starts is not None:
+            self._starts[np.asarray(slots)] = True
+        self.agent.reset(slots)
+
+    def __call__(
+        self,
+        observation: Mapping[str, NDArray[Any]],
+        episode_start: NDArray[np.bool_] | Sequence[bool] | None = None,
+    ) -> NDArray[Any]:
+        """One action per slot of a batch.
+
+        Args:
+            observation: A batch of observations.
+            episode_start: ``(B,)``, True where the observation starts an episode
+                (after an autoreset, say); the first call and :meth:`reset` mark
+                slots themselves.
+        """
         n = len(next(iter(observation.values())))
-        if self.episode_start is None or len(self.episode_start) != n:
-            self.episode_start = np.ones(n, dtype=bool)
-        actions, self.state = self.agent.predict(
+        if self._starts is None or len(self._starts) != n:
+            self._starts = np.ones(n, dtype=bool)
+            self.state = None
+        if episode_start is not None:
+            self._starts |= np.asarray(episode_start, dtype=bool).reshape(n)
+        actions, state = self.agent.predict(
             observation,
             deterministic=self.deterministic,
-            state=self.state,
-            episode_start=self.episode_start,
+            state=self.state if self.agent.recurrent else None,
+            episode_start=self._starts,
         )
-        self.episode_start = np.zeros(n, dtype=bool)
+        self.state = state if self.agent.recurrent else None
+        self._starts = np.zeros(n, dtype=bool)
         return actions
 
 

@@ -433,19 +433,24 @@ def finalize_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def record_gif(agent: Agent, cfg: TrainConfig, path: Path, episodes: int) -> Path:
-    """Play ``episodes`` evaluation episodes with the agent and save them as a GIF."""
+    """Play ``episodes`` evaluation episodes with the agent and save them as a GIF.
+
+    A recurrent policy's state is carried through each episode and reset at its start.
+    """
     env, _ = make_single_env(
         cfg.env_id, cfg.env_kwargs, agent.vocabulary, render_mode="rgb_array", adapter=agent.adapter
     )
+    actor = agent.actor()
     frames = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_BASE + 10_000_000 + ep)
+        actor.reset()
         done = False
         while not done:
             frame = env.render()
             if frame is not None:
                 frames.append(np.asarray(frame))
-            action = agent.act({k: np.asarray(v)[None] for k, v in obs.items()})[0]
+            action = actor({k: np.asarray(v)[None] for k, v in obs.items()})[0]
             obs, _, terminated, truncated, _ = env.step(int(action))
             done = terminated or truncated
         frame = env.render()
