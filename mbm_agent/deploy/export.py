@@ -26,6 +26,13 @@ emits. It returns three outputs:
 - ``logits``: ``(B, n_actions)`` float32, the action logits (Q-values for DQN);
 - ``value``: ``(B,)`` float32, the critic's value (``max Q`` for DQN).
 
+A policy with memory (``policy_kwargs.memory``, a GRU over the fused features)
+takes one more input, ``recurrent_state`` ``(B, memory)`` float32 (zeros when an
+episode starts), and returns a fourth output, ``next_recurrent_state``, to feed
+back on the episode's next step; ``export.json``'s ``state`` names both and gives
+the size (``null`` without memory). :class:`~mbm_agent.deploy.runtime.ExportedPolicy`
+carries it for you (``reset()`` / ``episode_start`` at episode starts).
+
 Formats:
 
 - ``onnx``: ``policy.onnx``, run with ONNX Runtime (``pip install
@@ -39,7 +46,8 @@ An ONNX file is a graph of operators and loads without running Python code.
 TorchScript and SavedModel files hold programs: load only exports you trust.
 
 Every export is checked before it is kept: the written file is loaded back and
-must reproduce the torch policy's outputs at batch sizes 1 and 7.
+must reproduce the torch policy's outputs at batch sizes 1 and 7 (with memory,
+over three steps, each from the state the export itself returned).
 """
 
 from __future__ import annotations
@@ -61,14 +69,18 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from mbm_agent._version import __version__
-from mbm_agent.deploy.network import PolicyNetwork, UnsupportedPolicyError
+from mbm_agent.deploy.network import (
+    STATE_INPUT,
+    STATE_OUTPUT,
+    PolicyNetwork,
+    UnsupportedPolicyError,
+)
 from mbm_agent.deploy.runtime import (
     EXPORT_EXTRA,
     EXPORT_FORMAT,
     EXPORT_VERSION,
     FORMATS,
     MODEL_FILES,
-    OUTPUT_NAMES,
     Runner,
     keras_runner,
     normalize_outputs,
@@ -104,6 +116,7 @@ VERIFY_TOLERANCE: dict[str, float] = {
 }
 
 _VERIFY_BATCHES = (1, 7)
+_VERIFY_STEPS = 3  # of a policy with memory, each from the state the last one returned
 
 
 class ExportError(RuntimeError):
@@ -258,8 +271,8 @@ def _network(agent: Agent) -> PolicyNetwork:
     except UnsupportedPolicyError as exc:
         algo = agent.spec.get("algo", "unknown")
         raise ExportError(
-            f"This {algo} policy cannot be exported: {exc} Exports hold a feed-forward policy "
-            "with a Discrete action space (ppo, a2c or dqn)."
+            f"This {algo} policy cannot be exported: {exc} Exports hold a policy with a "
+            "Discrete action space (ppo, a2c or dqn; ppo and a2c with or without memory)."
         ) from exc
 
 
@@ -277,16 +290,42 @@ def _export_copy(net: PolicyNetwork) -> PolicyNetwork:
 
 
 class _PositionalPolicy(nn.Module):
-    """The policy taking one tensor per observation key, positionally in ``net.keys`` order."""
+    """The policy taking one tensor per observation key, positionally in ``net.keys`` order.
+
+    With memory, the recurrent state is the last input and the new state the last output.
+    """
 
     def __init__(self, net: PolicyNetwork) -> None:
         super().__init__()
         self.net = net
         self.keys = tuple(net.keys)
 
-    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(action, logits, value)`` of the batch."""
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        """``(action, logits, value)`` of the batch (and the new state)."""
+        if self.net.memory:
+            obs = dict(zip(self.keys, inputs[:-1], strict=True))
+            return self.net(obs, inputs[-1])
         return self.net(dict(zip(self.keys, inputs, strict=True)))
+
+
+def _input_names(net: PolicyNetwork) -> list[str]:
+    """The exported model's inputs, in order: the observation keys, then the state."""
+    return [*net.keys, STATE_INPUT] if net.memory else list(net.keys)
+
+
+def _example_args(net: PolicyNetwork, batch: int) -> tuple[Tensor, ...]:
+    """Positional example inputs for tracing (a nonzero state: no branch on zeros)."""
+    example = _example(net, batch)
+    args = [torch.from_numpy(example[k]) for k in net.keys]
+    if net.memory:
+        args.append(torch.from_numpy(_example_state(net, batch)))
+    return tuple(args)
+
+
+def _example_state(net: PolicyNetwork, batch: int, seed: int = 0) -> NDArray[np.float32]:
+    """A random recurrent state in the GRU's range (-1, 1)."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1.0, 1.0, size=(batch, net.memory)).astype(np.float32)
 
 
 def input_specs(net: PolicyNetwork) -> list[InputSpec]:
@@ -313,7 +352,14 @@ def _metadata(
         "export_format": fmt,
         "file": MODEL_FILES[fmt],
         "inputs": [spec.to_json() for spec in input_specs(net)],
-        "outputs": list(OUTPUT_NAMES),
+        "outputs": list(net.output_names),
+        # A policy with memory: its recurrent state, one more input and output (zeros
+        # when an episode starts); None without memory.
+        "state": (
+            {"input": STATE_INPUT, "output": STATE_OUTPUT, "size": net.memory, "dtype": "float32"}
+            if net.memory
+            else None
+        ),
         "n_actions": net.n_actions,
         "policy_kind": net.kind,
         "modalities": dict(net.encoder.modalities),
@@ -359,9 +405,9 @@ def _export_onnx(
     import onnx
 
     wrapper = _PositionalPolicy(net).eval()
-    example = _example(net, 2)
-    args = tuple(torch.from_numpy(example[k]) for k in net.keys)
-    names = list(net.keys)
+    args = _example_args(net, 2)
+    names = _input_names(net)
+    outputs = list(net.output_names)
     attempts = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     failures: list[str] = []
     for attempt in attempts:
@@ -375,7 +421,7 @@ def _export_onnx(
                         args,
                         str(target),
                         input_names=names,
-                        output_names=list(OUTPUT_NAMES),
+                        output_names=outputs,
                         dynamic_shapes=(tuple({0: batch} for _ in names),),
                         opset_version=opset,
                         dynamo=True,
@@ -388,13 +434,13 @@ def _export_onnx(
                         args,
                         str(target),
                         input_names=names,
-                        output_names=list(OUTPUT_NAMES),
-                        dynamic_axes={n: {0: "batch"} for n in [*names, *OUTPUT_NAMES]},
+                        output_names=outputs,
+                        dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]},
                         opset_version=opset,
                         dynamo=False,
                     )
             onnx.checker.check_model(str(target))
-            _verify(onnx_runner(target, threads=1, providers=None), net, "onnx")
+            _verify(onnx_runner(target, 1, None, net.memory), net, "onnx")
         except Exception as exc:
             failures.append(f"{attempt} exporter: {type(exc).__name__}: {_first_line(exc)}")
             continue
@@ -412,13 +458,12 @@ def _export_onnx(
 
 def _export_torchscript(net: PolicyNetwork, target: Path) -> dict[str, Any]:
     wrapper = _PositionalPolicy(net).eval()
-    example = _example(net, 2)
-    args = tuple(torch.from_numpy(example[k]) for k in net.keys)
+    args = _example_args(net, 2)
     try:
         with _tracing():
             traced = torch.jit.trace(wrapper, args, check_trace=False)
             torch.jit.save(traced, str(target))
-        _verify(torchscript_runner(target, list(net.keys)), net, "torchscript")
+        _verify(torchscript_runner(target, list(net.keys), net.memory), net, "torchscript")
     except ExportError:
         raise
     except Exception as exc:
@@ -450,39 +495,62 @@ def _export_keras(net: PolicyNetwork, target: Path, fmt: str) -> dict[str, Any]:
 
 
 def _verify(run: Runner, net: PolicyNetwork, fmt: str) -> None:
-    """Check that an exported model reproduces ``net`` at several batch sizes."""
-    tol = VERIFY_TOLERANCE[fmt]
-    obs = _example(net, max(_VERIFY_BATCHES), seed=12345)
-    with torch.inference_mode():
-        _, ref_logits, ref_value = net({k: torch.from_numpy(v) for k, v in obs.items()})
-    reference = {"logits": ref_logits.numpy(), "value": ref_value.numpy()}
+    """Check that an exported model reproduces ``net`` at several batch sizes.
+
+    A policy with memory is stepped :data:`_VERIFY_STEPS` times from a random
+    state, the export from the states it returns and the torch policy from its own.
+    """
+    steps = _VERIFY_STEPS if net.memory else 1
+    size = max(_VERIFY_BATCHES)
+    observations = [_example(net, size, seed=12345 + step) for step in range(steps)]
     for batch in _VERIFY_BATCHES:
-        got = normalize_outputs(run({k: v[:batch] for k, v in obs.items()}))
-        for name, ref in reference.items():
-            out = got[name]
-            if out.shape != ref[:batch].shape:
-                raise ExportError(
-                    f"The {fmt} export returns {name} of shape {out.shape} at batch size {batch}, "
-                    f"expected {ref[:batch].shape}."
-                )
-            if not np.all(np.isfinite(out)):
-                raise ExportError(
-                    f"The {fmt} export returns non-finite {name} (NaN or inf) at batch size "
-                    f"{batch} where the torch policy's are finite."
-                )
-            diff = np.abs(out - ref[:batch])
-            if not np.all(diff <= tol * (1.0 + np.abs(ref[:batch]))):
-                raise ExportError(
-                    f"The {fmt} export does not reproduce the policy: {name} differs by up to "
-                    f"{float(np.max(diff)):.2e} (tolerance {tol:.0e}) at batch size {batch}."
-                )
-        if got["action"].shape != (batch,) or not np.array_equal(
-            got["action"], np.argmax(got["logits"], axis=1)
-        ):
+        ref_state = got_state = torch.from_numpy(_example_state(net, batch, seed=54321))
+        for step, full in enumerate(observations):
+            obs = {k: v[:batch] for k, v in full.items()}
+            with torch.inference_mode():
+                outs = net({k: torch.from_numpy(v) for k, v in obs.items()}, ref_state)
+            reference = {"logits": outs[1].numpy(), "value": outs[2].numpy()}
+            feeds = dict(obs)
+            if net.memory:
+                ref_state = outs[3]
+                reference[STATE_OUTPUT] = ref_state.numpy()
+                feeds[STATE_INPUT] = got_state.numpy()
+            got = normalize_outputs(run(feeds))
+            where = f"batch size {batch}" + (f", step {step + 1}" if net.memory else "")
+            _compare(got, reference, fmt, where)
+            if net.memory:
+                got_state = torch.from_numpy(got[STATE_OUTPUT])
+
+
+def _compare(
+    got: Mapping[str, NDArray[Any]], reference: Mapping[str, NDArray[Any]], fmt: str, where: str
+) -> None:
+    tol = VERIFY_TOLERANCE[fmt]
+    for name, ref in reference.items():
+        out = got[name]
+        if out.shape != ref.shape:
             raise ExportError(
-                f"The {fmt} export returns actions that are not argmax(logits) at batch "
-                f"size {batch}."
+                f"The {fmt} export returns {name} of shape {out.shape} at {where}, "
+                f"expected {ref.shape}."
             )
+        if not np.all(np.isfinite(out)):
+            raise ExportError(
+                f"The {fmt} export returns non-finite {name} (NaN or inf) at {where} where "
+                "the torch policy's are finite."
+            )
+        diff = np.abs(out - ref)
+        if not np.all(diff <= tol * (1.0 + np.abs(ref))):
+            raise ExportError(
+                f"The {fmt} export does not reproduce the policy: {name} differs by up to "
+                f"{float(np.max(diff)):.2e} (tolerance {tol:.0e}) at {where}."
+            )
+    batch = len(reference["logits"])
+    if got["action"].shape != (batch,) or not np.array_equal(
+        got["action"], np.argmax(got["logits"], axis=1)
+    ):
+        raise ExportError(
+            f"The {fmt} export returns actions that are not argmax(logits) at {where}."
+        )
 
 
 def _first_line(exc: BaseException) -> str:

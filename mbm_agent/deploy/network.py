@@ -11,8 +11,13 @@ and the action head, with no SB3 object left inside. Its forward pass returns
   critic's ``value``;
 - DQN: ``logits`` are the Q-values, ``action = argmax(Q)`` and ``value = max(Q)``.
 
-Only ``Discrete`` action spaces are expressed; recurrent policies are not (their
-state would have to be an input and an output).
+A policy with memory (``policy_kwargs.memory``: a GRU cell over the fused
+features, :class:`~mbm_agent.sb3.policy.MultimodalActorCriticPolicy`) takes its
+recurrent state as one more input, :data:`STATE_INPUT` ``(B, memory)`` (zeros at
+an episode's start), and returns the new state as a fourth output,
+:data:`STATE_OUTPUT`; whoever steps it feeds that back on the next step of the
+episode. Only ``Discrete`` action spaces are expressed, and sb3-contrib's
+RecurrentPPO (an LSTM) is not.
 
 Example::
 
@@ -43,6 +48,17 @@ if TYPE_CHECKING:
 OUTPUT_NAMES: tuple[str, ...] = ("action", "logits", "value")
 """What :class:`PolicyNetwork` returns, in order: the names of every export's outputs too."""
 
+STATE_INPUT = "recurrent_state"
+"""The input of a policy with memory holding its state before the step ``(B, memory)`` float32."""
+
+STATE_OUTPUT = "next_recurrent_state"
+"""The output of a policy with memory holding its state after the step (fed back next step)."""
+
+
+def output_names(memory: int) -> tuple[str, ...]:
+    """The outputs of a policy, in order: :data:`OUTPUT_NAMES`, then the new state with memory."""
+    return (*OUTPUT_NAMES, STATE_OUTPUT) if memory else OUTPUT_NAMES
+
 
 class UnsupportedPolicyError(ValueError):
     """The policy has a part a plain feed-forward network cannot express."""
@@ -60,9 +76,12 @@ class PolicyNetwork(nn.Module):
         critic_encoder: A separate encoder for the critic when the policy did
             not share its features extractor; None when shared.
         kind: ``"actor_critic"`` or ``"q"``.
+        memory_core: The GRU cell over the features of a policy with memory (its
+            actor and critic layers then read the state), or None.
 
     Attributes:
         keys: Observation keys, in the order exports take them as inputs.
+        memory: Size of the recurrent state (0: no memory).
     """
 
     def __init__(
@@ -74,12 +93,20 @@ class PolicyNetwork(nn.Module):
         value_net: nn.Linear | None = None,
         critic_encoder: MultimodalEncoder | None = None,
         kind: str = "actor_critic",
+        memory_core: nn.GRUCell | None = None,
     ) -> None:
         super().__init__()
         if kind not in ("actor_critic", "q"):
             raise ValueError(f"kind must be 'actor_critic' or 'q', got {kind!r}.")
         if kind == "actor_critic" and (critic is None or value_net is None):
             raise ValueError("An actor-critic PolicyNetwork needs critic and value_net.")
+        if memory_core is not None and (kind != "actor_critic" or critic_encoder is not None):
+            raise ValueError("memory_core needs an actor-critic network with one shared encoder.")
+        if memory_core is not None and STATE_INPUT in encoder.keys:
+            raise UnsupportedPolicyError(
+                f"The observation key {STATE_INPUT!r} is the name of the recurrent state's "
+                "input; rename that key at the env's edge to export this policy."
+            )
         self.kind = kind
         self.encoder = encoder
         self.actor = actor
@@ -87,8 +114,15 @@ class PolicyNetwork(nn.Module):
         self.critic = critic if critic is not None else nn.Identity()
         self.value_net = value_net
         self.critic_encoder = critic_encoder
+        self.memory_core = memory_core
         self.keys: list[str] = list(encoder.keys)
         self.n_actions = int(action_net.out_features)
+        self.memory = 0 if memory_core is None else int(memory_core.hidden_size)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """This network's outputs, in order (with memory, the new state last)."""
+        return output_names(self.memory)
 
     @classmethod
     def from_agent(cls, agent: Agent) -> PolicyNetwork:
@@ -109,8 +143,9 @@ class PolicyNetwork(nn.Module):
             raise UnsupportedPolicyError(str(exc)) from None
         if heads == "recurrent":
             raise UnsupportedPolicyError(
-                f"A recurrent policy ({algo}) carries an LSTM state between steps; a plain "
-                "feed-forward network cannot express it. Train with --algo ppo to export."
+                f"A {algo} policy carries sb3-contrib's LSTM state between steps, which exports "
+                "do not express; train with --algo ppo and --set policy_kwargs.memory=N (a GRU "
+                "memory) to export a policy with memory."
             )
         if spec.get("extractor", "mbm") != "mbm":
             raise UnsupportedPolicyError(
@@ -153,6 +188,9 @@ class PolicyNetwork(nn.Module):
                 policy.mlp_extractor.value_net,
                 policy.value_net,
                 None if shared else raw_encoder(policy.vf_features_extractor),
+                memory_core=getattr(policy, "memory_core", None)
+                if getattr(policy, "memory", 0)
+                else None,
             )
         # Independent copies: exporting must not tie the agent's parameters to ours.
         net = copy.deepcopy(net)
@@ -176,6 +214,11 @@ class PolicyNetwork(nn.Module):
             raise UnsupportedPolicyError(
                 "The SB3 policy and this network disagree on share_features_extractor."
             )
+        if int(getattr(policy, "memory", 0)) != self.memory:
+            raise UnsupportedPolicyError(
+                f"The SB3 policy has memory={getattr(policy, 'memory', 0)}, this network "
+                f"memory={self.memory}."
+            )
         with torch.no_grad():
             actor_ext = policy.features_extractor if shared else policy.pi_features_extractor
             actor_ext.encoder.load_state_dict(self.encoder.state_dict())
@@ -189,18 +232,68 @@ class PolicyNetwork(nn.Module):
             policy.action_net.load_state_dict(self.action_net.state_dict())
             assert self.value_net is not None
             policy.value_net.load_state_dict(self.value_net.state_dict())
+            if self.memory_core is not None:
+                policy.memory_core.load_state_dict(self.memory_core.state_dict())
 
-    def forward(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """``(action (B,) int64, logits (B, A) float32, value (B,) float32)``."""
-        features = self.encoder(obs)
+    def initial_state(self, batch_size: int) -> Tensor:
+        """The recurrent state of ``batch_size`` new episodes: zeros ``(B, memory)``."""
+        return torch.zeros((batch_size, self.memory))
+
+    def remember(self, features: Tensor, state: Tensor) -> Tensor:
+        """The memory core's new state ``(B, memory)`` from the features and the last state.
+
+        ``nn.GRUCell``'s arithmetic written out (gates r, z, n), so every exporter
+        traces plain matrix products rather than a fused GRU op some lack.
+        """
+        core = self.memory_core
+        if core is None:
+            raise ValueError("This network has no memory.")
+        x = nn.functional.linear(features, core.weight_ih, core.bias_ih)
+        h = nn.functional.linear(state, core.weight_hh, core.bias_hh)
+        x_r, x_z, x_n = x.chunk(3, dim=1)
+        h_r, h_z, h_n = h.chunk(3, dim=1)
+        reset = torch.sigmoid(x_r + h_r)
+        update = torch.sigmoid(x_z + h_z)
+        new = torch.tanh(x_n + reset * h_n)
+        return (1.0 - update) * new + update * state
+
+    def heads(
+        self, features: Tensor, critic_features: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(action, logits, value)`` from the latent the actor (and critic) layers read.
+
+        Args:
+            features: The encoder's features, or with memory the new state.
+            critic_features: The critic encoder's features when the critic has its own.
+        """
         logits = self.action_net(self.actor(features))
         if self.kind == "q":
             value = logits.max(dim=1).values
         else:
-            critic_features = features if self.critic_encoder is None else self.critic_encoder(obs)
             assert self.value_net is not None
-            value = self.value_net(self.critic(critic_features)).squeeze(1)
+            critic_in = features if critic_features is None else critic_features
+            value = self.value_net(self.critic(critic_in)).squeeze(1)
         return logits.argmax(dim=1), logits, value
+
+    def forward(self, obs: Mapping[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, ...]:
+        """``(action (B,) int64, logits (B, A) float32, value (B,) float32)``.
+
+        Args:
+            obs: A batch of raw observations.
+            state: With memory, ``(B, memory)`` state before this step (None: the
+                zeros of new episodes); ignored without memory.
+
+        Returns:
+            The three outputs, and with memory the new state ``(B, memory)`` fourth.
+        """
+        features = self.encoder(obs)
+        if self.memory_core is not None:
+            if state is None:
+                state = self.initial_state(features.shape[0]).to(features)
+            new_state = self.remember(features, state)
+            return (*self.heads(new_state), new_state)
+        critic_features = None if self.critic_encoder is None else self.critic_encoder(obs)
+        return self.heads(features, critic_features)
 
     def dummy_observation(self, batch_size: int = 1) -> dict[str, Tensor]:
         """A zero observation batch with the raw dtypes and shapes."""

@@ -9,6 +9,12 @@ format's runtime (ONNX Runtime, TorchScript, TensorFlow or LiteRT)::
     from mbm_agent.deploy.runtime import load_exported
     policy = load_exported("runs/my-run/exports/onnx")
     action = policy.act(obs)
+
+A policy with memory is exported with its recurrent state as one more input and
+output (``export.json``'s ``state``); :class:`ExportedPolicy` carries it between
+calls, one episode per slot, as :class:`~mbm_agent.training.agent.Actor` does:
+call ``policy.reset()`` (or ``reset(slots)``) when episodes start, or pass
+``episode_start``.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from mbm_agent.deploy.network import OUTPUT_NAMES
+from mbm_agent.deploy.memory import SlotStates
+from mbm_agent.deploy.network import OUTPUT_NAMES, STATE_INPUT, STATE_OUTPUT, output_names
 from mbm_agent.encoding.spec import InputSpec, check_observation
 from mbm_agent.encoding.values import check_values
+from mbm_agent.sb3.policy import MAX_MEMORY
 from mbm_agent.training.model_check import MAX_ACTIONS, MAX_KEYS
 from mbm_agent.training.storage import MAX_SPACE_DIMS, MAX_SPACE_ELEMENTS, ModelFileError, read_json
 
@@ -52,7 +60,7 @@ MODEL_FILES: dict[str, str] = {
 EXPORT_EXTRA = "pip install 'mbm-agent[export]'"
 TF_EXTRA = "pip install 'mbm-agent[tf]'"
 Runner = Callable[[dict[str, NDArray[Any]]], dict[str, NDArray[Any]]]
-"""A loaded model: batched, checked inputs by name -> outputs by name."""
+"""A loaded model: batched, checked inputs by name -> outputs by name (the state's too)."""
 
 
 def require_onnxruntime() -> ModuleType:
@@ -97,16 +105,18 @@ def require_keras_twin(fmt: str) -> ModuleType:
 
 # -- loading ---------------------------------------------------------------------------
 def normalize_outputs(raw: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
-    """A runner's outputs with the dtypes and shapes every format returns."""
+    """A runner's outputs with the dtypes and shapes every format returns (the new state's too)."""
     out = {name: np.asarray(raw[name]) for name in OUTPUT_NAMES}
     out["action"] = out["action"].astype(np.int64, copy=False).reshape(-1)
     out["logits"] = out["logits"].astype(np.float32, copy=False)
     out["value"] = out["value"].astype(np.float32, copy=False).reshape(-1)
+    if STATE_OUTPUT in raw:
+        out[STATE_OUTPUT] = np.asarray(raw[STATE_OUTPUT]).astype(np.float32, copy=False)
     return out
 
 
-def onnx_runner(path: Path, threads: int, providers: list[str] | None) -> Runner:
-    """Run an ONNX file with ONNX Runtime."""
+def onnx_runner(path: Path, threads: int, providers: list[str] | None, memory: int = 0) -> Runner:
+    """Run an ONNX file with ONNX Runtime (``memory``: size of its recurrent state, 0: none)."""
     ort = require_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -116,7 +126,7 @@ def onnx_runner(path: Path, threads: int, providers: list[str] | None) -> Runner
     session = ort.InferenceSession(
         str(path), options, providers=providers or ["CPUExecutionProvider"]
     )
-    outputs = list(OUTPUT_NAMES)
+    outputs = list(output_names(memory))
 
     def run(feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         return dict(zip(outputs, session.run(outputs, feeds), strict=True))
@@ -124,8 +134,14 @@ def onnx_runner(path: Path, threads: int, providers: list[str] | None) -> Runner
     return run
 
 
-def torchscript_runner(path: Path, names: list[str]) -> Runner:
-    """Run a traced TorchScript file whose inputs are ``names``, in order."""
+def torchscript_runner(path: Path, names: list[str], memory: int = 0) -> Runner:
+    """Run a traced TorchScript file whose inputs are ``names``, in order.
+
+    With ``memory`` (the size of its recurrent state), the state is its last input
+    and its last output.
+    """
+    names = [*names, STATE_INPUT] if memory else list(names)
+    outputs = output_names(memory)
     with warnings.catch_warnings():
         # torch deprecates TorchScript in favour of torch.export, which has no loader
         # for deployment yet; the format is still read by every torch 2.x.
@@ -135,7 +151,7 @@ def torchscript_runner(path: Path, names: list[str]) -> Runner:
     def run(feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         with torch.inference_mode():
             outs = module(*(torch.from_numpy(feeds[k]) for k in names))
-        return {name: t.numpy() for name, t in zip(OUTPUT_NAMES, outs, strict=True)}
+        return {name: t.numpy() for name, t in zip(outputs, outs, strict=True)}
 
     return run
 
@@ -152,7 +168,7 @@ def keras_runner(path: Path, fmt: str, threads: int = 1) -> Runner:
             loaded = twin.load_tflite(path)
 
     def run(feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        return dict(loaded(feeds))
+        return dict(loaded.run(feeds))
 
     return run
 
@@ -167,7 +183,13 @@ class ExportedPolicy:
     features, a plain Box to a Dict), the raw observation is converted here in
     numpy, as in training; already converted keys pass unchanged. A waveform is
     heard over a rolling window of the last steps: call :meth:`reset` at episode
-    starts. Keys, dtypes and
+    starts.
+
+    A policy with memory (``export.json``'s ``state``) carries its recurrent
+    state from one call to the next, slot by slot, as
+    :class:`~mbm_agent.training.agent.Actor` does: a slot starts a new episode
+    (a zero state) on the first call, after :meth:`reset`, where ``episode_start``
+    is set and when the batch size changes. Keys, dtypes and
     shapes are checked against ``export.json`` before the model runs; safe
     dtype conversions (e.g. int32 token ids to int64) are made, unsafe ones
     (float frames for a uint8 input) are refused with a message, by the check
@@ -181,6 +203,7 @@ class ExportedPolicy:
         n_actions: Number of actions.
         vocabulary: The instruction vocabulary, if the policy reads text.
         adapter: The conversion of raw observations, or None when there is none.
+        memory: Size of the recurrent state (0: a policy without memory).
     """
 
     def __init__(self, path: Path, spec: dict[str, Any], run: Runner) -> None:
@@ -191,6 +214,8 @@ class ExportedPolicy:
         self.n_actions = int(spec["n_actions"])
         self._ignored = set(spec.get("ignored_keys") or ())
         self._run = run
+        self.memory = int((spec.get("state") or {}).get("size", 0))
+        self._states: SlotStates | None = SlotStates(self.memory) if self.memory else None
         self.vocabulary: Vocabulary | None = None
         if spec.get("vocabulary"):
             from envs.core.text import Vocabulary
@@ -221,9 +246,19 @@ class ExportedPolicy:
             self._adapter_state = self.adapter.new_state(1)
 
     def reset(self, slots: NDArray[np.bool_] | list[int] | None = None) -> None:
-        """Start new episodes in ``slots`` (all when None): silence their waveform windows."""
+        """Start new episodes in ``slots`` (all when None).
+
+        Their recurrent state is zeroed on the next call, their waveform windows silenced.
+        """
         if self._adapter_state is not None:
             self._adapter_state.reset(slots)
+        if self._states is not None:
+            self._states.reset(slots)
+
+    @property
+    def state(self) -> NDArray[np.float32] | None:
+        """A policy with memory: ``(B, memory)`` state after the last call (else None)."""
+        return None if self._states is None else self._states.state
 
     @property
     def input_names(self) -> list[str]:
@@ -234,12 +269,18 @@ class ExportedPolicy:
         inputs = ", ".join(f"{i.name}: {i.dtype}{list(i.shape)}" for i in self.inputs)
         return f"ExportedPolicy({self.format}, {self.path}, inputs=({inputs}), n_actions={self.n_actions})"
 
-    def __call__(self, obs: Mapping[str, Any] | NDArray[Any]) -> dict[str, NDArray[Any]]:
+    def __call__(
+        self,
+        obs: Mapping[str, Any] | NDArray[Any],
+        episode_start: NDArray[np.bool_] | list[bool] | None = None,
+    ) -> dict[str, NDArray[Any]]:
         """All outputs: ``action`` (int64), ``logits`` and ``value`` (float32).
 
         Args:
             obs: One observation (arrays of the per-sample shapes) or a batch
                 (a leading batch dimension on every key).
+            episode_start: A policy with memory: ``(B,)``, True where the
+                observation starts an episode (its state starts from zeros).
 
         Returns:
             ``{"action", "logits", "value"}``, batched like ``obs``.
@@ -249,16 +290,29 @@ class ExportedPolicy:
                 (the message names the key, what was expected and what was given).
         """
         if self.adapter is not None:
+            if episode_start is not None and self._adapter_state is not None:
+                flags = np.asarray(episode_start, dtype=bool).reshape(-1)
+                if self._adapter_state.batch == len(flags):
+                    self._adapter_state.reset(np.flatnonzero(flags))
             obs = self.adapter.adapt(obs, self._adapter_state)
         feeds, batched = self.prepare(obs)
+        if self._states is not None:
+            batch = len(next(iter(feeds.values())))
+            feeds[STATE_INPUT] = self._states.before(batch, episode_start)
         out = normalize_outputs(self._run(feeds))
+        if self._states is not None:
+            self._states.after(out.pop(STATE_OUTPUT))
         if not batched:
             return {name: np.asarray(value[0]) for name, value in out.items()}
         return out
 
-    def act(self, obs: Mapping[str, Any] | NDArray[Any]) -> NDArray[Any]:
+    def act(
+        self,
+        obs: Mapping[str, Any] | NDArray[Any],
+        episode_start: NDArray[np.bool_] | list[bool] | None = None,
+    ) -> NDArray[Any]:
         """Deterministic actions: ``(B,)`` int64 for a batch, a 0-d int64 array for one observation."""
-        return self(obs)["action"]
+        return self(obs, episode_start)["action"]
 
     def prepare(self, obs: Mapping[str, Any]) -> tuple[dict[str, NDArray[Any]], bool]:
         """Check and convert an observation into model inputs.
@@ -347,6 +401,25 @@ def check_export_json(spec: Mapping[str, Any], path: Path) -> None:
         raise fail("ignored_keys", "must be a list of key names")
     if not isinstance(spec.get("modalities") or {}, Mapping):
         raise fail("modalities", "must be an object")
+    state = spec.get("state")
+    if state is not None:
+        size = state.get("size") if isinstance(state, Mapping) else None
+        if (
+            not isinstance(state, Mapping)
+            or state.get("input") != STATE_INPUT
+            or state.get("output") != STATE_OUTPUT
+            or state.get("dtype") != "float32"
+            or isinstance(size, bool)
+            or not isinstance(size, int)
+            or not 1 <= size <= MAX_MEMORY
+        ):
+            raise fail(
+                "state",
+                f"must be null or {{'input': {STATE_INPUT!r}, 'output': {STATE_OUTPUT!r}, "
+                f"'dtype': 'float32', 'size': 1 to {MAX_MEMORY}}}",
+            )
+        if any(isinstance(i, Mapping) and i.get("name") == STATE_INPUT for i in inputs):
+            raise fail("inputs", f"must not name an observation {STATE_INPUT!r} (the state's)")
 
 
 def load_exported(
@@ -392,10 +465,11 @@ def load_exported(
     model = folder / str(spec.get("file", MODEL_FILES[fmt]))
     if not model.exists():
         raise ModelFileError(f"{model} is missing; re-export the policy.")
+    memory = int((spec.get("state") or {}).get("size", 0))
     if fmt == "onnx":
-        run = onnx_runner(model, threads, providers)
+        run = onnx_runner(model, threads, providers, memory)
     elif fmt == "torchscript":
-        run = torchscript_runner(model, [str(d["name"]) for d in spec["inputs"]])
+        run = torchscript_runner(model, [str(d["name"]) for d in spec["inputs"]], memory)
     else:
         run = keras_runner(model, fmt, threads)
     return ExportedPolicy(folder, spec, run)

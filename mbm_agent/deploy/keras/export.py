@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from mbm_agent.deploy.keras.policy import torch_to_keras
 from mbm_agent.deploy.keras.runtime import SIGNATURE
-from mbm_agent.deploy.network import OUTPUT_NAMES, PolicyNetwork
+from mbm_agent.deploy.network import STATE_OUTPUT, PolicyNetwork, output_names
 
 
 def _as_model(net_or_model: PolicyNetwork | Any) -> Any:
@@ -44,10 +44,12 @@ def _serving_module(model: Any) -> tuple[Any, Any]:
     # the Keras model object they are saved in a form the TFLite converter cannot freeze.
     module.variables_ = [v.value for v in model.variables]
 
+    names = output_names(int(any(layer.name == STATE_OUTPUT for layer in model.layers)))
+
     @tf.function(input_signature=[signature])
     def serve(obs: dict[str, Any]) -> dict[str, Any]:
         out = model(obs, training=False)
-        return {k: out[k] for k in OUTPUT_NAMES}
+        return {k: out[k] for k in names}
 
     module.serve = serve
     return module, serve
@@ -58,7 +60,8 @@ def export_savedmodel(net_or_model: PolicyNetwork | Any, path: str | os.PathLike
 
     The ``serving_default`` signature takes one tensor per observation key
     (named by the key, raw dtype, dynamic batch) and returns ``action`` (B,)
-    int64, ``logits`` (B, A) float32 and ``value`` (B,) float32. Load it with
+    int64, ``logits`` (B, A) float32 and ``value`` (B,) float32; a policy with
+    memory also takes ``recurrent_state`` and returns ``next_recurrent_state``. Load it with
     :func:`load_savedmodel`, ``tf.saved_model.load`` or TF Serving.
 
     Args:

@@ -4,6 +4,11 @@
 input per observation key and outputs ``{"action", "logits", "value"}``, from a
 :class:`PolicyNetwork` (architecture only) or from a space and settings;
 :func:`torch_to_keras` and :func:`keras_to_torch` copy the weights across.
+
+A policy with memory has one more input, ``recurrent_state`` ``(B, memory)``, and
+one more output, ``next_recurrent_state``: a ``keras.layers.GRUCell`` over the
+features (``mbm_memory``), mirroring the torch ``memory_core``, whose new state the
+actor and critic layers read.
 """
 
 from __future__ import annotations
@@ -18,8 +23,19 @@ from gymnasium import spaces
 from torch import nn
 
 from mbm_agent.deploy.keras.layers import KerasMultimodalEncoder
-from mbm_agent.deploy.keras.porting import Tie, differ_error, linear_ties, variable_numpy
-from mbm_agent.deploy.network import PolicyNetwork, UnsupportedPolicyError
+from mbm_agent.deploy.keras.porting import (
+    Tie,
+    differ_error,
+    gru_cell_ties,
+    linear_ties,
+    variable_numpy,
+)
+from mbm_agent.deploy.network import (
+    STATE_INPUT,
+    STATE_OUTPUT,
+    PolicyNetwork,
+    UnsupportedPolicyError,
+)
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.multimodal import MultimodalEncoder
 from mbm_agent.sb3.policy import ACTIVATIONS
@@ -50,6 +66,30 @@ class _Value(keras.layers.Layer):
         return (input_shape[0],)
 
 
+class _Memory(keras.layers.Layer):
+    """The memory core: ``(features, state) -> new state``, a GRU cell as torch's ``nn.GRUCell``.
+
+    ``reset_after=True`` is the gate arithmetic torch uses (the reset gate scales the
+    recurrent term after its bias).
+    """
+
+    def __init__(self, units: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.cell = keras.layers.GRUCell(self.units, reset_after=True, name="cell")
+
+    def build(self, input_shape: Any) -> None:
+        self.cell.build(input_shape[0])
+
+    def call(self, inputs: Any) -> Any:
+        features, state = inputs
+        new_state, _ = self.cell(features, [state])
+        return new_state
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, int]:
+        return (input_shape[0][0], self.units)
+
+
 @dataclass(frozen=True)
 class _Arch:
     encoder: MultimodalEncoder
@@ -58,6 +98,7 @@ class _Arch:
     critic: list[tuple[int, str | None]]
     n_actions: int
     kind: str
+    memory: int = 0
 
 
 def _mlp_layers(module: nn.Module, what: str) -> list[tuple[int, str | None]]:
@@ -98,6 +139,7 @@ def _arch_from_net(net: PolicyNetwork) -> _Arch:
         critic=_mlp_layers(net.critic, "critic") if net.kind == "actor_critic" else [],
         n_actions=net.n_actions,
         kind=net.kind,
+        memory=net.memory,
     )
 
 
@@ -109,6 +151,13 @@ def _build_model(arch: _Arch, name: str) -> Any:
     }
     encoder = KerasMultimodalEncoder(template=arch.encoder, name="mbm_encoder")
     features = encoder(inputs)
+    outputs: dict[str, Any] = {}
+    if arch.memory:
+        state = keras.Input(shape=(arch.memory,), dtype="float32", name=STATE_INPUT)
+        new_state = _Memory(arch.memory, name="mbm_memory")([features, state])
+        outputs[STATE_OUTPUT] = keras.layers.Identity(name=STATE_OUTPUT)(new_state)
+        inputs = {**inputs, STATE_INPUT: state}
+        features = new_state  # what the actor and critic layers read
 
     def mlp(x: Any, layers: list[tuple[int, str | None]], prefix: str) -> Any:
         for i, (units, activation) in enumerate(layers):
@@ -132,7 +181,8 @@ def _build_model(arch: _Arch, name: str) -> Any:
         )
         value = _Value(False, name="value")(v)
     action = _ArgMax(name="action")(logits)
-    return keras.Model(inputs, {"action": action, "logits": logits, "value": value}, name=name)
+    outputs = {"action": action, "logits": logits, "value": value, **outputs}
+    return keras.Model(inputs, outputs, name=name)
 
 
 def build_keras_policy(
@@ -253,6 +303,14 @@ def _policy_ties(model: Any, net: PolicyNetwork) -> list[Tie]:
             out += linear_ties(f"{what}.{i}", model.get_layer(f"{prefix}_{i}"), linear)
         return out
 
+    if net.memory_core is not None:
+        try:
+            memory = model.get_layer("mbm_memory")
+        except ValueError:
+            raise differ_error("The torch network has memory, the Keras model none") from None
+        ties += gru_cell_ties("memory_core", memory.cell, net.memory_core)
+    elif any(layer.name == "mbm_memory" for layer in model.layers):
+        raise differ_error("The Keras model has memory, the torch network none")
     ties += mlp_ties(net.actor, "mbm_actor", "actor")
     ties += linear_ties("action_net", action_net, net.action_net)
     if net.kind == "actor_critic":

@@ -130,12 +130,44 @@ def gru_ties(name: str, gru: Any, torch_gru: nn.GRU) -> list[Tie]:
 
     Keras keeps the input and the recurrent bias as the two rows of one ``(2, 3H)`` bias.
     """
-    units = torch_gru.hidden_size
+    return _gate_ties(
+        name,
+        gru.cell,
+        torch_gru.hidden_size,
+        (
+            torch_gru.weight_ih_l0,
+            torch_gru.weight_hh_l0,
+            torch_gru.bias_ih_l0,
+            torch_gru.bias_hh_l0,
+        ),
+        ("weight_ih_l0", "weight_hh_l0"),
+    )
+
+
+def gru_cell_ties(name: str, cell: Any, torch_cell: nn.GRUCell) -> list[Tie]:
+    """``nn.GRUCell`` <-> ``keras.layers.GRUCell(reset_after=True)``, as :func:`gru_ties`."""
+    return _gate_ties(
+        name,
+        cell,
+        torch_cell.hidden_size,
+        (torch_cell.weight_ih, torch_cell.weight_hh, torch_cell.bias_ih, torch_cell.bias_hh),
+        ("weight_ih", "weight_hh"),
+    )
+
+
+def _gate_ties(
+    name: str,
+    cell: Any,
+    units: int,
+    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    weight_names: tuple[str, str],
+) -> list[Tie]:
+    """A Keras GRU cell's kernel, recurrent kernel and bias and torch's (w_ih, w_hh, b_ih, b_hh)."""
     to_keras_order = np.concatenate(
         [np.arange(units, 2 * units), np.arange(units), np.arange(2 * units, 3 * units)]
     )
     to_torch_order = np.argsort(to_keras_order)
-    cell = gru.cell
+    weight_ih, weight_hh, bias_ih, bias_hh = tensors
 
     def weight_to_keras(w: np.ndarray) -> np.ndarray:
         return w[to_keras_order].T
@@ -151,24 +183,14 @@ def gru_ties(name: str, gru: Any, torch_gru: nn.GRU) -> list[Tie]:
 
     return [
         Tie(
-            f"{name}.weight_ih_l0",
-            cell.kernel,
-            (torch_gru.weight_ih_l0,),
-            weight_to_keras,
-            kernel_to_torch,
+            f"{name}.{weight_names[0]}", cell.kernel, (weight_ih,), weight_to_keras, kernel_to_torch
         ),
         Tie(
-            f"{name}.weight_hh_l0",
+            f"{name}.{weight_names[1]}",
             cell.recurrent_kernel,
-            (torch_gru.weight_hh_l0,),
+            (weight_hh,),
             weight_to_keras,
             kernel_to_torch,
         ),
-        Tie(
-            f"{name}.bias",
-            cell.bias,
-            (torch_gru.bias_ih_l0, torch_gru.bias_hh_l0),
-            bias_to_keras,
-            bias_to_torch,
-        ),
+        Tie(f"{name}.bias", cell.bias, (bias_ih, bias_hh), bias_to_keras, bias_to_torch),
     ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from mbm_agent.deploy.network import OUTPUT_NAMES
+from mbm_agent.deploy.memory import SlotStates
+from mbm_agent.deploy.network import OUTPUT_NAMES, STATE_INPUT, STATE_OUTPUT
 from mbm_agent.encoding.spec import InputSpec, check_observation
 
 SIGNATURE = "serving_default"
@@ -24,13 +25,22 @@ class PolicyRunner:
     shapes, dtypes, e.g. int32 ids cast to int64, float frames refused); extra
     keys are ignored.
 
+    A policy with memory (an input named ``recurrent_state``) carries its state
+    from one call to the next, slot by slot, as
+    :class:`~mbm_agent.training.agent.Actor` does: a slot starts a new episode (a
+    zero state) on the first call, after :meth:`reset`, where ``episode_start`` is
+    set and when the batch size changes. :meth:`run` is the model itself, the
+    state an input and an output.
+
     Args:
         inputs: Expected per-sample shape and dtype of every input, by name.
         run: Function from the checked input dict to the output dict.
         source: Description of the file, for error messages.
 
     Attributes:
-        inputs: What every input must look like (named :class:`InputSpec`), in order.
+        inputs: What every observation input must look like (named
+            :class:`InputSpec`), in order.
+        memory: Size of the recurrent state (0: a policy without memory).
     """
 
     def __init__(
@@ -43,9 +53,22 @@ class PolicyRunner:
         self.inputs = [
             InputSpec(tuple(s), np.dtype(d).name, flexible_shape=tuple(s) == (), name=k)
             for k, (s, d) in inputs.items()
+            if k != STATE_INPUT
         ]
+        self.memory = int(inputs[STATE_INPUT][0][0]) if STATE_INPUT in inputs else 0
+        self._states = SlotStates(self.memory) if self.memory else None
         self._run = run
         self.source = source
+
+    @property
+    def state(self) -> np.ndarray | None:
+        """A policy with memory: ``(B, memory)`` state after the last call (else None)."""
+        return None if self._states is None else self._states.state
+
+    def reset(self, slots: np.ndarray | Sequence[int] | None = None) -> None:
+        """Start new episodes in ``slots`` (all when None): their state is zeroed on the next call."""
+        if self._states is not None:
+            self._states.reset(slots)
 
     def check(self, obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate and convert the observation dict.
@@ -55,10 +78,40 @@ class PolicyRunner:
         """
         return check_observation(self.inputs, obs, ignored=None).values
 
-    def __call__(self, obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """``{key: (B, *shape)}`` -> ``{"action": (B,), "logits": (B, A), "value": (B,)}``."""
-        out = self._run(self.check(obs))
+    def __call__(
+        self, obs: Mapping[str, Any], episode_start: np.ndarray | Sequence[bool] | None = None
+    ) -> dict[str, np.ndarray]:
+        """``{key: (B, *shape)}`` -> ``{"action": (B,), "logits": (B, A), "value": (B,)}``.
+
+        Args:
+            obs: A batch of observations.
+            episode_start: A policy with memory: ``(B,)``, True where the observation
+                starts an episode (its state starts from zeros).
+        """
+        feeds = self.check(obs)
+        if self._states is not None:
+            batch = len(next(iter(feeds.values())))
+            feeds[STATE_INPUT] = self._states.before(batch, episode_start)
+        out = self._run(feeds)
+        if self._states is not None:
+            self._states.after(np.asarray(out[STATE_OUTPUT]))
         return {k: np.asarray(out[k]) for k in OUTPUT_NAMES}
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The model on checked observations and, with memory, ``recurrent_state``: every output.
+
+        Nothing is carried: with memory the caller feeds the state and gets
+        ``next_recurrent_state`` back.
+        """
+        inputs = self.check(feeds)
+        if self.memory:
+            if STATE_INPUT not in feeds:
+                raise ValueError(
+                    f"{self.source} has memory: feed its {STATE_INPUT!r} (B, {self.memory}) "
+                    "too, or call the runner, which carries it."
+                )
+            inputs[STATE_INPUT] = np.asarray(feeds[STATE_INPUT], dtype=np.float32)
+        return {k: np.asarray(v) for k, v in self._run(inputs).items()}
 
 
 def load_savedmodel(path: str | os.PathLike[str]) -> PolicyRunner:
