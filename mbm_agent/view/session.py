@@ -201,6 +201,9 @@ class Analysis:
         words: Per text key, per token position, the probabilities with that word
             replaced by padding (None for padding positions).
         fusion: Per sense, its gate or attention weight (None when the mode has none).
+        next_state: A policy with memory: its ``(1, memory)`` state after this
+            observation (the decision's, with the senses the person masked), which
+            the next step starts from; None without memory.
     """
 
     probs: NDArray[np.float64]
@@ -208,6 +211,7 @@ class Analysis:
     without: dict[str, NDArray[np.float64]]
     words: dict[str, list[NDArray[np.float64] | None]]
     fusion: dict[str, float] | None
+    next_state: Tensor | None = None
 
 
 def _tv(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
@@ -287,8 +291,12 @@ def analyse(
     masked: set[str],
     text_keys: Sequence[str],
     probe: _FusionProbe | None = None,
+    state: Tensor | None = None,
 ) -> Analysis:
     """One batched forward pass: the current decision, each sense masked, each word occluded.
+
+    A policy with memory reads every row from the same state, the one its episode
+    carried to this step: a sense masked or a word occluded is so at this step only.
 
     Args:
         network: The policy.
@@ -296,6 +304,8 @@ def analyse(
         masked: Keys the person switched off: missing in every row.
         text_keys: Keys holding token ids (words are occluded one at a time).
         probe: Reads fusion weights, if given.
+        state: A policy with memory: its ``(1, memory)`` state before this step
+            (None: an episode's first step).
     """
     keys = list(network.keys)
     rows: list[tuple[str, str, int]] = [("base", "", -1)]
@@ -313,17 +323,19 @@ def analyse(
             batch[key][r, pos] = PAD_ID
     with torch.no_grad(), one_thread(), probe.listening() if probe else _nothing():
         features = network.encoder(batch, mask=present)
-        logits = network.action_net(network.actor(features))
-        if network.kind == "q":
-            value = logits.max(dim=1).values
+        next_state = None
+        if network.memory:
+            before = network.initial_state(1) if state is None else state
+            latent = network.remember(features, before.expand(n, -1))
+            _, logits, value = network.heads(latent)
+            next_state = latent[:1].clone()
         else:
-            assert network.value_net is not None
             critic_in = (
-                features
+                None
                 if network.critic_encoder is None
                 else network.critic_encoder(batch, mask=present)
             )
-            value = network.value_net(network.critic(critic_in)).squeeze(1)
+            _, logits, value = network.heads(features, critic_in)
     probs = torch.softmax(logits.double(), dim=1).numpy()
     without: dict[str, NDArray[np.float64]] = {}
     words: dict[str, list[NDArray[np.float64] | None]] = {
@@ -335,7 +347,7 @@ def analyse(
         elif kind == "word":
             words[key][pos] = probs[r]
     fusion = probe.weights(0) if probe is not None else None
-    return Analysis(probs[0], float(value[0]), without, words, fusion)
+    return Analysis(probs[0], float(value[0]), without, words, fusion, next_state)
 
 
 @contextmanager
@@ -397,9 +409,11 @@ class Panel:
 
     # ---------------------------------------------------------------- episode
     def reset(self, seed: int) -> None:
-        """Start an episode on ``seed``."""
+        """Start an episode on ``seed`` (a policy with memory starts from a zero state)."""
         raw, self.info = self.env.reset(seed=int(seed))
         self.adapter_state.reset()
+        # A policy with memory: its state before the current observation (None: zeros).
+        self.memory_state: Tensor | None = None
         self._observe(raw)
         self.log = EpisodeLog(seed=int(seed))
         self.last_action = None
@@ -411,7 +425,9 @@ class Panel:
         self.obs = self.adapter.adapt(raw, self.adapter_state)
 
     def _refresh(self) -> None:
-        self.analysis = analyse(self.network, self.obs, self.masked, self.text_keys, self.probe)
+        self.analysis = analyse(
+            self.network, self.obs, self.masked, self.text_keys, self.probe, self.memory_state
+        )
 
     def policy_action(self) -> int:
         """The agent's action for the current observation (greedy, or sampled when set)."""
@@ -440,6 +456,8 @@ class Panel:
                 )
             who = "person"
         raw, reward, terminated, truncated, self.info = self.env.step(int(action))
+        # The episode goes on from the state this step's observation left (whoever acted).
+        self.memory_state = self.analysis.next_state
         self._observe(raw)
         self.log.steps += 1
         self.log.ret += float(reward)
