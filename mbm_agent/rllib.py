@@ -73,17 +73,25 @@ __all__ = [
     "EnvCreator",
     "ModuleSettings",
     "MultimodalPPOModule",
+    "check_no_memory",
     "ppo_config",
     "register_rllib_env",
     "register_rllib_envs",
 ]
 
 _ENCODER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EncoderConfig))
-MODULE_KEYS: tuple[str, ...] = (*_ENCODER_FIELDS, "modalities", "hidden_sizes", "vf_share_layers")
+MODULE_KEYS: tuple[str, ...] = (
+    *_ENCODER_FIELDS,
+    "modalities",
+    "hidden_sizes",
+    "vf_share_layers",
+    "memory",
+)
 """Keys :class:`MultimodalPPOModule` reads from ``model_config``: every
 :class:`~mbm_agent.encoding.config.EncoderConfig` field, ``modalities`` (per-key
-declarations), ``hidden_sizes`` (the policy and value heads' hidden layers) and
-``vf_share_layers`` (one encoder for policy and value, or two)."""
+declarations), ``hidden_sizes`` (the policy and value heads' hidden layers),
+``vf_share_layers`` (one encoder for policy and value, or two) and ``memory``
+(only 0: the module has no recurrent core, see :func:`check_no_memory`)."""
 
 # RLlib merges its own model-config keys into every module's ``model_config``
 # (PPO adds ``vf_share_layers``; ``config.rl_module(model_config=DefaultModelConfig())``
@@ -105,6 +113,34 @@ _SB3_TO_RLLIB: dict[str, str] = {
 
 
 # ---------------------------------------------------------------------- module
+def check_no_memory(config: Mapping[str, Any]) -> None:
+    """Refuse a ``model_config`` asking for memory, which :class:`MultimodalPPOModule` lacks.
+
+    Our SB3 PPO can carry a GRU state over the fused features (``memory``; the
+    per-env YAML asks for it where greedy play needs it). This module has no
+    recurrent core: trained silently without one, it would lack what the game
+    needs remembered.
+
+    Raises:
+        ValueError: ``memory`` > 0 (or RLlib's ``use_lstm`` / ``use_attention``),
+            naming the two ways on.
+    """
+    memory = config.get("memory", 0)
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        raise ValueError(f"model_config['memory'] must be 0 (no memory), got {memory!r}.")
+    asked = [k for k in ("use_lstm", "use_attention") if config.get(k)]
+    if memory:
+        asked.insert(0, f"memory={memory}")
+    if asked:
+        raise ValueError(
+            f"MultimodalPPOModule has no recurrent core, so model_config {asked} cannot be "
+            "honoured. Train a memoryless RLlib module with ppo_config(..., memory=0) (or "
+            "model_config['memory']=0), or train the policy with memory with `mbm-agent "
+            "train` (SB3 MultimodalPPO carries the GRU state; load_agent, eval, the viewer "
+            "and every export carry it too)."
+        )
+
+
 @dataclass(frozen=True)
 class ModuleSettings:
     """What :class:`MultimodalPPOModule` builds, parsed from its ``model_config``.
@@ -166,6 +202,7 @@ class ModuleSettings:
                 f"model_config['hidden_sizes'] must be a list of positive ints (e.g. [64], "
                 f"or [] for linear heads); got {hidden!r}."
             )
+        check_no_memory(config)
         share = config.get("vf_share_layers", True)
         if not isinstance(share, bool):
             raise ValueError(f"model_config['vf_share_layers'] must be a bool, got {share!r}.")
@@ -363,11 +400,12 @@ def register_rllib_envs() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------- config
-def _yaml_defaults(env_id: str) -> tuple[dict[str, Any], dict[str, Any], list[int], int]:
+def _yaml_defaults(env_id: str) -> tuple[dict[str, Any], dict[str, Any], list[int], int, int]:
     """The repo's per-env defaults (``mbm_agent/configs``) in RLlib's terms.
 
     Returns:
-        Encoder fields, PPO hyperparameters (RLlib names), head sizes, parallel envs.
+        Encoder fields, PPO hyperparameters (RLlib names), head sizes, parallel envs,
+        and the memory PPO is given (``hyperparams.ppo.memory`` or ``policy_kwargs.memory``).
     """
     cfg = resolve_config(env_id)
     sb3 = dict(cfg.algo_kwargs)
@@ -376,7 +414,8 @@ def _yaml_defaults(env_id: str) -> tuple[dict[str, Any], dict[str, Any], list[in
     training["train_batch_size_per_learner"] = n_steps * cfg.n_envs
     net_arch = cfg.policy_kwargs.get("net_arch", [64])
     hidden = list(net_arch) if isinstance(net_arch, list) else [64]
-    return cfg.encoder.to_dict(), training, hidden, cfg.n_envs
+    memory = sb3.get("memory") or cfg.policy_kwargs.get("memory") or 0
+    return cfg.encoder.to_dict(), training, hidden, cfg.n_envs, memory
 
 
 def ppo_config(
@@ -387,6 +426,7 @@ def ppo_config(
     modalities: Mapping[str, str] | None = None,
     hidden_sizes: Sequence[int] | None = None,
     vf_share_layers: bool = True,
+    memory: int | None = None,
     env_config: Mapping[str, Any] | None = None,
     num_env_runners: int = 2,
     num_envs_per_env_runner: int | None = None,
@@ -411,6 +451,9 @@ def ppo_config(
         modalities: Per-key modality declarations (see :class:`MultimodalEncoder`).
         hidden_sizes: Hidden widths of each head (default: the YAML's ``net_arch``).
         vf_share_layers: One encoder for policy and value (as SB3's PPO) or two.
+        memory: Only 0: the module has no recurrent core. None takes the YAML's
+            (``hyperparams.ppo.memory``), and a YAML asking for memory is refused with
+            the fix (:func:`check_no_memory`) rather than trained without it.
         env_config: Keyword arguments of the env (e.g. ``{"cue": "text"}``).
         num_env_runners: Sampling processes (0: sample in the driver).
         num_envs_per_env_runner: Envs per runner (default: the YAML's ``n_envs``
@@ -424,9 +467,9 @@ def ppo_config(
         The config; build it with ``.build_algo()`` (after ``ray.init``).
 
     Raises:
-        ValueError: On an unknown training argument or encoder field.
+        ValueError: On an unknown training argument or encoder field, or memory.
     """
-    yaml_encoder, defaults, yaml_hidden, n_envs = _yaml_defaults(env_id)
+    yaml_encoder, defaults, yaml_hidden, n_envs, yaml_memory = _yaml_defaults(env_id)
     enc = encoder.to_dict() if isinstance(encoder, EncoderConfig) else dict(encoder or {})
     enc = {**yaml_encoder, **enc}
     if fusion is not None:
@@ -436,6 +479,7 @@ def ppo_config(
         "modalities": dict(modalities or {}),
         "hidden_sizes": list(yaml_hidden if hidden_sizes is None else hidden_sizes),
         "vf_share_layers": vf_share_layers,
+        "memory": yaml_memory if memory is None else memory,
     }
     ModuleSettings.from_model_config(model_config)  # fail here, not inside a Ray actor
     if num_envs_per_env_runner is None:

@@ -47,6 +47,7 @@ from mbm_agent.rllib import (  # noqa: E402
     ppo_config,
     register_rllib_envs,
 )
+from mbm_agent.training.config import resolve_config  # noqa: E402
 
 logging.getLogger("ray.rllib.utils.framework").setLevel(logging.ERROR)
 
@@ -164,6 +165,18 @@ def test_model_config_keys() -> None:
     )
 
 
+def test_memory_is_refused_with_the_fix_not_trained_without() -> None:
+    fix = r"no recurrent core.*memory=0.*mbm-agent train"
+    for config in ({"memory": 8}, {"use_lstm": True}):
+        with pytest.raises(ValueError, match=fix):
+            ModuleSettings.from_model_config(config)
+    with pytest.raises(ValueError, match="must be 0"):
+        ModuleSettings.from_model_config({"memory": "8"})
+    with pytest.raises(ValueError, match=fix):
+        ppo_config(PROBE, memory=16)
+    assert ModuleSettings.from_model_config({"memory": 0}).hidden_sizes == (64,)
+
+
 # ---------------------------------------------------------------------- envs and config
 def test_env_creator_makes_single_and_native_vector_envs() -> None:
     creator = pickle.loads(pickle.dumps(EnvCreator(PROBE)))  # env runners unpickle it
@@ -216,10 +229,16 @@ def test_ppo_config_takes_the_env_yaml_defaults() -> None:
     assert spec.module_class is MultimodalPPOModule
     assert spec.model_config["vf_share_layers"] is True  # ours, over PPO's auto-included False
 
-    goto = ppo_config("mbm/GoToObject-v0", num_env_runners=1, lr=1e-4).get_rl_module_spec()
+    # memory=0: the YAML may ask for a memory this module lacks (test below).
+    goto = ppo_config(
+        "mbm/GoToObject-v0", num_env_runners=1, lr=1e-4, memory=0
+    ).get_rl_module_spec()
     assert goto.model_config["fusion"] == "film"  # from mbm_GoToObject-v0.yaml
-    assert goto.model_config["image_encoder"] == "nature"
-    concat = ppo_config("mbm/GoToObject-v0", fusion="concat").get_rl_module_spec()
+    assert (
+        goto.model_config["image_encoder"]
+        == resolve_config("mbm/GoToObject-v0").encoder.image_encoder
+    )
+    concat = ppo_config("mbm/GoToObject-v0", fusion="concat", memory=0).get_rl_module_spec()
     assert concat.model_config["fusion"] == "concat"
     with pytest.raises(ValueError, match=r"PPOConfig\.training"):
         ppo_config(PROBE, learning_rate=1e-3)
