@@ -1,10 +1,14 @@
 """Env factories: one env ready for the encoder, the training VecEnv, the evaluation vector env.
 
 Any Gymnasium id trains: our games (their native batched env), MiniGrid / BabyAI
-(missions tokenised with the BabyAI words), and any other registered id or
+(missions tokenised with the BabyAI words), MiniHack (seeded as Gymnasium seeds:
+:mod:`mbm_agent.training.minihack`), Atari with sound (``mbm-atari/<Game>-v0``,
+registered by :mod:`mbm_agent.training.atari`), and any other registered id or
 ``module:EnvId`` (the module is imported first, as ``gymnasium.make`` does),
 whose observations go through the run's
 :class:`~mbm_agent.training.adapter.ObservationAdapter` (:func:`observation_adapter`).
+A MiniGrid env reached through that generic path gets its symbolic grid declared
+``symbolic_grid`` (:func:`~mbm_agent.training.wrappers.minigrid_grid_keys`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,20 @@ import gymnasium as gym
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
 import envs
+import mbm_agent.training.atari  # noqa: F401  (registers the mbm-atari/<Game>-v0 ids)
 from envs.core.text import Vocabulary
 from envs.sb3 import SB3VecEnv
+from mbm_agent.encoding.config import DEFAULT_MODALITIES
 from mbm_agent.sb3.vec_env import KeepChannelsLast
 from mbm_agent.training.adapter import ObservationAdapter
 from mbm_agent.training.config import ConfigError, TrainConfig
-from mbm_agent.training.wrappers import AdaptObservation, TokenizeMission, make_minigrid_env
+from mbm_agent.training.minihack import is_minihack, make_minihack_env
+from mbm_agent.training.wrappers import (
+    AdaptObservation,
+    TokenizeMission,
+    make_minigrid_env,
+    minigrid_grid_keys,
+)
 
 
 class SuccessInfo(gym.Wrapper[Any, Any, Any, Any]):
@@ -81,6 +93,8 @@ def make_base_env(
     try:
         if is_minigrid(env_id):
             env = make_minigrid_env(env_id, vocabulary, **kwargs)
+        elif is_minihack(env_id):
+            env = make_minihack_env(env_id, **kwargs)
         else:
             env = gym.make(env_id, **kwargs)
     except ModuleNotFoundError as exc:
@@ -108,9 +122,15 @@ def make_base_env(
 def _adapter_for(
     env: gym.Env[Any, Any], env_id: str, modalities: Mapping[str, Any]
 ) -> ObservationAdapter:
+    # MiniGrid's symbolic grid left under a frame-like key would be encoded as a picture.
+    grids = {
+        k: "symbolic_grid"
+        for k in minigrid_grid_keys(env)
+        if k not in modalities and DEFAULT_MODALITIES.get(k) != "symbolic_grid"
+    }
     try:
         adapter = ObservationAdapter.for_space(
-            env.observation_space, modalities, metadata=env.metadata
+            env.observation_space, {**grids, **modalities}, metadata=env.metadata
         )
     except ValueError as exc:
         raise ConfigError(f"{env_id}: {exc}") from exc

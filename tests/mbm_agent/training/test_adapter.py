@@ -355,3 +355,46 @@ def test_adapter_round_trips_through_json_and_refuses_damage() -> None:
     del broken["transforms"]["note"]["codec"]
     with pytest.raises(ValueError, match="Malformed"):
         ObservationAdapter.from_dict(broken)
+
+
+# -- 2-D symbolic grids (MiniHack's glyphs) ---------------------------------------------
+def test_a_2d_grid_declared_symbolic_grid_gets_its_channel_axis_and_round_trips() -> None:
+    glyphs = spaces.Box(0, 5976, (9, 9), np.int16)
+    space = _space(glyphs_crop=glyphs, blstats=spaces.Box(-5, 5, (4,), np.int64))
+    adapter = ObservationAdapter.for_space(space, {"glyphs_crop": "symbolic_grid"})
+    assert adapter.modalities["glyphs_crop"] == "symbolic_grid"
+    out_space = adapter.observation_space(space)
+    assert out_space["glyphs_crop"] == spaces.Box(0, 5976, (9, 9, 1), np.int16)
+    assert out_space["blstats"] == space["blstats"]
+    raw = np.arange(81, dtype=np.int16).reshape(9, 9) * 70
+    one = adapter.adapt({"glyphs_crop": raw, "blstats": np.zeros(4, np.int64)})["glyphs_crop"]
+    assert one.shape == (9, 9, 1) and one.dtype == np.int16
+    np.testing.assert_array_equal(one[..., 0], raw)
+    batch = adapter.adapt({"glyphs_crop": np.stack([raw, raw + 1])})["glyphs_crop"]
+    assert batch.shape == (2, 9, 9, 1)
+    np.testing.assert_array_equal(batch[1, ..., 0], raw + 1)
+    # already converted (as a wrapped env emits it): unchanged; anything else: named error
+    np.testing.assert_array_equal(adapter.adapt({"glyphs_crop": one})["glyphs_crop"], one)
+    with pytest.raises(ValueError, match=r"obs\['glyphs_crop'\] has shape \(9, 8\)"):
+        adapter.adapt({"glyphs_crop": raw[:, :8]})
+    data = json.loads(json.dumps(adapter.to_dict()))
+    assert ObservationAdapter.from_dict(data) == adapter
+    assert data["transforms"]["glyphs_crop"] == {
+        "kind": "grid",
+        "dtype": "int16",
+        "shape": [9, 9],
+        "high": 5976,
+    }
+    for field, value, match in (
+        ("dtype", "float32", "integer type"),
+        ("shape", [9, 9, 1], "list of 2 sizes"),
+        ("high", 2**40, "high must be an integer"),
+    ):
+        damaged = json.loads(json.dumps(data))
+        damaged["transforms"]["glyphs_crop"][field] = value
+        with pytest.raises(ValueError, match=match):
+            ObservationAdapter.from_dict(damaged)
+    with pytest.raises(ValueError, match="was it trained on another env"):
+        adapter.observation_space(_space(glyphs_crop=spaces.Box(0, 5976, (21, 79), np.int16)))
+    # undeclared, the same grid is a small vector, as before
+    assert ObservationAdapter.for_space(_space(g=spaces.Box(0, 9, (3, 3), np.int16))).is_identity

@@ -44,7 +44,8 @@ class TextEnv(gym.Env[dict[str, Any], int]):
 
 
 def test_babyai_missions_tokenise_without_unknown_words():
-    env = TokenizeMission(gym.make("BabyAI-GoToObj-v0"))
+    with pytest.warns(UserWarning, match="symbolic grid"):
+        env = TokenizeMission(gym.make("BabyAI-GoToObj-v0"))
     raw = env.unwrapped
     for seed in range(10):
         obs, _ = env.reset(seed=seed)
@@ -123,3 +124,57 @@ def test_make_minigrid_env_keeping_image_key_needs_a_declaration():
     env = make_minigrid_env("BabyAI-GoToObj-v0", grid_key="image")
     encoder = MultimodalEncoder(env.observation_space, modalities={"image": "symbolic_grid"})
     assert type(encoder.encoders["image"]).__name__ == "SymbolicGridEncoder"
+
+
+# -- MiniGrid's symbolic grid is not a picture ---------------------------------------------
+GRID_WARNING = "is MiniGrid's symbolic grid"
+
+
+@pytest.mark.parametrize("env_id", ["BabyAI-GoToObj-v0", "MiniGrid-Empty-5x5-v0"])
+def test_tokenize_mission_warns_when_the_grid_would_be_taken_for_a_picture(env_id):
+    """The README's old recipe: TokenizeMission alone leaves the (7, 7, 3) ids under 'image'."""
+    with pytest.warns(UserWarning, match=GRID_WARNING) as record:
+        env = TokenizeMission(gym.make(env_id))
+    message = str(record[0].message)
+    assert "(7, 7, 3)" in message and "modalities={'image': 'symbolic_grid'}" in message
+    # ... which is what MultimodalEncoder would otherwise do with it:
+    assert MultimodalEncoder(env.observation_space).modalities["image"] == "image"
+
+
+def test_no_grid_warning_where_the_grid_is_declared_renamed_or_a_real_frame():
+    from minigrid.wrappers import FullyObsWrapper, RGBImgPartialObsWrapper
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        make_minigrid_env("BabyAI-GoToObj-v0")  # renamed symbolic_grid
+        make_minigrid_env("BabyAI-GoToObj-v0", grid_key="image")  # the caller declares it
+        frames = TokenizeMission(RGBImgPartialObsWrapper(gym.make("BabyAI-GoToObj-v0")))
+        TokenizeMission(TextEnv())  # not MiniGrid
+    assert frames.observation_space["image"].shape == (56, 56, 3)
+    with pytest.warns(UserWarning, match=GRID_WARNING):  # the full grid is a grid too
+        TokenizeMission(FullyObsWrapper(gym.make("MiniGrid-Empty-5x5-v0")))
+
+
+def test_mbm_agent_train_declares_the_grid_of_a_minigrid_env_under_any_id():
+    """A MiniGrid env registered under an id of its own takes the generic path: its grid
+    is declared ``symbolic_grid`` there (unless the config says otherwise)."""
+    from mbm_agent.training.config import resolve_config
+    from mbm_agent.training.envs import make_single_env, observation_adapter
+    from mbm_agent.training.wrappers import minigrid_grid_keys
+
+    env_id = "mbm-tests/MyGoToObj-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point="minigrid.envs.babyai:GoToObj")
+    assert minigrid_grid_keys(gym.make(env_id)) == ["image"]
+    assert minigrid_grid_keys(gym.make("mbm/GoToObject-v0")) == []
+    adapter = observation_adapter(resolve_config(env_id))
+    assert adapter.modalities["image"] == "symbolic_grid"
+    assert adapter.modalities["mission"] == "text"
+    env, _ = make_single_env(env_id, {}, adapter=adapter)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (7, 7, 3) and obs["image"].max() < 11  # ids, not pixels
+    # A declaration in the config wins (the user's choice).
+    declared = observation_adapter(
+        resolve_config(env_id, overrides={"modalities": {"image": "image"}})
+    )
+    assert declared.modalities["image"] == "image"
