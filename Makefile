@@ -8,7 +8,7 @@ TORCH_CONSTRAINT ?= requirements/torch-cpu.txt
 EXTRAS ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: install browser test lint format demo bench-envs clean
+.PHONY: install minihack browser test lint format demo bench-envs clean
 
 install: $(VENV)/.installed browser
 
@@ -27,7 +27,18 @@ $(VENV)/.installed: pyproject.toml requirements/torch-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -c $(TORCH_CONSTRAINT) -e ".[$(EXTRAS)]"
+	$(MAKE) minihack
 	touch $@
+
+# NetHack through MiniHack (the minihack extra) for its tests. nle pins gymnasium exactly and
+# RLlib pins another, so pip cannot resolve both: nle and minihack go in with --no-deps (they
+# run under the gymnasium dev holds), with their own run-time needs named here; minihack
+# imports pkg_resources (setuptools asks for <81 to keep it). Where they do not install (no wheel for
+# this platform), the MiniHack tests skip and say so.
+minihack:
+	$(BIN)/pip install pybind11 "setuptools<81"
+	$(BIN)/pip install --no-deps "nle>=1.1" "minihack>=1.0" || \
+		echo "nle/minihack did not install: tests/mbm_agent/training/test_minihack.py will skip"
 
 lint: install
 	$(BIN)/ruff check .
