@@ -178,3 +178,13 @@ def test_mbm_agent_train_declares_the_grid_of_a_minigrid_env_under_any_id():
         resolve_config(env_id, overrides={"modalities": {"image": "image"}})
     )
     assert declared.modalities["image"] == "image"
+
+
+def test_the_readmes_minigrid_declaration_names_a_key_minigrid_has():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    (key,) = re.findall(r'modalities=\{"(\w+)": "symbolic_grid"\}` for MiniGrid', readme)
+    space = gym.make("BabyAI-GoToObj-v0").observation_space
+    assert key in space.spaces and space[key].shape == (7, 7, 3)
