@@ -141,7 +141,7 @@ def _grid_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
         report = evaluate_agent(
             agent,
             cell.game.env_id,
-            agent.spec.get("env_kwargs", {}),
+            {**agent.spec.get("env_kwargs", {}), **cell.game.eval_env_kwargs},
             episodes=episodes,
             n_envs=min(episodes, 64),
             deterministic=greedy,

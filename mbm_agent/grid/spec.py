@@ -1,4 +1,4 @@
-"""What the grid is: the games (:data:`REFERENCE_GAMES`), the variants, the cells, and when a cell is done."""
+"""What the grid is: the games (:data:`REFERENCE_GAMES`, :data:`THIRD_PARTY_GAMES`), the variants, the cells, and when a cell is done."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import envs
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.fusion import FUSION_MODES
+from mbm_agent.training.atari import FULL_GAMES
 from mbm_agent.training.config import resolve_config
 
 #: Report of a run's policy with sampled actions (the trainer's ``eval.json`` is greedy).
@@ -46,10 +47,13 @@ class GameSpec:
 
     Attributes:
         env_id: The game id.
-        required: Modalities (observation keys) the design makes necessary.
-        chance: Success rate the design implies without a required modality.
+        required: Modalities (observation keys) the design makes necessary (for a
+            third-party game: the key whose worth the grid measures; its
+            ``mask-<key>`` variant trains without it).
+        chance: Success rate the design implies without a required modality (None
+            for third-party games, whose design does not say).
         steps: Training budget per run.
-        note: Why the chance level is what it is.
+        note: Why the chance level is what it is (or what the key carries).
         bc: The ``bc-ppo`` recipe, for games PPO does not learn from scratch
             within the budget.
         sampled: Score runs on the policy's sampled actions rather than its
@@ -58,15 +62,21 @@ class GameSpec:
             Jaakkola & Jordan, 1994), and the argmax of an imperfect one can cycle
             (turn left, turn right, ...) until time-out. Both modes are evaluated
             and summarised either way.
+        eval_env_kwargs: Env arguments of the grid's evaluations on top of the
+            run's (Atari: full games with raw points, :data:`FULL_GAMES`, where
+            training ends an episode at each lost life and clips rewards).
+        extra: The pip extra the game needs (None: installed with mbm-agent).
     """
 
     env_id: str
     required: tuple[str, ...]
-    chance: float
+    chance: float | None
     steps: int
     note: str = ""
     bc: BCRecipe | None = None
     sampled: bool = False
+    eval_env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    extra: str | None = None
 
     def encoder(self) -> EncoderConfig:
         """The encoder of the game's own config (``mbm_agent/configs``), read from there.
@@ -116,6 +126,35 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         sampled=True,
     ),
 }
+
+#: Games no one here wrote, with their sense that ours lack or have another way (``mbm-agent
+#: bench --games ID``; never in the default grid: they need extras and hours). Scored on
+#: sampled actions: RL Zoo's Atari convention, and MiniHack's agents sample too.
+THIRD_PARTY_GAMES: dict[str, GameSpec] = {
+    "mbm-atari/Seaquest-v0": GameSpec(
+        "mbm-atari/Seaquest-v0",
+        ("sound",),
+        None,
+        250_000,
+        "the sound carries the low-oxygen alarm (the frame: a thin bar); scored on full "
+        "games with raw points, as RL Zoo's",
+        sampled=True,
+        eval_env_kwargs=FULL_GAMES,
+        extra="atari",
+    ),
+    "MiniHack-Eat-v0": GameSpec(
+        "MiniHack-Eat-v0",
+        ("message",),
+        None,
+        500_000,
+        "the message asks 'eat it? [ynq]', and says when y (also a move) answers it",
+        sampled=True,
+        extra="minihack",
+    ),
+}
+
+#: Every game the grid knows: the default grid's and the third-party ones.
+ALL_GAMES: dict[str, GameSpec] = {**REFERENCE_GAMES, **THIRD_PARTY_GAMES}
 
 #: The variant that clones the game's expert, then fine-tunes with PPO (:class:`BCRecipe`).
 BC_PPO = "bc-ppo"
@@ -185,7 +224,8 @@ def build_grid(
     """The grid's cells: games x (fusions + bc-ppo + masks + baseline) x seeds.
 
     Args:
-        games: Game ids (default: all of :data:`REFERENCE_GAMES`).
+        games: Game ids (default: all of :data:`REFERENCE_GAMES`; those of
+            :data:`THIRD_PARTY_GAMES` when named).
         fusions: Fusion modes (default: all).
         seeds: Training seeds.
         ablations: Add one ``mask-<modality>`` variant per required modality.
@@ -199,9 +239,9 @@ def build_grid(
     """
     games = list(games or REFERENCE_GAMES)
     fusions = list(fusions or FUSION_MODES)
-    unknown = [g for g in games if g not in REFERENCE_GAMES]
+    unknown = [g for g in games if g not in ALL_GAMES]
     if unknown:
-        raise ValueError(f"Unknown game(s) {unknown}; the grid knows {list(REFERENCE_GAMES)}.")
+        raise ValueError(f"Unknown game(s) {unknown}; the grid knows {list(ALL_GAMES)}.")
     bad = [f for f in fusions if f not in FUSION_MODES]
     if bad:
         raise ValueError(f"Unknown fusion mode(s) {bad}; known: {list(FUSION_MODES)}.")
@@ -209,7 +249,7 @@ def build_grid(
         raise ValueError("Give at least one seed.")
     cells = []
     for env_id in games:
-        game = REFERENCE_GAMES[env_id]
+        game = ALL_GAMES[env_id]
         # Only what a variant changes: the rest (e.g. the encoder of the ablations and of
         # the BC recipe) is the game's own config, resolved when the cell runs; a cell
         # that starts from a clone takes the clone's architecture (train --init-from).
@@ -273,5 +313,5 @@ def finished_cells(root: str | Path) -> list[Cell]:
     """Every grid cell with an evaluated run under ``root/runs`` (from any invocation)."""
     done = [p for p in sorted(Path(root).glob("runs/*-s*")) if (p / "eval.json").is_file()]
     seeds = {int(m.group(1)) for p in done if (m := re.search(r"-s(\d+)$", p.name))}
-    known = {c.name: c for c in build_grid(seeds=sorted(seeds))} if seeds else {}
+    known = {c.name: c for c in build_grid(list(ALL_GAMES), seeds=sorted(seeds))} if seeds else {}
     return [known[p.name] for p in done if p.name in known]

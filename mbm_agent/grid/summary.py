@@ -15,7 +15,7 @@ import numpy as np
 
 import envs
 from mbm_agent.compare import load_run
-from mbm_agent.grid.spec import REFERENCE_GAMES, SAMPLED, Cell, full_sense
+from mbm_agent.grid.spec import ALL_GAMES, SAMPLED, Cell, full_sense
 from mbm_agent.plots import new_figure, read_metrics
 from mbm_agent.stats import aggregate_runs
 from mbm_agent.training.storage import atomic_write_text
@@ -140,7 +140,11 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
         )
     summary = {
         "rows": rows,
-        "games": {g: asdict(s) for g, s in REFERENCE_GAMES.items()},
+        "games": {
+            g: asdict(s)
+            for g, s in ALL_GAMES.items()
+            if g in {r["env_id"] for r in rows} or s.extra is None
+        },
         "agents": publish_agents(rows, root),
     }
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=_json_default))
@@ -212,9 +216,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
-        masked = ", ".join(
-            f"{m}: {100 * v:.1f} ({100 * r['chance']:.1f})" for m, v in r["masked_success"].items()
-        )
+        chance = "-" if r["chance"] is None else f"{100 * r['chance']:.1f}"
+        masked = ", ".join(f"{m}: {100 * v:.1f} ({chance})" for m, v in r["masked_success"].items())
         s90 = "-" if r["steps_to_90"] is None else f"{r['steps_to_90'] / 1000:.0f}k"
         steps = f"{r['steps']:,}" + (f" + {r['demo_steps']:,} demo" if r.get("demo_steps") else "")
         lines.append(

@@ -1,0 +1,85 @@
+"""The grid's third-party games (``THIRD_PARTY_GAMES``): named cells only, their own configs.
+
+Nothing trains here (their runs take hours: ``docs/third_party_envs.md``,
+"Reference runs"); the cells, the configs they resolve to and the summary's
+rows without a chance level are checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mbm_agent.grid.spec import (
+    ALL_GAMES,
+    REFERENCE_GAMES,
+    THIRD_PARTY_GAMES,
+    build_grid,
+    finished_cells,
+)
+from mbm_agent.grid.summary import summary_markdown
+from mbm_agent.training.atari import FULL_GAMES
+from mbm_agent.training.config import resolve_config
+
+SEAQUEST = "mbm-atari/Seaquest-v0"
+EAT = "MiniHack-Eat-v0"
+
+
+def test_third_party_games_are_named_never_defaulted() -> None:
+    assert set(THIRD_PARTY_GAMES) == {SEAQUEST, EAT}
+    assert not set(THIRD_PARTY_GAMES) & set(REFERENCE_GAMES)
+    assert ALL_GAMES == {**REFERENCE_GAMES, **THIRD_PARTY_GAMES}
+    assert {c.game.env_id for c in build_grid(seeds=[0])} == set(REFERENCE_GAMES)
+    for game in THIRD_PARTY_GAMES.values():
+        assert game.chance is None and game.sampled and game.bc is None
+        assert game.extra in ("atari", "minihack")
+    assert THIRD_PARTY_GAMES[SEAQUEST].eval_env_kwargs == FULL_GAMES
+    assert FULL_GAMES == {"terminal_on_life_loss": False, "clip_reward": False}
+
+
+@pytest.mark.parametrize(("env_id", "key"), [(SEAQUEST, "sound"), (EAT, "message")])
+def test_cells_of_a_third_party_game_resolve_to_its_config(env_id: str, key: str) -> None:
+    cells = build_grid([env_id], ["concat"], [0, 1], baseline=False)
+    short = env_id.split("/")[-1].removesuffix("-v0")
+    assert [c.name for c in cells] == [
+        f"{short}-concat-s0",
+        f"{short}-concat-s1",
+        f"{short}-mask-{key}-s0",
+        f"{short}-mask-{key}-s1",
+    ]
+    game = THIRD_PARTY_GAMES[env_id]
+    full = resolve_config(env_id, overrides=dict(cells[0].overrides))
+    masked = resolve_config(env_id, overrides=dict(cells[2].overrides))
+    assert full.steps == masked.steps == game.steps
+    assert full.encoder_config() == masked.encoder_config() == game.encoder()
+    assert masked.modalities[key] == "ignore"
+    assert full.modalities.get(key, "") != "ignore"
+
+
+def test_finished_third_party_runs_are_found_again(tmp_path) -> None:
+    run = tmp_path / "runs" / "Seaquest-mask-sound-s2"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text("{}")
+    (found,) = finished_cells(tmp_path)
+    assert (found.game.env_id, found.variant, found.seed) == (SEAQUEST, "mask-sound", 2)
+
+
+def test_summary_rows_without_a_chance_level() -> None:
+    stat = {"iqm": 0.5, "iqm_ci": [0.4, 0.6]}
+    row = {
+        "env_id": SEAQUEST,
+        "variant": "concat",
+        "seeds": [0, 1, 2],
+        "steps": 250_000,
+        "success": stat,
+        "return": {"iqm": 812.0, "iqm_ci": [700.0, 900.0]},
+        "actions": "sampled",
+        "greedy_success": stat,
+        "sampled_success": stat,
+        "masked_success": {"sound": 0.25},
+        "chance": None,
+        "steps_to_90": None,
+        "wall_time_s": 600.0,
+    }
+    md = summary_markdown({"rows": [row], "games": {}, "agents": {}})
+    assert "| sound: 25.0 (-) |" in md
+    assert "| mbm-atari/Seaquest-v0 | concat | 3 | 250,000 |" in md
