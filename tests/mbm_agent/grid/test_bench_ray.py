@@ -89,6 +89,24 @@ def test_auto_backend_needs_two_runs_and_ray() -> None:
     assert resolve_backend("sequential", pending=4) == "sequential"
 
 
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """Kill the command and the Ray daemons of its process group, and wait until they are gone.
+
+    Otherwise a daemon outliving a failed test could still write into Ray's temp dir
+    after the test's ``ray_temp_dir`` is removed.
+    """
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for _ in range(200):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_grid_on_local_ray_survives_a_killed_worker(tmp_path: Path, ray_temp_dir: Path) -> None:
     """4 trials, 2 at a time; one trial's worker is SIGKILLed mid-training after a checkpoint.
 
@@ -105,6 +123,7 @@ def test_grid_on_local_ray_survives_a_killed_worker(tmp_path: Path, ray_temp_dir
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        start_new_session=True,  # its own process group: Ray's daemons join it
     )
     victim_run = out / "runs" / VICTIM
     killed_pid = None
@@ -122,8 +141,7 @@ def test_grid_on_local_ray_survives_a_killed_worker(tmp_path: Path, ray_temp_dir
             time.sleep(0.05)
         output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop_group(proc)
     assert killed_pid is not None, f"never caught {VICTIM} mid-training:\n{output}"
     assert proc.returncode == 0, output
     assert "on a local Ray" in output
