@@ -79,7 +79,7 @@ class TrainerCallback(BaseCallback):
                 warnings.warn(
                     f"The curriculum's levels set {shared}, which env_kwargs sets too: its "
                     "levels are trained first and env_kwargs applies from the last level on; "
-                    "train on env_kwargs alone with --set curriculum={}.",
+                    "train on env_kwargs alone with --set curriculum=null.",
                     stacklevel=2,
                 )
         self._promote = False
@@ -124,7 +124,7 @@ class TrainerCallback(BaseCallback):
                 warnings.warn(
                     f"{self.cfg.env_id} reports no info['is_success'] when an episode ends, so "
                     "the curriculum cannot measure success and stays at its first level; have "
-                    "the env report it, or train without a curriculum (--set curriculum={}).",
+                    "the env report it, or train without a curriculum (--set curriculum=null).",
                     stacklevel=2,
                 )
             successes = [bool(info.get("is_success", False)) for info in ended]

@@ -291,13 +291,15 @@ class TrainConfig:
     curriculum: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "Easier versions of the game trained first: {levels: [{grid_size: 5}, ...], promote_at: 0.8, window: 100} (env_kwargs overrides, easiest first; {} for none)."
+            "help": "Easier versions of the game trained first: {levels: [{grid_size: 5}, ...], promote_at: 0.8, window: 100} (env_kwargs overrides, easiest first; null for none)."
         },
     )
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, Mapping):  # fields as a file or --set gives them
             self.encoder = encoder_from_dict(self.encoder)
+        if self.curriculum is None:  # `--set curriculum=null` turns a game's curriculum off
+            self.curriculum = {}
         self.validate()
 
     @property

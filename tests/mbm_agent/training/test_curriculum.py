@@ -76,8 +76,9 @@ def test_levels_promote_on_the_success_rate_of_the_last_window() -> None:
     ],
 )
 def test_a_bad_curriculum_is_a_config_error_naming_the_field(section: Any, words: str) -> None:
+    # ModalityProbe's config declares no curriculum, so the section is the whole of it.
     with pytest.raises(ConfigError, match=words):
-        resolve_config(ENV, overrides={"curriculum": section})
+        resolve_config("mbm/ModalityProbe-v0", overrides={"curriculum": section})
 
 
 def test_the_callback_trains_on_the_level_and_refuses_a_level_that_changes_spaces(
@@ -137,3 +138,8 @@ def test_a_resumed_run_rebuilds_the_level_of_its_checkpoint(tmp_path: Path) -> N
     train(more, resume=run, progress=False, finalize=False)
     rows = _rows(run)
     assert [r["level"] for r in rows] == [0, 0] and rows[1]["timesteps"] == 128
+
+
+def test_null_turns_a_games_curriculum_off() -> None:
+    assert resolve_config(ENV).curriculum["levels"]  # GoToObject's config declares one
+    assert resolve_config(ENV, overrides={"curriculum": None}).curriculum == {}
