@@ -156,6 +156,9 @@ THIRD_PARTY_GAMES: dict[str, GameSpec] = {
 #: Every game the grid knows: the default grid's and the third-party ones.
 ALL_GAMES: dict[str, GameSpec] = {**REFERENCE_GAMES, **THIRD_PARTY_GAMES}
 
+#: PPO without our additions (reward prediction, memory): SB3's PPO exactly.
+PLAIN_PPO: dict[str, Any] = {"aux_reward_coef": 0.0, "memory": 0}
+
 #: The variant that clones the game's expert, then fine-tunes with PPO (:class:`BCRecipe`).
 BC_PPO = "bc-ppo"
 #: Demonstrations of seed ``s`` start at world ``1 + DEMO_SEED_STRIDE * s``.
@@ -165,9 +168,10 @@ DEMO_SEED_STRIDE = 100_000
 def uses_bc(game: GameSpec, variant: str) -> bool:
     """Whether a variant follows the game's BC recipe (clone, then fine-tune with PPO).
 
-    ``bc-ppo`` does, and so do the ``mask-<m>`` ablations of a game with a recipe.
+    Only ``bc-ppo`` does: every other variant, the ``mask-<m>`` ablations included,
+    learns from scratch with the game's own config (issue 16).
     """
-    return game.bc is not None and (variant == BC_PPO or variant.startswith("mask-"))
+    return game.bc is not None and variant == BC_PPO
 
 
 def full_sense(variant: str) -> bool:
@@ -254,18 +258,20 @@ def build_grid(
         # the BC recipe) is the game's own config, resolved when the cell runs; a cell
         # that starts from a clone takes the clone's architecture (train --init-from).
         variants: list[tuple[str, dict[str, Any]]] = [(f, {"fusion": f}) for f in fusions]
-        fine_tune: dict[str, Any] = (
-            {} if game.bc is None else {"algo_kwargs": {"learning_rate": game.bc.learning_rate}}
-        )
         if bc and game.bc is not None:
-            variants.append((BC_PPO, fine_tune))
+            # The clone is a memoryless policy without a reward head, trained on the
+            # game's own rooms: the fine-tuning keeps that architecture (PPO alone).
+            fine_tune = {"algo_kwargs": {"learning_rate": game.bc.learning_rate, **PLAIN_PPO}}
+            variants.append((BC_PPO, {**fine_tune, "curriculum": None}))
         if ablations:
             for m in game.required:
-                # the game's own recipe without m: PPO from scratch with its own config,
-                # or (a game PPO alone does not learn) its BC recipe
-                variants.append((f"mask-{m}", {**fine_tune, "modalities": {m: "ignore"}}))
+                # the game's own recipe (its config, from scratch) without m
+                variants.append((f"mask-{m}", {"modalities": {m: "ignore"}}))
         if baseline:
-            variants.append(("sb3-default", {"extractor": "sb3"}))
+            # SB3's own MultiInputPolicy and PPO, as a user of SB3 alone gets them.
+            variants.append(
+                ("sb3-default", {"extractor": "sb3", "algo_kwargs": PLAIN_PPO, "curriculum": None})
+            )
         for variant, overrides in variants:
             budget = {"steps": steps or default_steps(game, variant)}
             for seed in seeds:

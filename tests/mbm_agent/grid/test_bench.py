@@ -27,8 +27,9 @@ from mbm_agent.deploy.export import ExportError, export_policy
 from mbm_agent.deploy.runtime import load_exported
 from mbm_agent.encoding.fusion import FUSION_MODES
 from mbm_agent.grid.run import run_grid
-from mbm_agent.grid.spec import QUICK_STEPS, REFERENCE_GAMES, Cell, build_grid
+from mbm_agent.grid.spec import ALL_GAMES, PLAIN_PPO, QUICK_STEPS, REFERENCE_GAMES, Cell, build_grid
 from mbm_agent.grid.summary import write_summary
+from mbm_agent.training.config import resolve_config
 
 PROBE = "mbm/ModalityProbe-v0"
 SEEDS = (0, 1)
@@ -112,28 +113,26 @@ def test_build_grid_cells_and_overrides(env_id: str) -> None:
         assert cell.game is game
         o = cell.overrides
         assert o["seed"] == cell.seed
-        bc_recipe = game.bc is not None and (
-            cell.variant == "bc-ppo" or cell.variant.startswith("mask-")
-        )
+        bc_recipe = game.bc is not None and cell.variant == "bc-ppo"
         assert o["steps"] == (game.bc.ppo_steps if bc_recipe else game.steps)
         # A cell names only what its variant changes; the encoder is the game's config's.
         assert "encoder" not in o
         if cell.variant == "bc-ppo":
-            assert o["algo_kwargs"] == {"learning_rate": game.bc.learning_rate}
+            # the clone's architecture: PPO alone, no reward head or memory, no curriculum
+            assert o["algo_kwargs"] == {"learning_rate": game.bc.learning_rate, **PLAIN_PPO}
+            assert o["curriculum"] is None
             assert "modalities" not in o and "extractor" not in o and "fusion" not in o
         elif cell.variant in ("concat", "film"):
             assert o["fusion"] == cell.variant
-            assert "modalities" not in o and "extractor" not in o
+            assert "modalities" not in o and "extractor" not in o and "algo_kwargs" not in o
         elif cell.variant.startswith("mask-"):
+            # the game's own config, from scratch, without the modality
             modality = cell.variant.removeprefix("mask-")
             assert o["modalities"] == {modality: "ignore"}
-            assert "extractor" not in o and "fusion" not in o
-            if game.bc is None:  # the game's own config, PPO from scratch
-                assert "algo_kwargs" not in o
-            else:  # the BC recipe without the modality
-                assert o["algo_kwargs"] == {"learning_rate": game.bc.learning_rate}
+            assert "extractor" not in o and "fusion" not in o and "algo_kwargs" not in o
         else:
-            assert o["extractor"] == "sb3"
+            assert o["extractor"] == "sb3" and o["algo_kwargs"] == PLAIN_PPO
+            assert o["curriculum"] is None
             assert "fusion" not in o and "modalities" not in o
 
 
@@ -149,22 +148,27 @@ def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
         assert game_encoder == resolve_config(cell.game.env_id).encoder_config()
         cfg = resolve_config(cell.game.env_id, overrides=dict(cell.overrides))
         recipe = cell.game.bc
-        if recipe is not None and (cell.variant == "bc-ppo" or cell.variant.startswith("mask-")):
+        if recipe is not None and cell.variant == "bc-ppo":
             assert cfg.seed == 0 and cfg.steps == recipe.ppo_steps
             assert cfg.encoder_config() == game_encoder and cfg.extractor == "mbm"
             assert cfg.algo_kwargs["learning_rate"] == recipe.learning_rate
-            masked = cell.variant.removeprefix("mask-")
-            assert cfg.modalities == ({masked: "ignore"} if masked != cell.variant else {})
+            assert cfg.algo_kwargs["memory"] == 0 and cfg.algo_kwargs["aux_reward_coef"] == 0
+            assert cfg.modalities == {} and cfg.curriculum == {}
             continue
         assert cfg.seed == 0 and cfg.steps == cell.game.steps
+        own = resolve_config(cell.game.env_id)  # the game's own config (the default command)
         if cell.variant == "sb3-default":
             assert (cfg.extractor, cfg.fusion) == ("sb3", "sb3-default")
+            assert cfg.algo_kwargs["memory"] == 0 and cfg.algo_kwargs["aux_reward_coef"] == 0
+            assert cfg.curriculum == {}
         elif cell.variant.startswith("mask-"):
             assert cfg.extractor == "mbm" and cfg.encoder_config() == game_encoder
             assert cfg.modalities == {cell.variant.removeprefix("mask-"): "ignore"}
+            assert cfg.algo_kwargs == own.algo_kwargs and cfg.curriculum == own.curriculum
         else:
             assert cfg.extractor == "mbm" and cfg.fusion == cell.variant
             assert cfg.modalities == {}
+            assert cfg.algo_kwargs == own.algo_kwargs and cfg.curriculum == own.curriculum
 
 
 def test_build_grid_defaults_and_switches() -> None:
@@ -518,7 +522,9 @@ def test_summary_of_a_game_scored_on_sampled_actions(
         "mbm/SoundMaze-v0",
     ]
     root = copy_tree(grid.root, tmp_path / "bench")
-    monkeypatch.setitem(REFERENCE_GAMES, PROBE, replace(REFERENCE_GAMES[PROBE], sampled=True))
+    sampled = replace(REFERENCE_GAMES[PROBE], sampled=True)
+    monkeypatch.setitem(REFERENCE_GAMES, PROBE, sampled)
+    monkeypatch.setitem(ALL_GAMES, PROBE, sampled)
     cells = build_grid([PROBE], ["concat"], list(SEEDS))
     rows = {r["variant"]: r for r in write_summary(cells, root)["rows"]}
 
@@ -691,33 +697,31 @@ def test_bc_ppo_cell_clones_the_expert_then_fine_tunes(
     assert demos_file.stat().st_mtime_ns == demos_mtime  # demos reused, not re-recorded
 
 
-def test_ablation_of_a_bc_game_clones_without_the_modality(
+def test_ablation_of_a_bc_game_learns_from_scratch_without_the_modality(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Quick: SoundMaze mask-text = the BC recipe with text ignored, from the seed's demos."""
+    """Quick: SoundMaze mask-text = the game's own config (from scratch) with text ignored."""
     soundmaze = "mbm/SoundMaze-v0"
     root = tmp_path / "bench"
     quick_bench(root, soundmaze, "mask-text", seed=0)
     out = capsys.readouterr().out
-    assert "| mbm/SoundMaze-v0 | mask-text | 1 |" in out and " demo |" in out
+    assert "| mbm/SoundMaze-v0 | mask-text | 1 |" in out and " demo |" not in out
 
-    bc_dir = root / "runs" / "SoundMaze-bc-mask-text-s0"
     run = root / "runs" / "SoundMaze-mask-text-s0"
-    assert sorted(p.name for p in (root / "runs").iterdir()) == sorted([bc_dir.name, run.name])
-    assert sorted(p.name for p in (root / "demos").iterdir()) == ["SoundMaze-s0-quick.npz"]
-    bc_config = json.loads((bc_dir / "config.json").read_text())
-    assert bc_config["modalities"] == {"text": "ignore"}
-    assert bc_config["demos"]["seed"] == 1  # the same demos as bc-ppo's seed 0
-    assert load_agent(bc_dir).policy.features_extractor.encoder.keys == ["audio", "image"]
+    assert sorted(p.name for p in (root / "runs").iterdir()) == [run.name]  # no clone
+    assert not (root / "demos").exists() or not list((root / "demos").iterdir())
     config = json.loads((run / "config.json").read_text())
-    assert Path(config["init_from"]) == bc_dir
+    assert config["init_from"] is None
     assert config["modalities"] == {"text": "ignore"}
+    own = resolve_config(soundmaze)
+    assert config["curriculum"] == own.curriculum and config["algo_kwargs"]["memory"] > 0
     assert load_agent(run).policy.features_extractor.encoder.keys == ["audio", "image"]
+    assert load_agent(run).recurrent
     # trained without text: no masked evaluations of its own, scored on sampled actions
     assert (run / "eval-sampled.json").is_file()
     assert not list(run.glob("eval*-drop-*.json"))
     (row,) = json.loads((root / "summary.json").read_text())["rows"]
-    assert row["variant"] == "mask-text" and row["demo_steps"] > 0
+    assert row["variant"] == "mask-text" and not row.get("demo_steps")
     assert row["masked_success"] == {"text": pytest.approx(row["per_seed_success"][0])}
 
 
