@@ -2,24 +2,35 @@
 
 The encoder is a plain ``torch.nn.Module`` fed the raw Dict observations of a
 Gymnasium vector env (uint8 frames, int64 token ids, float spectrograms); no
-Stable-Baselines3 involved. The environment is our natively batched
-``mbm/ModalityProbe-v0`` (one numpy call steps every world): each one-step
-episode asks a question whose answer only the cued sense carries.
+Stable-Baselines3 involved in training. The environment is any of our natively
+batched games (one numpy call steps every world, same-step autoreset), by default
+``mbm/ModalityProbe-v0``: each one-step episode asks a question whose answer only
+the cued sense carries. The policy is memoryless: encoder, then linear actor and
+critic heads; no reward prediction, no memory, no curriculum.
 
 Run from the repository root (with the package installed, ``pip install -e .``)::
 
     python examples/cleanrl_ppo.py --total-timesteps 8000 --cue audio --fusion film
+    python examples/cleanrl_ppo.py --env-id mbm/FindSound-v0 --eval-every 50000
 
-``train()`` takes the same settings as arguments, so tests call it with a tiny
-budget. It handles both Gymnasium autoreset modes (``next_step`` and
-``same_step``) as declared in the vector env's metadata.
+On the command line the hyperparameters and the encoder default to the game's
+``mbm-agent train`` config (:func:`game_settings`: its PPO settings, its encoder);
+flags override them. ``--eval-every`` reports the held-out success rate, greedy and
+sampled, on :func:`mbm_agent.evaluation.eval_seeds` (the seeds ``mbm-agent eval``
+uses), with the training clock stopped meanwhile.
+
+``train()`` takes the same settings as arguments, so tests and
+``benchmarks/time_to_solve.py`` call it directly. It handles both Gymnasium
+autoreset modes (``next_step`` and ``same_step``) as declared in the vector env's
+metadata.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -30,13 +41,61 @@ from torch import Tensor, nn
 
 import envs as games
 from mbm_agent import EncoderConfig, MultimodalEncoder
+from mbm_agent.evaluation import EVAL_SEED_BASE, EpisodeResults, eval_seeds, evaluate_episodes
+from mbm_agent.training.config import resolve_config
+
+#: The game ``train()`` plays unless told otherwise, and its arguments there.
+PROBE_ID = "mbm/ModalityProbe-v0"
+PROBE_KWARGS: dict[str, Any] = {"cue": "text"}
+
+
+def make_game_vec_env(
+    env_id: str,
+    num_envs: int,
+    seed: int = 0,
+    autoreset_mode: str = "same_step",
+    **env_kwargs: Any,
+) -> gym.vector.VectorEnv:
+    """One of our games, natively batched over ``num_envs`` worlds, reset with ``seed``."""
+    venv = games.make_vec(env_id, num_envs, autoreset_mode=autoreset_mode, **env_kwargs)
+    venv.reset(seed=seed)
+    return venv
 
 
 def make_probe_vec_env(num_envs: int, seed: int = 0, cue: str = "text") -> gym.vector.VectorEnv:
     """Our natively batched ModalityProbe (answer carried by ``cue``), same-step autoreset."""
-    venv = games.make_vec("mbm/ModalityProbe-v0", num_envs, cue=cue, autoreset_mode="same_step")
-    venv.reset(seed=seed)
-    return venv
+    return make_game_vec_env(PROBE_ID, num_envs, seed, cue=cue)
+
+
+def game_settings(env_id: str) -> dict[str, Any]:
+    """``train()`` arguments matching what ``mbm-agent train ENV_ID`` uses by default.
+
+    The game's PPO hyperparameters (``mbm_agent/configs/``: worlds, rollout length,
+    minibatch size, epochs, learning rate, discount, GAE, clip, entropy and value
+    weights, gradient clip; SB3's defaults where the config sets none) and its
+    encoder. What our trainer adds on top (reward prediction, memory, curriculum,
+    the MLP before the heads) is left out: this is plain PPO with our encoder.
+    """
+    cfg = resolve_config(env_id)
+    if cfg.algo != "ppo":
+        raise ValueError(f"{env_id} trains with {cfg.algo} by default; this example is PPO only.")
+    hp = cfg.algo_kwargs
+    num_steps = int(hp.get("n_steps", 2048))
+    batch = cfg.n_envs * num_steps
+    return {
+        "num_envs": cfg.n_envs,
+        "num_steps": num_steps,
+        "num_minibatches": max(1, batch // int(hp.get("batch_size", 64))),
+        "update_epochs": int(hp.get("n_epochs", 10)),
+        "learning_rate": float(hp.get("learning_rate", 3e-4)),
+        "gamma": float(hp.get("gamma", 0.99)),
+        "gae_lambda": float(hp.get("gae_lambda", 0.95)),
+        "clip_coef": float(hp.get("clip_range", 0.2)),
+        "ent_coef": float(hp.get("ent_coef", 0.0)),
+        "vf_coef": float(hp.get("vf_coef", 0.5)),
+        "max_grad_norm": float(hp.get("max_grad_norm", 0.5)),
+        "encoder": cfg.encoder_config(),
+    }
 
 
 class Agent(nn.Module):
@@ -72,6 +131,73 @@ class Agent(nn.Module):
             action = dist.sample()
         return action, dist.log_prob(action), dist.entropy(), self.critic(features).squeeze(-1)
 
+    def policy(self, obs: dict[str, Tensor], deterministic: bool) -> Tensor:
+        """Actions ``(B,)``: the most probable (greedy) or sampled from the policy."""
+        logits = self.actor(self.encoder(obs))
+        if deterministic:
+            return logits.argmax(-1)
+        return torch.distributions.Categorical(logits=logits).sample()
+
+
+def _tensors(obs: Mapping[str, Any]) -> dict[str, Tensor]:
+    return {k: torch.as_tensor(np.asarray(v)) for k, v in obs.items()}
+
+
+def evaluate(
+    agent: Agent,
+    env_id: str,
+    *,
+    episodes: int,
+    deterministic: bool,
+    env_kwargs: Mapping[str, Any] | None = None,
+    seed_base: int = EVAL_SEED_BASE,
+    num_envs: int = 32,
+) -> EpisodeResults:
+    """Play ``episodes`` held-out episodes (seeds ``eval_seeds(episodes, seed_base)``).
+
+    The same seeds and episode accounting as ``mbm-agent eval`` (one episode per
+    seed, :func:`mbm_agent.evaluation.evaluate_episodes`); sampled actions come
+    from torch's generator seeded with ``seed_base`` (and restored afterwards).
+    """
+    venv = make_game_vec_env(
+        env_id, max(1, min(num_envs, episodes)), seed_base, **dict(env_kwargs or {})
+    )
+
+    def act(obs: dict[str, np.ndarray]) -> np.ndarray:
+        return agent.policy(_tensors(obs), deterministic).numpy()
+
+    was_training = agent.training
+    agent.eval()  # no modality dropout while scored
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_base)
+            return evaluate_episodes(
+                act, venv, episodes=episodes, seeds=eval_seeds(episodes, seed_base)
+            )
+    finally:
+        agent.train(was_training)
+        venv.close()
+
+
+class EvalPoint(NamedTuple):
+    """Held-out success at one point of training.
+
+    A named tuple, not a dataclass: the example then also works when loaded from its
+    file without a ``sys.modules`` entry, as the tests and the benchmark load it.
+
+    Attributes:
+        steps: Environment steps trained so far.
+        train_seconds: Wall-clock seconds of training so far (rollouts and
+            updates; environment creation and evaluations excluded).
+        greedy: Success rate with the most probable action.
+        sampled: Success rate with actions sampled from the policy.
+    """
+
+    steps: int
+    train_seconds: float
+    greedy: float
+    sampled: float
+
 
 def train(
     total_timesteps: int = 30_000,
@@ -79,6 +205,7 @@ def train(
     num_envs: int = 8,
     num_steps: int = 32,
     fusion: str = "concat",
+    encoder: EncoderConfig | None = None,
     learning_rate: float = 1e-3,
     update_epochs: int = 4,
     num_minibatches: int = 4,
@@ -89,7 +216,12 @@ def train(
     vf_coef: float = 0.5,
     max_grad_norm: float = 0.5,
     seed: int = 0,
-    make_envs: Callable[[int, int], gym.vector.VectorEnv] = make_probe_vec_env,
+    env_id: str = PROBE_ID,
+    env_kwargs: Mapping[str, Any] | None = None,
+    make_envs: Callable[[int, int], gym.vector.VectorEnv] | None = None,
+    eval_every: int = 0,
+    eval_episodes: int = 100,
+    on_eval: Callable[[EvalPoint], None] | None = None,
     verbose: bool = False,
 ) -> dict[str, float]:
     """Train PPO and report how it went.
@@ -98,7 +230,8 @@ def train(
         total_timesteps: Environment steps over all envs.
         num_envs: Parallel envs.
         num_steps: Rollout length per env and update.
-        fusion: Fusion mode of the encoder.
+        fusion: Fusion mode of the encoder (when ``encoder`` is not given).
+        encoder: Encoder settings (e.g. a game's, :func:`game_settings`); wins over ``fusion``.
         learning_rate: Adam learning rate (annealed linearly to 0).
         update_epochs: Passes over each rollout.
         num_minibatches: Minibatches per pass.
@@ -109,15 +242,33 @@ def train(
         vf_coef: Value loss weight.
         max_grad_norm: Gradient clip.
         seed: Seed of torch and the envs.
-        make_envs: ``(num_envs, seed) -> VectorEnv`` with Dict observations.
+        env_id: The game trained on (and evaluated on).
+        env_kwargs: The game's arguments (default: ``cue="text"`` for the probe, none else).
+        make_envs: ``(num_envs, seed) -> VectorEnv`` with Dict observations, to train
+            on something else than ``env_id`` (evaluation still plays ``env_id``).
+        eval_every: Evaluate on held-out seeds, greedy and sampled, after the first
+            update at or past each multiple of this many steps, and after the last
+            one (0: never).
+        eval_episodes: Episodes per evaluation and mode.
+        on_eval: Called with each :class:`EvalPoint`.
         verbose: Print progress once per update.
 
     Returns:
         ``reward_rate`` (mean reward per real step over the last quarter of
         updates), ``first_reward_rate`` (same over the first update),
-        ``updates`` and ``sps`` (env steps per second).
+        ``updates``, ``train_seconds`` (evaluations excluded) and ``sps``
+        (env steps per second of training); with ``eval_every``, also
+        ``greedy_success`` and ``sampled_success`` of the last evaluation.
     """
     torch.manual_seed(seed)
+    kwargs = dict(env_kwargs) if env_kwargs is not None else {}
+    if env_kwargs is None and env_id == PROBE_ID:
+        kwargs = dict(PROBE_KWARGS)
+    if make_envs is None:
+
+        def make_envs(n: int, s: int) -> gym.vector.VectorEnv:
+            return make_game_vec_env(env_id, n, s, **kwargs)
+
     envs = make_envs(num_envs, seed)
     obs_space = envs.single_observation_space
     act_space = envs.single_action_space
@@ -130,14 +281,16 @@ def train(
         AutoresetMode.NEXT_STEP,
         "NextStep",
     )
-    agent = Agent(obs_space, int(act_space.n), EncoderConfig(fusion=fusion))
+    agent = Agent(obs_space, int(act_space.n), encoder or EncoderConfig(fusion=fusion))
     optimizer = torch.optim.Adam(agent.parameters(), lr=learning_rate, eps=1e-5)
 
     batch_size = num_envs * num_steps
     minibatch_size = max(1, batch_size // num_minibatches)
     num_updates = max(1, total_timesteps // batch_size)
     buffers = {
-        k: torch.zeros((num_steps, num_envs, *s.shape), dtype=torch.as_tensor(s.sample()).dtype)
+        k: torch.zeros(
+            (num_steps, num_envs, *(s.shape or ())), dtype=torch.as_tensor(s.sample()).dtype
+        )
         for k, s in obs_space.spaces.items()
     }
     actions = torch.zeros((num_steps, num_envs), dtype=torch.long)
@@ -150,10 +303,13 @@ def train(
     valid = torch.ones((num_steps, num_envs))
 
     obs_np, _ = envs.reset(seed=seed)
-    next_obs = {k: torch.as_tensor(np.asarray(v)) for k, v in obs_np.items()}
+    next_obs = _tensors(obs_np)
     next_done = torch.zeros(num_envs)
     prev_done = np.zeros(num_envs, dtype=bool)
     rates: list[float] = []
+    last_eval: EvalPoint | None = None
+    next_eval = eval_every
+    eval_seconds = 0.0
     start = time.perf_counter()
 
     for update in range(num_updates):
@@ -169,7 +325,7 @@ def train(
             obs_np, reward, terminated, truncated, _ = envs.step(action.numpy())
             done = np.logical_or(terminated, truncated)
             rewards[step] = torch.as_tensor(reward, dtype=torch.float32)
-            next_obs = {k: torch.as_tensor(np.asarray(v)) for k, v in obs_np.items()}
+            next_obs = _tensors(obs_np)
             next_done = torch.as_tensor(done, dtype=torch.float32)
             prev_done = done
 
@@ -218,33 +374,88 @@ def train(
         if verbose:
             print(f"update {update + 1}/{num_updates}  reward/step {rate:.3f}")
 
+        steps_done = (update + 1) * batch_size
+        if eval_every > 0 and (steps_done >= next_eval or update == num_updates - 1):
+            next_eval = (steps_done // eval_every + 1) * eval_every
+            paused = time.perf_counter()
+            success = {
+                mode: evaluate(
+                    agent,
+                    env_id,
+                    episodes=eval_episodes,
+                    deterministic=mode == "greedy",
+                    env_kwargs=kwargs,
+                ).success_rate
+                for mode in ("greedy", "sampled")
+            }
+            last_eval = EvalPoint(
+                steps_done, paused - start - eval_seconds, success["greedy"], success["sampled"]
+            )
+            eval_seconds += time.perf_counter() - paused
+            if verbose:
+                print(
+                    f"step {steps_done}  held-out success greedy {last_eval.greedy:.3f}  "
+                    f"sampled {last_eval.sampled:.3f}  ({last_eval.train_seconds:.0f} s training)"
+                )
+            if on_eval is not None:
+                on_eval(last_eval)
+
     envs.close()
+    train_seconds = time.perf_counter() - start - eval_seconds
     tail = rates[-max(1, num_updates // 4) :]
-    return {
+    result = {
         "reward_rate": float(np.mean(tail)),
         "first_reward_rate": rates[0],
         "updates": float(num_updates),
-        "sps": num_updates * batch_size / (time.perf_counter() - start),
+        "train_seconds": train_seconds,
+        "sps": num_updates * batch_size / max(train_seconds, 1e-9),
     }
+    if last_eval is not None:
+        result["greedy_success"] = last_eval.greedy
+        result["sampled_success"] = last_eval.sampled
+    return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--total-timesteps", type=int, default=30_000)
-    parser.add_argument("--num-envs", type=int, default=8)
-    parser.add_argument("--num-steps", type=int, default=32)
-    parser.add_argument("--fusion", default="concat")
+    parser.add_argument("--env-id", default=PROBE_ID, choices=games.ENV_IDS)
+    parser.add_argument(
+        "--total-timesteps", type=int, help="default: the game's config (its steps)"
+    )
+    parser.add_argument("--num-envs", type=int, help="default: the game's config")
+    parser.add_argument("--num-steps", type=int, help="default: the game's config")
+    parser.add_argument("--fusion", help="default: the game's config")
+    parser.add_argument("--learning-rate", type=float, help="default: the game's config")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cue", default="text", choices=("image", "text", "audio"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--cue",
+        default="text",
+        choices=("image", "text", "audio"),
+        help=f"the sense that carries the answer ({PROBE_ID} only)",
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=0, help="held-out evaluation every N steps (0: none)"
+    )
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    settings = game_settings(args.env_id)
+    for name in ("num_envs", "num_steps", "learning_rate"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.fusion is not None:
+        settings["encoder"] = settings["encoder"].replace(fusion=args.fusion)
+    total = args.total_timesteps or resolve_config(args.env_id).steps
     result = train(
-        args.total_timesteps,
-        num_envs=args.num_envs,
-        num_steps=args.num_steps,
-        fusion=args.fusion,
+        total,
+        **settings,
         seed=args.seed,
-        make_envs=lambda n, seed: make_probe_vec_env(n, seed, args.cue),
+        env_id=args.env_id,
+        env_kwargs={"cue": args.cue} if args.env_id == PROBE_ID else {},
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
         verbose=True,
     )
     print({k: round(v, 3) for k, v in result.items()})

@@ -52,3 +52,23 @@ def test_next_step_autoreset_and_other_fusions_run(example, fusion):
     result = example.train(64, num_envs=4, num_steps=8, fusion=fusion, make_envs=make_envs)
     assert result["updates"] == 2
     assert all(math.isfinite(v) for v in result.values())
+
+
+def test_trains_any_game_and_reports_held_out_success(example):
+    settings = example.game_settings("mbm/FindSound-v0")
+    assert settings["encoder"].image_encoder == "cells"  # the game's own encoder
+    settings.update(num_envs=4, num_steps=16, num_minibatches=2)
+    points = []
+    result = example.train(
+        128,
+        **settings,
+        env_id="mbm/FindSound-v0",
+        eval_every=64,
+        eval_episodes=4,
+        on_eval=points.append,
+    )
+    assert [p.steps for p in points] == [64, 128]
+    assert all(0.0 <= p.greedy <= 1.0 and 0.0 <= p.sampled <= 1.0 for p in points)
+    assert 0.0 < points[0].train_seconds < points[1].train_seconds <= result["train_seconds"]
+    assert result["greedy_success"] == points[-1].greedy
+    assert result["sampled_success"] == points[-1].sampled
