@@ -288,6 +288,44 @@ def read_best_score(run_dir: Path) -> float | None:
     return float(value)
 
 
+def truncate_log(path: Path, num_timesteps: int) -> int:
+    """Drop rows of a JSON-lines log (``curriculum.jsonl``) written after the restart checkpoint.
+
+    A run killed after a level change but before its next checkpoint resumes on
+    the checkpoint's level; the lost attempt's rows would claim a level the run
+    never kept. Lines that do not parse or carry no ``timesteps`` (a line cut by a
+    crash) are dropped with a warning naming the line.
+
+    Returns:
+        The number of lines dropped.
+    """
+    if not path.is_file():
+        return 0
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            step = row["timesteps"]
+            valid = not isinstance(step, bool) and isinstance(step, int)
+        except (ValueError, TypeError, KeyError):
+            valid = False
+        if not valid:
+            warnings.warn(
+                f"{path}, line {number}: dropping a malformed row {line!r}.", stacklevel=2
+            )
+            continue
+        if step <= num_timesteps:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped or (text and not text.endswith("\n")):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return dropped
+
+
 def truncate_metrics(path: Path, num_timesteps: int) -> int:
     """Drop ``metrics.csv`` rows logged after the checkpoint a resumed run restarts from.
 

@@ -63,6 +63,7 @@ from mbm_agent.training.checkpoints import (
     checkpoint_folders,
     latest_checkpoint,
     read_best_score,
+    truncate_log,
     truncate_metrics,
 )
 from mbm_agent.training.config import (
@@ -270,6 +271,7 @@ def _prepare_resume(
     if cfg != load_run_config(run_dir):  # a new budget or device: kept for the next resume
         save_config(cfg, run_dir)
     truncate_metrics(run_dir / "metrics.csv", loaded.num_timesteps)
+    truncate_log(run_dir / "curriculum.jsonl", loaded.num_timesteps)
     if loaded.num_timesteps:
         venv.seed(cfg.seed + loaded.num_timesteps)  # fresh episodes, not a replay of the first
     return loaded

@@ -28,6 +28,7 @@ import pytest
 from runs_helpers import read_metrics
 
 from mbm_agent.cli import main
+from mbm_agent.sb3.algorithms import is_recurrent
 from mbm_agent.training import storage, trainer
 from mbm_agent.training.agent import load_agent
 from mbm_agent.training.callback import TrainerCallback
@@ -220,3 +221,95 @@ def test_sigkill_at_a_save_point_then_resume_loses_nothing(
     assert json.loads((run / "eval.json").read_text())["meta"]["episodes"] == 2
     assert not _leftovers(run)
     assert not (run / ".lock").exists()
+
+
+# -- our games' default PPO: memory (GRU) and a curriculum ----------------------------------
+GAME = "mbm/GoToObject-v0"
+GAME_ROLLOUT = 128  # 4 envs x 32 steps
+TINY_GAME: tuple[str, ...] = (
+    "--steps",
+    str(3 * GAME_ROLLOUT),
+    "--n-envs",
+    "4",
+    "--set",
+    "algo_kwargs.n_steps=32",
+    "--set",
+    "algo_kwargs.batch_size=64",
+    "--set",
+    "algo_kwargs.n_epochs=1",
+    "--eval-every",
+    "0",
+    "--checkpoint-every",
+    str(GAME_ROLLOUT),
+    "--set",
+    "final_eval_episodes=1",
+    "--set",
+    "gif_episodes=0",
+    # The game's own levels; promoted after each rollout, so a tiny run climbs them.
+    "--set",
+    "curriculum.promote_at=0.01",
+    "--set",
+    "curriculum.window=1",
+    "--no-progress",
+)
+
+
+def test_sigkill_after_a_level_change_then_resume_of_a_default_game_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GoToObject's own config (GRU memory, curriculum), killed between a level change and
+    the checkpoint after it: the resume restarts on the checkpoint's level with its memory
+    policy, and the lost attempt's level rows are dropped from curriculum.jsonl."""
+    runs = tmp_path / "runs"
+    run = runs / "game"
+    argv = ["train", GAME, *TINY_GAME, "--runs-dir", str(runs), "--run-name", "game"]
+    # Rows: level 1 at 0, 2 at 128, 3 at 256 (its checkpoint is written next): die there.
+    _run_killed(argv, "curriculum.jsonl:3:after")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["algo_kwargs"]["memory"] > 0 and cfg["curriculum"]["levels"]  # the defaults
+    newest = _newest_readable(run)
+    assert newest == GAME_ROLLOUT
+    level = json.loads((run / "checkpoints" / f"step-{newest:012d}" / "state.json").read_text())[
+        "curriculum_level"
+    ]
+    logged = [json.loads(line) for line in (run / "curriculum.jsonl").read_text().splitlines()]
+    assert level == 1 and logged[-1]["level"] == 2  # the log is ahead of the checkpoint
+
+    seen: dict[str, Any] = {}
+    original = TrainerCallback._on_training_start
+
+    def spy(self: TrainerCallback) -> None:
+        original(self)  # enters the curriculum's level
+        assert self.curriculum is not None
+        seen.update(
+            start=int(self.model.num_timesteps),
+            level=self.curriculum.level,
+            env_kwargs=dict(self._env_kwargs),
+            memory=self.model.policy.memory,
+        )
+
+    monkeypatch.setattr(TrainerCallback, "_on_training_start", spy)
+    with pytest.warns(UserWarning):  # the dead child's lock is taken over
+        rc = main(["train", GAME, "--resume", str(run), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    levels = cfg["curriculum"]["levels"]
+    assert seen == {
+        "start": newest,
+        "level": level,
+        "env_kwargs": {**cfg["env_kwargs"], **levels[level]},
+        "memory": cfg["algo_kwargs"]["memory"],
+    }
+    # The log counts upwards from the checkpoint on: no row of the lost attempt is left
+    # (later promotions depend on the resumed run's episodes).
+    rows = [json.loads(line) for line in (run / "curriculum.jsonl").read_text().splitlines()]
+    steps_levels = [(r["timesteps"], r["level"]) for r in rows]
+    assert steps_levels[:3] == [(0, 0), (GAME_ROLLOUT, 1), (GAME_ROLLOUT, 1)]  # 1 re-entered
+    assert steps_levels == sorted(steps_levels)
+    budget = cfg["steps"]
+    final = json.loads((run / "checkpoints" / f"step-{budget:012d}" / "state.json").read_text())
+    assert final["curriculum_level"] == rows[-1]["level"]
+    agent = load_agent(run, "final")
+    assert agent.spec["env_id"] == GAME and is_recurrent(agent.spec)  # saved with its memory
+    rollout = [int(r["timesteps"]) for r in read_metrics(run) if not r["eval_return"]]
+    assert rollout == list(range(GAME_ROLLOUT, budget + 1, GAME_ROLLOUT))
+    assert not _leftovers(run) and not (run / ".lock").exists()
