@@ -88,6 +88,10 @@ def _outputs(policy: Any, algo: str, obs: dict[str, np.ndarray]) -> list[torch.T
         tensors = policy.obs_to_tensor(obs)[0]
         if algo == "dqn":
             return [policy.q_net(tensors), policy.q_net_target(tensors)]
+        if getattr(policy, "memory", 0):  # our games' PPO has a GRU memory: one step from zeros
+            n = len(obs["image"])
+            starts = torch.ones(n, device=policy.device)
+            return list(policy.step(tensors, policy.initial_state(n), starts))
         dist = policy.get_distribution(tensors)
         return [dist.distribution.probs, policy.predict_values(tensors)]
 
