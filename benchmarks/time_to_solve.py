@@ -31,7 +31,8 @@ of ``--eval-every``, plus the end of training.
 
 Results go to ``OUT/<timestamp>/``: ``results.json`` (rewritten after each run,
 so a stopped benchmark keeps what it measured), ``table.md``, and the trainer
-peers' run folders under ``runs/``.
+peers' run folders under ``runs/`` (their scored checkpoints pruned to the newest
+two afterwards, as ``mbm-agent train`` keeps them).
 
 Usage (the full benchmark takes hours on 2 cores)::
 
@@ -59,7 +60,7 @@ import envs
 from mbm_agent.evaluation import evaluate_agent
 from mbm_agent.grid.spec import PLAIN_PPO
 from mbm_agent.training.agent import load_agent
-from mbm_agent.training.checkpoints import checkpoint_folders
+from mbm_agent.training.checkpoints import checkpoint_folders, prune_checkpoints
 from mbm_agent.training.config import TrainConfig, resolve_config
 from mbm_agent.training.trainer import train
 
@@ -111,6 +112,8 @@ def run_trainer_peer(
     """Train a trainer peer, then score each of its checkpoints; its points and run folder."""
     cfg = trainer_config(game, peer, seed, args, runs_dir)
     result = train(cfg, command=["time_to_solve.py", game, peer], progress=False, finalize=False)
+    if result.interrupted:  # Ctrl-C: the trainer saved a checkpoint and stopped
+        raise KeyboardInterrupt
     points = []
     for steps, ckpt in checkpoint_folders(result.run_dir):
         state = json.loads((ckpt / "state.json").read_text())
@@ -130,6 +133,8 @@ def run_trainer_peer(
             for mode in MODES
         }
         points.append({"steps": steps, "train_seconds": float(state["wall_time"]), **success})
+    # Scored: keep what mbm-agent train keeps (the newest two), not ~20 x a few MB.
+    prune_checkpoints(result.run_dir, 2)
     return points, result.run_dir
 
 
