@@ -14,7 +14,7 @@ Importing this package registers every game with Gymnasium under
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 
@@ -62,13 +62,19 @@ def check_env_id(env_id: str) -> str:
 
 def make(env_id: str, **kwargs: Any) -> GameEnv:
     """A single env of one of our games, unwrapped (no Gymnasium checker wrappers)."""
-    return gym.make(check_env_id(env_id), **kwargs).unwrapped  # type: ignore[return-value]
+    return cast(GameEnv, gym.make(check_env_id(env_id), **kwargs).unwrapped)
 
 
 def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> GameVectorEnv:
     """The natively batched vector env of one of our games."""
-    return gym.make_vec(  # type: ignore[return-value]
-        check_env_id(env_id), num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+    return cast(
+        GameVectorEnv,
+        gym.make_vec(
+            check_env_id(env_id),
+            num_envs=num_envs,
+            vectorization_mode="vector_entry_point",
+            **kwargs,
+        ),
     )
 
 

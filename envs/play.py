@@ -17,13 +17,15 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 from numpy.typing import NDArray
 
 import envs
+from envs.core.env import GameEnv
 
 _KEYS = {"a": 0, "d": 1, "w": 2}
 
@@ -91,7 +93,7 @@ def save_gif(frames: list[NDArray[np.uint8]], path: str | Path, fps: int = 6) ->
 
 def _key_action(env: gym.Env[Any, Any]) -> int | None:
     """Read one action from the terminal; None to quit."""
-    n = env.action_space.n  # type: ignore[attr-defined]
+    n = int(cast(spaces.Discrete, env.action_space).n)  # our games' actions are Discrete
     while True:
         key = input(f"action ({'a/d/w' if n == 3 else f'0-{n - 1}'}, q quits): ").strip().lower()
         if key == "q":
@@ -112,20 +114,21 @@ def run_episodes(
     successes: list[bool] = []
     for ep in range(episodes):
         env.reset(seed=seed + ep)
-        frames.append(env.render())  # type: ignore[arg-type]
+        frames.append(cast(NDArray[np.uint8], env.render()))  # rgb_array: never None
+        game = cast(GameEnv, env.unwrapped)
         total, done, info = 0.0, False, {"success": False}
         while not done:
             if expert:
-                action: int | None = env.unwrapped.expert_action()  # type: ignore[attr-defined]
+                action: int | None = game.expert_action()
             else:
-                print(env.unwrapped.game.instruction[0])  # type: ignore[attr-defined]
+                print(game.game.instruction[0])
                 action = _key_action(env)
                 if action is None:
                     return frames, returns, successes
             _, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             done = terminated or truncated
-            frames.append(env.render())  # type: ignore[arg-type]
+            frames.append(cast(NDArray[np.uint8], env.render()))
         returns.append(total)
         successes.append(bool(info["success"]))
     env.close()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from envs.core.grid import DIR_VEC
 
@@ -75,7 +75,7 @@ class AudioConfig:
     high: float = 12.0
 
 
-def hz_to_mel(f: NDArray[np.float64]) -> NDArray[np.float64]:
+def hz_to_mel(f: ArrayLike) -> NDArray[np.float64]:
     """Slaney mel scale (librosa's default, ``htk=False``)."""
     f = np.asarray(f, dtype=np.float64)
     f_sp = 200.0 / 3

@@ -61,7 +61,7 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
     """
 
     game_class: ClassVar[type[BatchedGame]]
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array", "human"], "render_fps": 8}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array", "human"], "render_fps": 8}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -142,7 +142,7 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
             actions = np.array([action], dtype=np.int64)  # the common case, checked cheaply
         elif isinstance(action, bool | str) or np.ndim(action) != 0:
             raise ValueError(
-                f"action must be a single integer in [0, {self.action_space.n - 1}] "
+                f"action must be a single integer in [0, {len(self.game.action_names) - 1}] "
                 f"({', '.join(self.game.action_names)}), got {action!r}."
             )
         else:
@@ -171,7 +171,9 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
         """The oracle's action in the current state."""
         return int(self.game.expert_actions()[0])
 
-    def render(self) -> NDArray[np.uint8] | None:
+    # Gymnasium types render() with its unbound RenderFrame TypeVar, which no concrete
+    # frame type matches.
+    def render(self) -> NDArray[np.uint8] | None:  # type: ignore[override]
         """The frame with the instruction under it (``rgb_array``), or show it (``human``).
 
         Returns None when the env was made without a ``render_mode`` (Gymnasium's convention).
@@ -195,7 +197,7 @@ class GameEnv(gym.Env[dict[str, NDArray[Any]], np.int64]):
             self._window = None
 
 
-class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArray[np.int64]]):
+class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArray[Any]]):
     """``num_envs`` worlds stepped together in numpy.
 
     Args:
@@ -215,7 +217,7 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
     """
 
     game_class: ClassVar[type[BatchedGame]]
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: dict[str, Any] = {
         "render_modes": ["rgb_array"],
         "render_fps": 8,
         "autoreset_mode": AutoresetMode.NEXT_STEP,
@@ -230,10 +232,11 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
     ) -> None:
         modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
         aliases = {m.value: m for m in modes.values()}  # "NextStep", "SameStep"
+        mode: AutoresetMode | None
         if isinstance(autoreset_mode, AutoresetMode):
             mode = autoreset_mode
         else:
-            mode = modes.get(autoreset_mode) or aliases.get(autoreset_mode)  # type: ignore[arg-type]
+            mode = modes.get(autoreset_mode) or aliases.get(autoreset_mode)
         if mode not in modes.values():
             raise ValueError(
                 f"autoreset_mode={autoreset_mode!r} is not supported; use one of {sorted(modes)}."
@@ -356,7 +359,8 @@ class GameVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.int64], NDArra
         """One oracle action per world."""
         return self.game.expert_actions()
 
-    def render(self) -> tuple[NDArray[np.uint8], ...] | None:
+    # As GameEnv.render: Gymnasium's return type is its unbound RenderFrame TypeVar.
+    def render(self) -> tuple[NDArray[np.uint8], ...] | None:  # type: ignore[override]
         """Every world's frame (``rgb_array``)."""
         if self.render_mode != "rgb_array":
             return None

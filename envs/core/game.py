@@ -91,7 +91,7 @@ class BatchedGame(ABC):
         self.success = np.zeros(self.num_worlds, dtype=bool)
         self.instruction = np.full(self.num_worlds, "", dtype=object)
         self.observation_space: spaces.Dict
-        self.action_space = spaces.Discrete(len(self.action_names))
+        self.action_space: spaces.Discrete = spaces.Discrete(len(self.action_names))
         self.vocabulary: Vocabulary | None = None
         self.audio_cfg = AudioConfig()
 

@@ -75,6 +75,7 @@ class ModalityProbeGame(BatchedGame):
 
     modalities = ("image", "text", "audio")
     action_names: ClassVar[tuple[str, ...]] = ANSWER_WORDS
+    vocabulary: Vocabulary  # set in __init__ (BatchedGame's may be None)
 
     def __init__(
         self,
@@ -87,7 +88,9 @@ class ModalityProbeGame(BatchedGame):
         if cue not in CUES:
             raise ValueError(f"cue must be one of {CUES}, got {cue!r}.")
         self.n_answers = check_int_arg("n_answers", n_answers, 2, len(ANSWER_WORDS))
-        self.action_names = ANSWER_WORDS[: self.n_answers]
+        # The one game whose actions depend on its arguments: BatchedGame declares
+        # action_names a ClassVar (every other game's is), so this instance's narrows it.
+        self.action_names = ANSWER_WORDS[: self.n_answers]  # type: ignore[misc]
         super().__init__(num_worlds, max_steps=1)
         self.cue = cue
         self.chance_level = 1.0 / self.n_answers
