@@ -306,18 +306,20 @@ class PolicyNetwork(nn.Module):
         out: dict[str, np.ndarray] = {}
         for key in self.keys:
             sub = space[key]
-            dummy = self.encoder.encoders[key].input_spec.dummy(1).numpy()
+            dummy = self.encoder.encoder(key).input_spec.dummy(1).numpy()
+            values: np.ndarray
             if isinstance(sub, spaces.Box):
                 low = np.broadcast_to(sub.low, sub.shape).astype(np.float64)
                 high = np.broadcast_to(sub.high, sub.shape).astype(np.float64)
                 low = np.where(np.isfinite(low), low, -3.0)
                 high = np.where(np.isfinite(high), high, 3.0)
                 if np.issubdtype(sub.dtype, np.integer):
-                    values = rng.integers(low, high + 1, size=(n, *sub.shape))
+                    # numpy's stubs want integer bounds; integer-valued floats work the same.
+                    values = rng.integers(low, high + 1, size=(n, *sub.shape))  # type: ignore[arg-type]
                 else:
                     values = rng.uniform(low, high, size=(n, *sub.shape))
             elif isinstance(sub, spaces.Discrete):
-                values = rng.integers(sub.start, sub.start + sub.n, size=(n,))
+                values = rng.integers(int(sub.start), int(sub.start) + int(sub.n), size=(n,))
             elif isinstance(sub, spaces.MultiDiscrete):
                 values = rng.integers(sub.start, sub.start + sub.nvec, size=(n, *sub.nvec.shape))
             elif isinstance(sub, spaces.MultiBinary):

@@ -18,7 +18,7 @@ Python branches) so the modules trace for TorchScript and ONNX export.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -74,7 +74,8 @@ class SpatialEncoder(ModalityEncoder):
             if i == 0 and scale != 1.0:
                 # conv(x * s) computed as conv with weight * s: the same function and
                 # gradients, without a pass over the full-resolution input.
-                x = F.conv2d(x, conv.weight * scale, conv.bias, conv.stride, conv.padding)
+                first = cast(nn.Conv2d, conv)
+                x = F.conv2d(x, first.weight * scale, first.bias, first.stride, first.padding)
             else:
                 x = conv(x)
             if film is not None:
@@ -91,10 +92,10 @@ def _channels_last_from_flag(shape: tuple[int, ...], channels_last: bool) -> tup
     return shape[0], shape[1], shape[2]
 
 
-def _flat_dim(module: nn.Module, c: int, h: int, w: int) -> int:
+def _flat_dim(module: SpatialEncoder, c: int, h: int, w: int) -> int:
     with torch.no_grad():
         x = torch.zeros(1, c, h, w)
-        for conv in module.convs:  # type: ignore[union-attr]
+        for conv in module.convs:
             x = conv(x)
         return int(x[0].numel())
 
@@ -190,7 +191,7 @@ class ImageEncoder(SpatialEncoder):
             )
         else:
             raise ValueError(f"Unknown image encoder {arch!r}; known: {list(IMAGE_ENCODERS)}.")
-        self.block_channels = [int(conv.out_channels) for conv in self.convs]  # type: ignore[union-attr]
+        self.block_channels = [cast(nn.Conv2d, conv).out_channels for conv in self.convs]
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(_flat_dim(self, c, h, w), output_dim), nn.ReLU()
         )
@@ -227,6 +228,9 @@ class SymbolicGridEncoder(SpatialEncoder):
         embed_dim: Width of the per-value embeddings.
         output_dim: Embedding width.
     """
+
+    offsets: Tensor
+    max_values: Tensor
 
     def __init__(
         self,
@@ -466,6 +470,10 @@ class VectorEncoder(ModalityEncoder):
         space: The key's space.
         output_dim: Embedding width.
     """
+
+    center: Tensor
+    inv_half: Tensor
+    md_start: Tensor
 
     def __init__(self, space: spaces.Space[Any], output_dim: int = 32) -> None:
         super().__init__()

@@ -28,6 +28,7 @@ frameworks and compares them, so a mode without a working mirror fails it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -125,11 +126,11 @@ class FilmFusion(ConcatFusion):
         self.generators = nn.ModuleDict()
         if self.uses_film:
             for key, channels in spatial.items():
-                layers = nn.ModuleList(nn.Linear(cond_dim, 2 * c) for c in channels)
+                layers = [nn.Linear(cond_dim, 2 * c) for c in channels]
                 for layer in layers:
                     nn.init.zeros_(layer.weight)
                     nn.init.zeros_(layer.bias)
-                self.generators[key] = layers
+                self.generators[key] = nn.ModuleList(layers)
 
     def film(self, conditions: dict[str, Tensor]) -> dict[str, FilmParams]:
         """FiLM ``(gamma, beta)`` per conv block of each spatial key.
@@ -144,7 +145,7 @@ class FilmFusion(ConcatFusion):
         out: dict[str, FilmParams] = {}
         for key, layers in self.generators.items():
             params: FilmParams = []
-            for layer in layers:
+            for layer in cast(nn.ModuleList, layers):
                 gamma, beta = layer(cond).chunk(2, dim=1)
                 params.append((gamma, beta))
             out[key] = params

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -174,13 +174,16 @@ class MultimodalEncoder(nn.Module):
         self.spatial_keys = [k for k in self.keys if isinstance(self.encoders[k], SpatialEncoder)]
         self.flat_keys = [k for k in self.keys if k not in self.spatial_keys]
         self._index = {k: i for i, k in enumerate(self.keys)}
-        self._input_specs = [replace(self.encoders[k].input_spec, name=k) for k in self.keys]
-        dims = {k: self.encoders[k].output_dim for k in self.keys}
+        self._input_specs = [replace(self.encoder(k).input_spec, name=k) for k in self.keys]
+        dims = {k: self.encoder(k).output_dim for k in self.keys}
         learned = self.config.missing_embedding == "learned"
         self.missing = nn.ParameterDict(
             {k: nn.Parameter(torch.zeros(d), requires_grad=learned) for k, d in dims.items()}
         )
-        spatial = {k: list(self.encoders[k].block_channels) for k in self.spatial_keys}
+        spatial = {
+            k: list(cast(SpatialEncoder, self.encoders[k]).block_channels)
+            for k in self.spatial_keys
+        }
         self.fusion = make_fusion(
             self.config.fusion,
             dims,
@@ -280,7 +283,7 @@ class MultimodalEncoder(nn.Module):
 
     def _build_text(self, key: str, space: spaces.Space) -> TextEncoder:
         cfg = self.config
-        common = dict(
+        common: dict[str, Any] = dict(
             kind=cfg.text_encoder,
             word_dim=cfg.word_dim,
             output_dim=cfg.text_dim,
@@ -324,7 +327,7 @@ class MultimodalEncoder(nn.Module):
 
     def dummy_observation(self, batch_size: int = 1) -> dict[str, Tensor]:
         """A zero observation batch in the format this encoder expects (e.g. for export)."""
-        return {k: self.encoders[k].input_spec.dummy(batch_size) for k in self.keys}
+        return {k: self.encoder(k).input_spec.dummy(batch_size) for k in self.keys}
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -431,6 +434,10 @@ class MultimodalEncoder(nn.Module):
             "Cannot tell the batch size: obs has no tensors. Pass at least one modality, or "
             "per-sample mask tensors of shape (B,)."
         )
+
+    def encoder(self, key: str) -> ModalityEncoder:
+        """The encoder of ``key`` (``self.encoders[key]``, typed)."""
+        return cast(ModalityEncoder, self.encoders[key])
 
     @property
     def input_specs(self) -> list[InputSpec]:

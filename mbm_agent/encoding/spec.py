@@ -176,7 +176,7 @@ def _batching(key: str, spec: InputSpec, shape: tuple[int, ...], single: bool) -
 
 def check_observation(
     specs: Sequence[InputSpec],
-    obs: Mapping[str, Any],
+    obs: object,
     *,
     tensors: bool = False,
     single: bool = False,

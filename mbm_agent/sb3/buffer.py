@@ -111,6 +111,8 @@ class MultimodalRolloutBuffer(DictRolloutBuffer):
         self.episode_ends[self.buffer_size - 1] = np.asarray(dones, dtype=np.float32)
         super().compute_returns_and_advantage(last_values, dones)
 
+    # MultimodalRolloutSamples has SB3's DictRolloutBufferSamples fields plus ours; a
+    # NamedTuple cannot subclass another, so the two are unrelated types to mypy.
     def get(  # type: ignore[override]
         self, batch_size: int | None = None
     ) -> Generator[MultimodalRolloutSamples, None, None]:
@@ -125,6 +127,7 @@ class MultimodalRolloutBuffer(DictRolloutBuffer):
                 self.episode_starts = self.swap_and_flatten(self.episode_starts)
                 self.states = self.swap_and_flatten(self.states)
         if not self.memory:
+            # SB3's get yields what our _get_samples returns.
             yield from super().get(batch_size)  # type: ignore[misc]
             return
         if not self.generator_ready:
@@ -144,6 +147,7 @@ class MultimodalRolloutBuffer(DictRolloutBuffer):
             first = order[i : i + per_batch] * length
             yield self._get_samples((first[:, None] + steps).ravel(), sequence_starts=first)
 
+    # As get (and an extra keyword, sequence_starts).
     def _get_samples(  # type: ignore[override]
         self,
         batch_inds: np.ndarray,

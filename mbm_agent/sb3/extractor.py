@@ -39,7 +39,7 @@ can be exported without SB3.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -147,7 +147,9 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         if not self._scaling_checked:
             self._check_scaling(observations)
         return self.encode(
-            raw_observations(observations, self._observation_space, self.normalize_images)
+            raw_observations(
+                observations, cast(spaces.Dict, self._observation_space), self.normalize_images
+            )
         )
 
     def encode(self, observations: Mapping[str, Tensor]) -> Tensor:

@@ -10,7 +10,7 @@ SB3's ``policy_kwargs`` (activations by name, see :data:`ACTIVATIONS`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
         if self.memory and not self.share_features_extractor:
             raise ValueError("memory needs a shared features extractor (share_features_extractor).")
         if self.reward_head:
-            n_actions = int(self.action_space.n)  # type: ignore[attr-defined]
+            n_actions = int(cast(spaces.Discrete, self.action_space).n)  # checked just above
             self.reward_net = nn.Linear(self.features_dim, n_actions)
         if self.memory:
             self.memory_core = nn.GRUCell(self.features_dim, self.memory)
@@ -175,7 +175,7 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
         )
         return values, taken, entropy, predicted
 
-    def predict(  # type: ignore[override]
+    def predict(
         self,
         observation: Any,
         state: tuple[np.ndarray, ...] | None = None,
@@ -256,7 +256,8 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
             return extractor.encode(obs)
         return BaseModel.extract_features(self, obs, extractor)
 
-    def extract_features(
+    # SB3's ActorCriticPolicy overrides BaseModel's the same way (and ignores the same error).
+    def extract_features(  # type: ignore[override]
         self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor | None = None
     ) -> Tensor | tuple[Tensor, Tensor]:
         """As SB3's, without its preprocessing for our extractor (see :meth:`_features`)."""
@@ -311,7 +312,8 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
         """Actions, values and log-probabilities of the actions (as SB3's)."""
         self._no_memory("forward")
         if not self._lean():
-            return super().forward(obs, deterministic)
+            # SB3 annotates forward's obs as a Tensor; it takes dict observations too.
+            return super().forward(obs, deterministic)  # type: ignore[arg-type]
         log_probs, values = self._heads(obs)
         if deterministic:
             actions = log_probs.argmax(dim=-1)
@@ -385,7 +387,7 @@ def policy_kwargs_for(
     return kwargs
 
 
-def fast_adam() -> dict[str, bool]:
+def fast_adam() -> dict[str, Any]:
     """Adam keyword arguments for the fastest implementation this torch has on CPU.
 
     Fused CPU kernels arrived in torch 2.4; before that, the multi-tensor loop.

@@ -167,6 +167,8 @@ class MultimodalPPO(PPO):
         assert isinstance(policy, MultimodalActorCriticPolicy)
         policy.set_training_mode(True)
         self._update_learning_rate(policy.optimizer)
+        # SB3 types clip_range(_vf) as float | Schedule; _setup_model made them schedules
+        # (SB3's PPO.train ignores the same error).
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
         clip_range_vf = (
             None
@@ -306,12 +308,14 @@ class MultimodalPPO(PPO):
                 self._last_episode_starts, dtype=torch.float32, device=self.device
             )
             with torch.no_grad():
-                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 log_probs_all, values, new_state = policy.step(obs_tensor, state, starts)
                 actions_t = torch.multinomial(log_probs_all.exp(), 1, True).squeeze(-1)
                 log_probs = log_probs_all.gather(-1, actions_t.unsqueeze(-1)).squeeze(-1)
             actions = actions_t.cpu().numpy()
-            new_obs, rewards, dones, infos = env.step(actions)
+            # VecEnvObs allows tuples; our observations are dicts (or arrays), as SB3's
+            # collect_rollouts assumes too.
+            new_obs, rewards, dones, infos = env.step(actions)  # type: ignore[assignment]
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
@@ -327,27 +331,27 @@ class MultimodalPPO(PPO):
                     terminal_obs = policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
                     with torch.no_grad():
                         _, terminal_value, _ = policy.step(
-                            terminal_obs,  # type: ignore[arg-type]
+                            terminal_obs,
                             new_state[idx : idx + 1],
                             torch.zeros(1, device=self.device),
                         )
                     rewards[idx] += self.gamma * float(terminal_value[0, 0])
             rollout_buffer.add(
-                self._last_obs,  # type: ignore[arg-type]
+                self._last_obs,
                 actions.reshape(-1, 1),
                 rewards,
-                self._last_episode_starts,  # type: ignore[arg-type]
+                self._last_episode_starts,
                 values,
                 log_probs,
                 state=state,
             )
-            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_obs = new_obs
             self._last_episode_starts = dones
             state = new_state
         self._last_state = state
         with torch.no_grad():
             _, values, _ = policy.step(
-                obs_as_tensor(new_obs, self.device),  # type: ignore[arg-type]
+                obs_as_tensor(new_obs, self.device),
                 state,
                 torch.as_tensor(dones, dtype=torch.float32, device=self.device),
             )

@@ -27,7 +27,9 @@ class KeepChannelsLast(VecTransposeImage):
         VecEnvWrapper.__init__(self, venv)
         self.image_space_keys: list[str] = []
 
-    def transpose_observations(self, observations: VecEnvObs) -> VecEnvObs:
+    # VecTransposeImage narrows VecEnvObs to an array or a dict; this passes on
+    # whatever the wrapped env gives.
+    def transpose_observations(self, observations: VecEnvObs) -> VecEnvObs:  # type: ignore[override]
         """Observations unchanged."""
         return observations
 
@@ -35,6 +37,6 @@ class KeepChannelsLast(VecTransposeImage):
         """The wrapped env's step results unchanged."""
         return self.venv.step_wait()
 
-    def reset(self) -> VecEnvObs:
+    def reset(self) -> VecEnvObs:  # type: ignore[override]  # as transpose_observations
         """The wrapped env's first observations unchanged."""
         return self.venv.reset()

@@ -21,8 +21,9 @@ plain values, so a YAML file names our encoder without any Python in it::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -50,7 +51,7 @@ def stored_dtype(space: spaces.Space[Any]) -> torch.dtype | None:
     if isinstance(space, spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary):
         return torch.int64
     if isinstance(space, spaces.Box):
-        return _TORCH_DTYPES.get(space.dtype.name)
+        return _TORCH_DTYPES.get(cast(np.dtype, space.dtype).name)  # a Box's is never None
     return None
 
 

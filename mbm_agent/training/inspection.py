@@ -10,6 +10,9 @@ width; :func:`format_plan` lays that out as a table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
+
+from gymnasium import spaces
 
 from mbm_agent.encoding.encoders import (
     AudioEncoder,
@@ -84,13 +87,15 @@ def observation_plan(cfg: TrainConfig) -> ObservationPlan:
     adapter = observation_adapter(cfg)
     space = adapter.observation_space(raw)
     encoder = MultimodalEncoder(space, cfg.encoder_config(), adapter.modalities)
-    raw_spaces = dict(raw.spaces) if adapter.box_key is None else {adapter.box_key: raw}
+    raw_spaces = (
+        dict(cast(spaces.Dict, raw).spaces) if adapter.box_key is None else {adapter.box_key: raw}
+    )
     declared = {k: str(v) for k, v in adapter.modalities.items()}
     rows = []
     for key in space.spaces:
         edge = adapter.describe(key)
         if key in encoder.encoders:
-            module = encoder.encoders[key]
+            module = encoder.encoder(key)
             modality = encoder.modalities[key]
             text, width = _encoder_text(module), int(module.output_dim)
         else:
