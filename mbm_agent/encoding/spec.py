@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mbm_agent.encoding.values import float_frames_message
+
 #: JSON form of one input: ``{"name", "dtype", "shape"}`` (``export.json``'s ``inputs``).
 SpecJSON = dict[str, Any]
 
@@ -126,14 +128,8 @@ def _dtype_error(key: str, spec: InputSpec, x: np.ndarray | Tensor) -> ValueErro
     if got is None or not any(np.issubdtype(got, k) for k in (np.number, np.bool_)):
         return ValueError(f"{where}: give real numbers.")
     if want == np.uint8:
-        if np.issubdtype(got, np.floating):
-            return ValueError(
-                f"{where}: this input takes the raw frames the env emits (uint8, 0-255); the "
-                "model scales them itself. Frames holding 0-255 values: x.astype(np.uint8); "
-                "frames scaled to [0, 1]: (x * 255).round().astype(np.uint8); frames that are "
-                "floats by nature: give the key a float Box space (e.g. Box(0, 1, shape, "
-                "float32)) when training."
-            )
+        if np.issubdtype(got, np.floating):  # the torch agent's words too
+            return ValueError(float_frames_message(key, got))
         return ValueError(f"{where}: convert the frames with x.astype(np.uint8).")
     if np.issubdtype(want, np.integer):
         if np.issubdtype(got, np.integer) and np.can_cast(got, want, casting="safe"):

@@ -22,12 +22,13 @@ from numpy.typing import NDArray
 
 
 def float_frames_message(key: str, dtype: Any) -> str:
-    """Why float frames are refused for a uint8 image input, and the fix."""
+    """Why float frames are refused for a uint8 image input, and the fix (every runtime's words)."""
     return (
         f"obs[{key!r}] has dtype {np.dtype(dtype)}, expected uint8: this input takes the raw "
         "frames the env emits (uint8, 0-255); the model scales them itself. Frames holding "
         "0-255 values: x.astype(np.uint8); frames scaled to [0, 1]: "
-        "(x * 255).round().astype(np.uint8)."
+        "(x * 255).round().astype(np.uint8); frames that are floats by nature: give the key "
+        "a float Box space (e.g. Box(0, 1, shape, float32)) when training."
     )
 
 

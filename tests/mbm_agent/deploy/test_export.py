@@ -402,11 +402,19 @@ def test_out_of_range_token_ids_are_unknown_words_everywhere(every_format, game)
         np.testing.assert_allclose(got["logits"], ref["logits"], atol=tol, rtol=tol, err_msg=fmt)
 
 
-def test_float_frames_are_refused_by_the_torch_agent(every_format):
-    _, agent, net = every_format
+def test_float_frames_are_refused_alike_everywhere(every_format):
+    """Frames scaled to [0, 1] played at chance through the torch agent (issue 15)."""
+    exports, agent, net = every_format
     obs = observations(net, 2)
-    with pytest.raises(ValueError, match=r"obs\['image'\] has dtype float32, expected uint8.*255"):
-        agent.act({**obs, "image": obs["image"].astype(np.float32) / 255})
+    scaled = {**obs, "image": obs["image"].astype(np.float32) / 255}
+    messages = set()
+    for act in (agent.act, *(p.act for p in exports.values())):
+        with pytest.raises(
+            ValueError, match=r"obs\['image'\] has dtype float32, expected uint8.*255"
+        ) as exc:
+            act(scaled)
+        messages.add(str(exc.value))
+    assert len(messages) == 1, messages  # the same words from every format
 
 
 def test_export_json_paths_stay_inside_the_export(exported, tmp_path):
