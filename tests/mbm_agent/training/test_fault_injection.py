@@ -152,6 +152,14 @@ SCENARIOS: dict[str, list[tuple[tuple[str, ...], str]]] = {
         (FRESH, "final:1:before"),
         (MORE, ".step-*.old:1:after"),
     ],
+    "final-moved-aside": [
+        (FRESH, "final:1:after"),
+        (("--steps", str(STEPS + ROLLOUT), *MORE), ".final.old:1:before"),
+    ],
+    "checkpoint-moved-aside": [
+        (FRESH, "final:1:before"),
+        (MORE, ".step-*.old:1:before"),
+    ],
     "metrics-append": [(FRESH, "metrics.csv:4:after")],
     "metrics-truncation": [
         (FRESH, "metrics.csv:6:after"),
