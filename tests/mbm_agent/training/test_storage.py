@@ -342,6 +342,20 @@ def _shrink_vocabulary(folder: Path) -> None:
     (folder / "vocabulary.json").write_text(json.dumps(vocab))
 
 
+def _edit_vocabulary(*, drop_word: bool = False, longer: bool = False) -> Callable[[Path], None]:
+    """One half of a vocabulary that does not fit: one word fewer, or a longer max_len."""
+
+    def edit(folder: Path) -> None:
+        vocab = json.loads((folder / "vocabulary.json").read_text())
+        if drop_word:
+            vocab["tokens"] = vocab["tokens"][:-1]
+        if longer:
+            vocab["max_len"] += 1
+        (folder / "vocabulary.json").write_text(json.dumps(vocab))
+
+    return edit
+
+
 #: name -> (damage, the file the message must name, words of the message)
 DAMAGE: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...]]] = {
     "truncated-weights": (
@@ -418,6 +432,16 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...]]] = {
     ),
     "vocabulary-of-another-policy": (
         _shrink_vocabulary,
+        "vocabulary.json",
+        ("does not fit", "model.json", "max_len"),
+    ),
+    "vocabulary-one-word-short": (
+        _edit_vocabulary(drop_word=True),
+        "vocabulary.json",
+        ("does not fit", "model.json", "words"),
+    ),
+    "vocabulary-longer-instructions": (
+        _edit_vocabulary(longer=True),
         "vocabulary.json",
         ("does not fit", "model.json", "max_len"),
     ),
