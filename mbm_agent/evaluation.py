@@ -212,6 +212,7 @@ def evaluate_episodes(
         batch = seed_list[start : start + n]
         k = len(batch)
         padded = [batch[i % k] for i in range(n)]
+        # VectorEnv annotates seed as one int; vector envs take one seed per slot.
         obs, _ = venv.reset(seed=padded)  # type: ignore[arg-type]
         if on_reset is not None:
             on_reset()

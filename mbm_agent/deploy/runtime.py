@@ -314,7 +314,9 @@ class ExportedPolicy:
         """Deterministic actions: ``(B,)`` int64 for a batch, a 0-d int64 array for one observation."""
         return self(obs, episode_start)["action"]
 
-    def prepare(self, obs: Mapping[str, Any]) -> tuple[dict[str, NDArray[Any]], bool]:
+    def prepare(
+        self, obs: Mapping[str, Any] | NDArray[Any]
+    ) -> tuple[dict[str, NDArray[Any]], bool]:
         """Check and convert an observation into model inputs.
 
         Args:

@@ -73,7 +73,7 @@ def _trial(
     cells: dict[str, Cell],
     root: str,
     quick: bool,
-    command: list[str],
+    command: Sequence[str],
     threads: int,
 ) -> None:
     """Tune trainable: run one cell (in a Ray worker process)."""
@@ -94,7 +94,7 @@ def _log_callback(log: Callable[[str], None], total: int) -> Any:
     """A Tune callback that reports trial completions, failures and retries through ``log``."""
     from ray import tune
 
-    class _Log(tune.Callback):  # type: ignore[misc]
+    class _Log(tune.Callback):
         def __init__(self) -> None:
             self.done = 0
 
@@ -127,7 +127,7 @@ def run_cells_on_ray(
     address: str | None = None,
     cpus_per_trial: int = 1,
     max_failures: int = 2,
-    command: list[str] | None = None,
+    command: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> None:
     """Run ``cells`` as Ray Tune trials; returns when every trial has ended.
@@ -199,7 +199,8 @@ def run_cells_on_ray(
             ),
         )
         results = tuner.fit()
-        errors = {str(r.config.get("cell")): r.error for r in results if r.error is not None}
+        # ResultGrid iterates through __getitem__ and __len__ (it has no __iter__).
+        errors = {str(r.config.get("cell")): r.error for r in results if r.error is not None}  # type: ignore[attr-defined]
     finally:
         if started:
             ray.shutdown()

@@ -150,7 +150,7 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     atomic_write_text(root / "summary.md", summary_markdown(summary))
     try:
-        for env_id in {r["env_id"] for r in rows}:
+        for env_id in {str(r["env_id"]) for r in rows}:
             curves_plot(
                 [c for c in cells if c.game.env_id == env_id],
                 root,

@@ -140,7 +140,7 @@ def _spec_for(
 ) -> tuple[dict[str, Any], Any, Vocabulary | None]:
     """An untrained PPO policy (and its spec) for the game, as ``mbm-agent train`` would build."""
     env = envs.make(env_id, **dict(env_kwargs))
-    vocabulary = env.unwrapped.vocabulary  # type: ignore[attr-defined]
+    vocabulary = env.vocabulary
     encoder = cfg.encoder
     proto = {
         "algo": "ppo",
@@ -264,7 +264,7 @@ def _fit_keras(
         metrics=["accuracy"],
     )
 
-    class _Log(keras.callbacks.Callback):  # type: ignore[misc]
+    class _Log(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
             self.start = time.perf_counter()

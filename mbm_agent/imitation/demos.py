@@ -20,9 +20,10 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from gymnasium import spaces
 from numpy.typing import NDArray
 
 import envs
@@ -157,7 +158,7 @@ def record_demos(
     n = max(1, min(n_envs, episodes))
     venv = envs.make_vec(env_id, n, autoreset_mode="same_step", **kwargs)
     rng = np.random.default_rng(seed)
-    n_actions = int(venv.single_action_space.n)
+    n_actions = int(cast(spaces.Discrete, venv.single_action_space).n)
     obs, _ = venv.reset(seed=seed)
     slot_episode = np.arange(n)
     next_episode = n
@@ -228,6 +229,7 @@ def save_demos(demos: Demos, path: str | Path) -> Path:
         meta=np.array(json.dumps(demos.meta)),
     )
     buffer = io.BytesIO()
+    # numpy's stub types savez_compressed's allow_pickle keyword, which **arrays might fill.
     np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())

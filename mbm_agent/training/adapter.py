@@ -48,7 +48,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from gymnasium import spaces
@@ -627,7 +627,8 @@ def waveform_transform(
             f"({int(np.sum(bands <= 0))} mel bands get no FFT bin); use n_mels <= {fits} or a "
             "larger n_fft."
         )
-    transform = WaveformTransform(key, space.dtype.name, space.shape, audio)
+    # A Box's dtype is never None (Gymnasium types Space.dtype Optional).
+    transform = WaveformTransform(key, cast(np.dtype, space.dtype).name, space.shape, audio)
     if transform.chunk > audio.n_samples:
         needed = 1 + math.ceil((transform.chunk - n_fft) / hop)
         warnings.warn(
@@ -684,7 +685,8 @@ class GridTransform:
     @property
     def output_space(self) -> spaces.Box:
         """The ``(H, W, 1)`` grid the encoder sees."""
-        return spaces.Box(0, self.high, (*self.shape, 1), dtype=self.dtype)
+        # Gymnasium annotates dtype as a scalar class; it takes any dtype.
+        return spaces.Box(0, self.high, (*self.shape, 1), dtype=self.dtype)  # type: ignore[arg-type]
 
     def check_space(self, space: spaces.Space[Any]) -> None:
         """Raise if ``space`` is not the raw space this transform was built for."""
@@ -830,7 +832,9 @@ class AdapterState:
             if isinstance(t, WaveformTransform)
         }
 
-    def reset(self, slots: NDArray[np.bool_] | Sequence[int] | None = None) -> None:
+    def reset(
+        self, slots: NDArray[np.bool_] | NDArray[np.integer[Any]] | Sequence[int] | None = None
+    ) -> None:
         """Silence the windows of ``slots`` (all when None): call it at episode starts."""
         index = None if slots is None else np.asarray(slots)
         if index is not None and index.dtype != np.bool_:
@@ -921,7 +925,7 @@ class ObservationAdapter:
             elif decl.kind == "symbolic_grid" and is_flat_grid_space(sub):
                 assert isinstance(sub, spaces.Box)
                 transforms[key] = GridTransform(
-                    key, sub.dtype.name, sub.shape, int(np.max(sub.high))
+                    key, cast(np.dtype, sub.dtype).name, sub.shape, int(np.max(sub.high))
                 )
                 modalities[key] = decl.encoder_string()
             elif decl.kind == "text" and (is_string_space(sub) or _is_byte_text(sub)):

@@ -13,7 +13,7 @@ import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -286,10 +286,12 @@ class Agent:
     @property
     def extractor(self) -> MultimodalExtractor:
         """The policy's multimodal features extractor."""
+        # DQN's policy keeps its extractor in q_net, a dynamic attribute of the policy.
         ext = (
-            getattr(self.policy, "features_extractor", None) or self.policy.q_net.features_extractor
-        )  # type: ignore[union-attr]
-        return ext  # type: ignore[return-value]
+            getattr(self.policy, "features_extractor", None)
+            or cast(torch.nn.Module, self.policy.q_net).features_extractor
+        )
+        return cast(MultimodalExtractor, ext)
 
     @contextlib.contextmanager
     def dropped(self, modalities: Sequence[str]) -> Iterator[None]:

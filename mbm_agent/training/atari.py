@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, SupportsFloat
+from typing import Any, SupportsFloat, cast
 
 import gymnasium as gym
 import numpy as np
@@ -90,7 +90,7 @@ def grey_resize(frame: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
     return np.asarray(grey.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
 
 
-class AtariSoundPreprocessing(gym.Wrapper[dict[str, Any], np.int64, dict[str, Any], np.int64]):
+class AtariSoundPreprocessing(gym.Wrapper[dict[str, Any], np.int64, dict[str, Any], Any]):
     """SB3's ``AtariWrapper`` and RL Zoo's frame stack for ALE's frame + sound observation.
 
     Args:
@@ -143,9 +143,10 @@ class AtariSoundPreprocessing(gym.Wrapper[dict[str, Any], np.int64, dict[str, An
         self.frame_stack = frame_stack
         self.terminal_on_life_loss = bool(terminal_on_life_loss)
         self.clip_reward = bool(clip_reward)
+        # ALE's AtariEnv method, beyond gymnasium.Env's API.
         meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
         self.fire_reset = bool(fire_reset) and len(meanings) >= 3 and meanings[1] == "FIRE"
-        self.chunk = int(space["sound"].shape[0])
+        self.chunk = int(cast(tuple[int, ...], space["sound"].shape)[0])
         self.observation_space = spaces.Dict(
             {
                 "image": spaces.Box(0, 255, (frame_size, frame_size, frame_stack), np.uint8),
@@ -160,6 +161,7 @@ class AtariSoundPreprocessing(gym.Wrapper[dict[str, Any], np.int64, dict[str, An
 
     # -- helpers ------------------------------------------------------------------
     def _lives_now(self) -> int:
+        # ALE's AtariEnv.ale, beyond gymnasium.Env's API.
         return int(self.env.unwrapped.ale.lives())  # type: ignore[attr-defined]
 
     def _push(self, frame: NDArray[np.uint8]) -> dict[str, NDArray[np.uint8]]:
@@ -279,7 +281,8 @@ def make_atari_sound_env(
         repeat_action_probability=0.0,
         full_action_space=False,
         max_num_frames_per_episode=max_frames,
-        render_mode=render_mode,
+        # ALE annotates render_mode as a Literal; it checks the value itself.
+        render_mode=render_mode,  # type: ignore[arg-type]
         sound_obs=True,
     )
     return AtariSoundPreprocessing(env, **preprocessing)

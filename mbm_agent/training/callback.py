@@ -145,7 +145,7 @@ class TrainerCallback(BaseCallback):
             self.checkpoint()
 
     def _recent(self) -> tuple[float, float, float]:
-        buf = self.model.ep_info_buffer or []
+        buf: Sequence[dict[str, Any]] = self.model.ep_info_buffer or []
         if not buf:
             return float("nan"), float("nan"), float("nan")
         rets = [e["r"] for e in buf]
@@ -224,12 +224,14 @@ class TrainerCallback(BaseCallback):
                 )
             old = model.env
             model.env = venv
-            model._last_obs = venv.reset()
+            # VecEnvObs allows tuples; ours are dicts or arrays (as SB3 assumes too).
+            model._last_obs = venv.reset()  # type: ignore[assignment]
             model._last_episode_starts = np.ones((venv.num_envs,), dtype=bool)
             if hasattr(model, "_last_state"):
                 model._last_state = None  # a memory starts empty in the new worlds
             if old is not None and old is not self.training_env:
                 old.close()  # a level's env of ours; the trainer closes its own
+            assert model.ep_info_buffer is not None  # learn() made it
             model.ep_info_buffer.clear()
             self._env_kwargs = kwargs
         row = {

@@ -17,14 +17,15 @@ import functools
 import json
 import multiprocessing as mp
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import gymnasium as gym
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
 import envs
 import mbm_agent.training.atari  # noqa: F401  (registers the mbm-atari/<Game>-v0 ids)
+from envs.core.env import GameEnv
 from envs.core.text import Vocabulary
 from envs.sb3 import SB3VecEnv
 from mbm_agent.encoding.config import DEFAULT_MODALITIES
@@ -89,7 +90,7 @@ def make_base_env(
             env = gym.make(env_id, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"env_kwargs: {exc}") from exc
-        return env, env.unwrapped.vocabulary  # type: ignore[attr-defined]
+        return env, cast(GameEnv, env.unwrapped).vocabulary
     try:
         if is_minigrid(env_id):
             env = make_minigrid_env(env_id, vocabulary, **kwargs)
@@ -246,10 +247,10 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
             venv: VecEnv = SB3VecEnv(cfg.env_id, cfg.n_envs, **cfg.env_kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"env_kwargs: {exc}") from exc
-        vocab = venv.venv.vocabulary  # type: ignore[attr-defined]
+        vocab = cast(SB3VecEnv, venv).venv.vocabulary
     else:
         factory = functools.partial(_single_env, cfg.env_id, cfg.env_kwargs, vocab, adapter)
-        fns = [factory] * cfg.n_envs
+        fns: list[Callable[[], gym.Env]] = [factory] * cfg.n_envs
         if cfg.vec_env == "async":
             venv = SubprocVecEnv(fns, start_method=async_start_method())
         else:

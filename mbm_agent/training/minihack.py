@@ -108,6 +108,7 @@ class NetHackConventions(gym.Wrapper[Any, Any, Any, Any]):
             self._seeds = np.random.default_rng(seed)
         if self._seeds is not None:
             core, disp = (int(s) for s in self._seeds.integers(0, _MAX_SEED, 2))
+            # NLE's own seed method, beyond gymnasium.Env's API.
             self.env.unwrapped.seed(core, disp, reseed=False)  # type: ignore[attr-defined]
         return self.env.reset(seed=seed, options=options)
 
@@ -117,6 +118,7 @@ class NetHackConventions(gym.Wrapper[Any, Any, Any, Any]):
         if terminated or truncated:
             info = dict(info)
             status = info.get("end_status")
+            # MiniHack's StepStatus enum, beyond gymnasium.Env's API (MiniHack is untyped).
             done_ok = self.env.unwrapped.StepStatus.TASK_SUCCESSFUL  # type: ignore[attr-defined]
             info["is_success"] = bool(status is not None and int(status) == int(done_ok))
         return obs, reward, terminated, truncated, info

@@ -380,7 +380,8 @@ def space_from_dict(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # float64 -> float32 precision notes
-                return spaces.Box(low.astype(dtype), high.astype(dtype), shape, dtype)
+                # Gymnasium annotates dtype as a scalar class; it takes any np.dtype.
+                return spaces.Box(low.astype(dtype), high.astype(dtype), shape, dtype)  # type: ignore[arg-type]
         except (ValueError, TypeError, OverflowError) as exc:
             raise _space_error(where, f"not a valid Box ({exc})") from exc
     if kind == "Discrete":
@@ -396,11 +397,12 @@ def space_from_dict(
         dtype_name = data.get("dtype", "int64")
         if not isinstance(dtype_name, str) or dtype_name not in ("int32", "int64"):
             raise _space_error(where, f"dtype must be int32 or int64, got {dtype_name!r}")
-        return spaces.MultiDiscrete(np.array(values), dtype=np.dtype(dtype_name))
+        # Gymnasium annotates dtype as a str or scalar class; it takes any np.dtype.
+        return spaces.MultiDiscrete(np.array(values), dtype=np.dtype(dtype_name))  # type: ignore[arg-type]
     if kind == "MultiBinary":
-        n = data.get("n")
-        shape = _shape(n if isinstance(n, list) else [n], where)
-        return spaces.MultiBinary(list(shape) if isinstance(n, list) else shape[0])
+        n_field = data.get("n")
+        shape = _shape(n_field if isinstance(n_field, list) else [n_field], where)
+        return spaces.MultiBinary(list(shape) if isinstance(n_field, list) else shape[0])
     raise _space_error(
         where,
         f"Unknown space type {kind!r} (known: Box, Discrete, MultiDiscrete, MultiBinary, Dict)",
@@ -559,11 +561,13 @@ def optimizer_from_tensors(
         ) from exc
     for group in optimizer.param_groups:
         for name in ("lr", "eps", "weight_decay"):
-            value = group.get(name)
+            setting = group.get(name)
             if name in group and (
-                isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+                isinstance(setting, bool)
+                or not isinstance(setting, int | float)
+                or not setting >= 0
             ):
                 raise ModelFileError(
                     f"{where}: param_groups field {name!r} must be a number >= 0, got "
-                    f"{value!r}; {RESTORE_HINT}."
+                    f"{setting!r}; {RESTORE_HINT}."
                 )

@@ -153,7 +153,7 @@ def init_policy_from(model: BaseAlgorithm, cfg: TrainConfig, vocab: Vocabulary |
                 f"policy_kwargs.net_arch=[...]) or pick another source."
             )
     load_module(model_dir / "model.safetensors", model.policy)
-    if hasattr(model, "q_net_target"):
+    if hasattr(model, "q_net_target") and hasattr(model, "q_net"):  # DQN's pair
         model.q_net_target.load_state_dict(model.q_net.state_dict())
     return model_dir
 
@@ -449,7 +449,7 @@ def record_gif(agent: Agent, cfg: TrainConfig, path: Path, episodes: int) -> Pat
         actor.reset()
         done = False
         while not done:
-            frame = env.render()
+            frame: Any = env.render()
             if frame is not None:
                 frames.append(np.asarray(frame))
             action = actor({k: np.asarray(v)[None] for k, v in obs.items()})[0]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -298,6 +298,6 @@ def make_minigrid_env(
         env = RenameObservationKeys(env, {"image": grid_key})
     if not keep_direction:
         env = gym.wrappers.FilterObservation(
-            env, [k for k in env.observation_space.spaces if k != "direction"]
+            env, [k for k in cast(spaces.Dict, env.observation_space).spaces if k != "direction"]
         )
     return env

@@ -201,6 +201,7 @@ def evaluations_html(run_dir: Path) -> str:
             '<p class="muted">No evaluation yet: <code>mbm-agent eval RUN</code> writes '
             "eval.json.</p>"
         )
+    baselines: dict[str, Any]
     rows, baselines, level = [], {}, 95
     for path in files:
         try:

@@ -577,7 +577,7 @@ class Panel:
             if modality == "image" and _is_frame(value):
                 frames[key] = png_data_uri(value)
         try:
-            rendered = self.env.render()
+            rendered: Any = self.env.render()
         except (NotImplementedError, gym.error.Error, TypeError, ValueError):
             rendered = None  # an env that cannot draw itself: the observed frame only
         topdown = (
@@ -668,7 +668,7 @@ class Session:
                 # A person's action goes to every panel playing a game with the same
                 # actions; a panel on another game keeps its agent.
                 person = action is not None and panel.actions == first
-                panel.step(int(action) if person else None)
+                panel.step(int(action) if person and action is not None else None)
         elif op == "reset":
             seed = message.get("seed")
             self.seed = int(seed) if seed is not None else self.seed + 1000

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import keras
 import numpy as np
@@ -95,7 +95,8 @@ class _ConvTrunk(keras.layers.Layer):
         self.convs = []
         for conv in template.convs:
             assert isinstance(conv, nn.Conv2d)
-            k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            # Our convs pad by integers (nn.Conv2d also allows "same"/"valid" strings).
+            k, s, p = conv.kernel_size[0], conv.stride[0], cast(tuple[int, ...], conv.padding)[0]
             if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
                 raise UnsupportedPolicyError(
                     f"Only square kernels and strides are mirrored: {conv}."
@@ -634,7 +635,7 @@ class KerasConcatFusion(KerasFusion):
         return self.head(ops.concatenate([embeddings[k] for k in self.keys], axis=1))
 
     def _ties(self, name: str, template: ConcatFusion) -> list[Tie]:
-        return linear_ties(f"{name}.head.0", self.head, template.head[0])
+        return linear_ties(f"{name}.head.0", self.head, cast(nn.Linear, template.head[0]))
 
 
 class KerasFilmFusion(KerasConcatFusion):
@@ -650,7 +651,10 @@ class KerasFilmFusion(KerasConcatFusion):
             self.condition_keys = list(template.condition_keys)
             cond_dim = sum(self.dims[k] for k in self.condition_keys)
             self.generators = {
-                key: [_dense(layer.out_features, cond_dim) for layer in layers]  # type: ignore[union-attr]
+                key: [
+                    _dense(cast(nn.Linear, layer).out_features, cond_dim)
+                    for layer in cast(nn.ModuleList, layers)
+                ]
                 for key, layers in template.generators.items()
             }
         # A flat list too: TensorFlow's checkpoint tracking does not see layers in a
@@ -670,11 +674,13 @@ class KerasFilmFusion(KerasConcatFusion):
             out[key] = params
         return out
 
-    def _ties(self, name: str, template: FilmFusion) -> list[Tie]:
+    # A mirror's template is always its own `mirrors` class (a FilmFusion here), which
+    # narrows KerasConcatFusion's ConcatFusion.
+    def _ties(self, name: str, template: FilmFusion) -> list[Tie]:  # type: ignore[override]
         out = super()._ties(name, template)
         for key, layers in self.generators.items():
             for i, layer in enumerate(layers):
-                torch_layer = template.generators[key][i]  # type: ignore[index]
+                torch_layer = cast(nn.Linear, cast(nn.ModuleList, template.generators[key])[i])
                 out += linear_ties(f"{name}.generators.{key}.{i}", layer, torch_layer)
         return out
 
@@ -708,14 +714,14 @@ class KerasAttentionFusion(KerasFusion):
     def _ties(self, name: str, template: AttentionFusion) -> list[Tie]:
         out: list[Tie] = []
         for key, layer in self.proj.items():
-            out += linear_ties(f"{name}.proj.{key}", layer, template.proj[key])  # type: ignore[arg-type]
+            out += linear_ties(f"{name}.proj.{key}", layer, cast(nn.Linear, template.proj[key]))
         return [
             *out,
             direct_tie(f"{name}.modality", self.modality, template.modality),
             direct_tie(f"{name}.summary", self.summary, template.summary),
             *self.layer.ties(f"{name}.layer", template.layer),
-            *layernorm_ties(f"{name}.head.0", self.norm, template.head[0]),  # type: ignore[arg-type]
-            *linear_ties(f"{name}.head.1", self.head, template.head[1]),  # type: ignore[arg-type]
+            *layernorm_ties(f"{name}.head.0", self.norm, cast(nn.LayerNorm, template.head[0])),
+            *linear_ties(f"{name}.head.1", self.head, cast(nn.Linear, template.head[1])),
         ]
 
 
@@ -726,7 +732,7 @@ class KerasGatedFusion(KerasFusion):
 
     def __init__(self, template: GatedFusion, **kwargs: Any) -> None:
         super().__init__(template, **kwargs)
-        hidden = int(template.proj[self.keys[0]].out_features)  # type: ignore[union-attr]
+        hidden = cast(nn.Linear, template.proj[self.keys[0]]).out_features
         self.proj = {k: _dense(hidden, d) for k, d in self.dims.items()}
         self.gate = _dense(len(self.keys), sum(self.dims.values()))
         self.head = _dense(template.features_dim, hidden, "relu")
@@ -743,11 +749,11 @@ class KerasGatedFusion(KerasFusion):
     def _ties(self, name: str, template: GatedFusion) -> list[Tie]:
         out: list[Tie] = []
         for key, layer in self.proj.items():
-            out += linear_ties(f"{name}.proj.{key}", layer, template.proj[key])  # type: ignore[arg-type]
+            out += linear_ties(f"{name}.proj.{key}", layer, cast(nn.Linear, template.proj[key]))
         return [
             *out,
             *linear_ties(f"{name}.gate", self.gate, template.gate),
-            *linear_ties(f"{name}.head.0", self.head, template.head[0]),  # type: ignore[arg-type]
+            *linear_ties(f"{name}.head.0", self.head, cast(nn.Linear, template.head[0])),
         ]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import keras
 import tensorflow as tf
@@ -146,7 +146,9 @@ def _arch_from_net(net: PolicyNetwork) -> _Arch:
 def _build_model(arch: _Arch, name: str) -> Any:
     space = arch.encoder.observation_space
     inputs = {
-        key: keras.Input(shape=tuple(space[key].shape), dtype=str(space[key].dtype), name=key)
+        key: keras.Input(
+            shape=cast(tuple[int, ...], space[key].shape), dtype=str(space[key].dtype), name=key
+        )
         for key in arch.encoder.keys
     }
     encoder = KerasMultimodalEncoder(template=arch.encoder, name="mbm_encoder")

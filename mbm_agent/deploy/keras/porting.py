@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -93,7 +93,8 @@ def conv_ties(name: str, conv: Any, torch_conv: nn.Conv2d) -> list[Tie]:
             lambda w: w.transpose(2, 3, 1, 0),
             lambda k: (k.transpose(3, 2, 0, 1),),
         ),
-        direct_tie(f"{name}.bias", conv.bias, torch_conv.bias),
+        # Our convs all have a bias (nn.Conv2d types it Optional).
+        direct_tie(f"{name}.bias", conv.bias, cast(torch.Tensor, torch_conv.bias)),
     ]
 
 
@@ -134,11 +135,15 @@ def gru_ties(name: str, gru: Any, torch_gru: nn.GRU) -> list[Tie]:
         name,
         gru.cell,
         torch_gru.hidden_size,
-        (
-            torch_gru.weight_ih_l0,
-            torch_gru.weight_hh_l0,
-            torch_gru.bias_ih_l0,
-            torch_gru.bias_hh_l0,
+        # nn.GRU's per-layer parameters are dynamic attributes (typed Tensor | Module).
+        cast(
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+            (
+                torch_gru.weight_ih_l0,
+                torch_gru.weight_hh_l0,
+                torch_gru.bias_ih_l0,
+                torch_gru.bias_hh_l0,
+            ),
         ),
         ("weight_ih_l0", "weight_hh_l0"),
     )

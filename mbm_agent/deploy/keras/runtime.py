@@ -175,5 +175,5 @@ def load_tflite(path: str | os.PathLike[str], num_threads: int | None = None) ->
         return runner_fn(**obs)
 
     runner = PolicyRunner(inputs, run, f"the TFLite model {path}")
-    runner._interpreter = interpreter  # type: ignore[attr-defined]
+    runner._interpreter = interpreter  # type: ignore[attr-defined]  # keep it alive
     return runner
