@@ -33,11 +33,14 @@ def untrained(fusion: str) -> LoadedRun:
 
 
 def test_probabilities_and_value_match_the_policy_network_and_the_agent() -> None:
-    run = loaded("GoToObject")
+    run = loaded("GoToObject")  # a memory policy: its first step starts from a zero state
     panel = Panel(run, seed=3)
     obs = {k: torch.as_tensor(np.asarray(v)[None]) for k, v in panel.obs.items()}
     with torch.no_grad():
-        action, logits, value = run.network(obs)
+        if run.network.memory:
+            action, logits, value, _ = run.network(obs, run.network.initial_state(1))
+        else:
+            action, logits, value = run.network(obs)
     np.testing.assert_allclose(panel.analysis.probs, torch.softmax(logits, 1)[0].numpy(), atol=1e-5)
     assert panel.analysis.value == pytest.approx(float(value[0]), abs=1e-5)
     assert (
