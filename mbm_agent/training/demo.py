@@ -16,7 +16,7 @@ DEMO_ENV = "mbm/FindSound-v0"
 #: The success rate the full demo must reach on held-out seeds.
 DEMO_BAR = 0.90
 DEMO_OVERRIDES: dict[str, object] = {
-    "steps": 400_000,
+    "steps": 150_000,
     "eval_every": 50_000,
     "eval_episodes": 64,
     "final_eval_episodes": 200,
