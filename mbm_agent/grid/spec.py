@@ -120,7 +120,7 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         "mbm/SoundMaze-v0",
         ("text", "audio"),
         1 / 3,
-        500_000,
+        1_000_000,
         "3 identical objects; the text names a sound, the audio says where it is",
         BCRecipe(8_000, 0.2, 8),
         sampled=True,
