@@ -30,18 +30,10 @@ from numpy.typing import NDArray
 
 from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.game import BatchedGame, Obs, check_int_arg, frame_size_arg
+from envs.core.render import COLOUR_NAMES, COLOURS
 from envs.core.text import Vocabulary
 
-#: Door colours: names and RGB.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (230, 40, 40),
-    "green": (40, 200, 60),
-    "blue": (50, 90, 240),
-    "yellow": (240, 220, 40),
-    "purple": (170, 60, 220),
-    "orange": (250, 140, 20),
-}
-COLOUR_NAMES = tuple(COLOURS)
+#: Door colours: the games' own (names and RGB, envs/core/render.py).
 PALETTE = np.array(list(COLOURS.values()), dtype=np.uint8)
 #: Ways of asking; ``{c}`` is the colour.
 TEMPLATES = ("take me to the {c} floor", "the {c} door please", "{c} floor")
