@@ -477,15 +477,7 @@ class WaveformTransform:
 
     def check_space(self, space: spaces.Space[Any]) -> None:
         """Raise if ``space`` is not the raw space this transform was built for."""
-        if (
-            not isinstance(space, spaces.Box)
-            or space.shape != self.shape
-            or space.dtype != self.dtype
-        ):
-            raise ValueError(
-                f"Observation key {self.key!r} has space {space}, but this policy hears it as "
-                f"{self.describe_input()}; was it trained on another env or chunk length?"
-            )
+        _check_raw_box(self, space, "hears", "another env or chunk length")
 
     def describe_input(self) -> str:
         """What the raw input is."""
@@ -690,15 +682,7 @@ class GridTransform:
 
     def check_space(self, space: spaces.Space[Any]) -> None:
         """Raise if ``space`` is not the raw space this transform was built for."""
-        if (
-            not isinstance(space, spaces.Box)
-            or space.shape != self.shape
-            or space.dtype != self.dtype
-        ):
-            raise ValueError(
-                f"Observation key {self.key!r} has space {space}, but this policy reads it as "
-                f"{self.describe_input()}; was it trained on another env?"
-            )
+        _check_raw_box(self, space, "reads", "another env")
 
     def describe_input(self) -> str:
         """What the raw input is."""
@@ -759,6 +743,24 @@ LIMITS: dict[str, int] = {
     "shape": 2**22,
     "high": 2**20,
 }
+
+
+def _check_raw_box(
+    transform: WaveformTransform | GridTransform,
+    space: spaces.Space[Any],
+    verb: str,
+    trained_on: str,
+) -> None:
+    """Raise unless ``space`` is the Box (shape, dtype) a transform was built for."""
+    if (
+        not isinstance(space, spaces.Box)
+        or space.shape != transform.shape
+        or space.dtype != transform.dtype
+    ):
+        raise ValueError(
+            f"Observation key {transform.key!r} has space {space}, but this policy {verb} it as "
+            f"{transform.describe_input()}; was it trained on {trained_on}?"
+        )
 
 
 def _bounded(data: Mapping[str, Any], name: str) -> int:
