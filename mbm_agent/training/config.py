@@ -1,8 +1,10 @@
 """Typed training configuration: defaults, per-environment YAML, file and CLI overrides.
 
 Precedence (later wins): the dataclass defaults, ``mbm_agent/configs/default.yaml``,
-the environment's own YAML (``configs/<env id with / replaced by _>.yaml``), a
-``--config FILE``, then command-line flags and ``--set``. The resolved config is
+the environment family's YAML (``configs/families/<family>.yaml``, e.g. ``BabyAI.yaml``
+for every ``BabyAI-*`` id; :func:`env_family`), the environment's own YAML
+(``configs/<env id with / replaced by _>.yaml``), a ``--config FILE``, then
+command-line flags and ``--set``. The resolved config is
 saved with every run as ``config.yaml`` and ``config.json``.
 
 This module owns the configuration's names and checks: the top-level aliases
@@ -467,17 +469,32 @@ def env_defaults_path(env_id: str) -> Path:
     return CONFIG_DIR / f"{env_id.replace('/', '_')}.yaml"
 
 
+def env_family(env_id: str) -> str:
+    """The family whose defaults an id shares: its namespace, else its name's first word.
+
+    ``mbm-atari/Seaquest-v0`` -> ``mbm-atari``; ``BabyAI-GoToRedBall-v0`` ->
+    ``BabyAI``; ``my_pkg.envs:Lift-v0`` -> ``Lift`` (the module is not part of it).
+    """
+    name = env_id.split(":")[-1]
+    return name.split("/")[0] if "/" in name else name.split("-")[0]
+
+
+def env_defaults_files(env_id: str) -> list[Path]:
+    """The YAML defaults of ``env_id`` that exist, in the order they apply (family, then own)."""
+    candidates = [CONFIG_DIR / "families" / f"{env_family(env_id)}.yaml", env_defaults_path(env_id)]
+    return [path for path in candidates if path.is_file()]
+
+
 def resolve_config(
     env_id: str,
     *,
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults <- default.yaml <- env YAML <- ``config_file`` <- ``overrides``."""
+    """Defaults <- default.yaml <- family and env YAML <- ``config_file`` <- ``overrides``."""
     default_file = CONFIG_DIR / "default.yaml"
     data: dict[str, Any] = expand_aliases(_read_yaml(default_file), str(default_file))
-    env_file = env_defaults_path(env_id)
-    if env_file.is_file():
+    for env_file in env_defaults_files(env_id):
         data = merge(data, expand_aliases(_read_yaml(env_file), str(env_file)))
     if config_file is not None:
         path = Path(config_file)

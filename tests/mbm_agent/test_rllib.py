@@ -205,7 +205,8 @@ def test_env_creator_tokenises_minigrid_missions() -> None:
     assert module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS].shape == (1, 7)
 
     # And through RLlib: a third-party id is vectorised with SyncVectorEnv copies.
-    cfg = ppo_config("BabyAI-GoToObj-v0", num_env_runners=0, num_envs_per_env_runner=2)
+    # memory=0: configs/families/BabyAI.yaml asks for a memory this module lacks.
+    cfg = ppo_config("BabyAI-GoToObj-v0", num_env_runners=0, num_envs_per_env_runner=2, memory=0)
     assert cfg.gym_env_vectorize_mode == "sync"
     runner = SingleAgentEnvRunner(config=cfg)
     try:

@@ -84,6 +84,53 @@ def test_each_layer_overrides_the_one_before(config_dir: Path, tmp_path: Path) -
     assert (cfg.encoder.fusion, cfg.encoder.features_dim) == ("film", 32)
 
 
+@pytest.mark.parametrize(
+    ("env_id", "family"),
+    [
+        ("BabyAI-GoToRedBall-v0", "BabyAI"),
+        ("MiniGrid-Empty-5x5-v0", "MiniGrid"),
+        ("mbm-atari/Seaquest-v0", "mbm-atari"),
+        ("mbm/GoToObject-v0", "mbm"),
+        ("my_pkg.envs:Lift-v0", "Lift"),
+        ("CartPole-v1", "CartPole"),
+    ],
+)
+def test_env_family_is_the_namespace_or_the_names_first_word(env_id: str, family: str) -> None:
+    assert config_module.env_family(env_id) == family
+
+
+def test_a_family_yaml_sits_between_default_and_the_envs_own(
+    config_dir: Path, tmp_path: Path
+) -> None:
+    """default.yaml < families/<family>.yaml < the env's YAML < --config < flags."""
+    (config_dir / "families").mkdir()
+    _write(
+        config_dir / "families" / "BabyAI.yaml",
+        {"n_envs": 8, "steps": 5000, "hyperparams": {"ppo": {"n_steps": 32, "memory": 64}}},
+    )
+    cfg = resolve_config("BabyAI-GoToRedBall-v0")
+    assert (cfg.n_envs, cfg.steps) == (8, 5000)
+    assert cfg.algo_kwargs == {"n_steps": 32, "gamma": 0.9, "memory": 64}
+    # Another family, and an id that only starts like one, do not get it.
+    assert resolve_config("MiniGrid-Empty-5x5-v0").n_envs == 16
+    assert resolve_config("BabyAIX-GoTo-v0").n_envs == 16
+
+    _write(config_dir / "BabyAI-PickupLoc-v0.yaml", {"n_envs": 4})
+    cfg = resolve_config("BabyAI-PickupLoc-v0")
+    assert (cfg.n_envs, cfg.steps) == (4, 5000)  # its own YAML wins, the family's fills in
+    user = _write(tmp_path / "user.yaml", {"steps": 7})
+    assert resolve_config("BabyAI-PickupLoc-v0", config_file=user).steps == 7
+    assert resolve_config("BabyAI-PickupLoc-v0", overrides={"n_envs": 2}).n_envs == 2
+
+
+def test_the_shipped_family_files_are_valid_configs() -> None:
+    families = sorted((config_module.CONFIG_DIR / "families").glob("*.yaml"))
+    assert families, "no family defaults shipped"
+    for path in families:
+        cfg = resolve_config(f"{path.stem}-Any-v0")
+        assert cfg.env_id == f"{path.stem}-Any-v0"
+
+
 def test_the_algorithm_picks_its_hyperparameters(config_dir: Path) -> None:
     cfg = resolve_config(ENV, overrides={"algo": "a2c"})
     assert cfg.algo_kwargs == {"n_steps": 8}

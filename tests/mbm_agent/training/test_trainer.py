@@ -144,7 +144,7 @@ def test_babyai_trains_with_a_tokenised_mission(tmp_path: Path) -> None:
     )
     result = train(cfg, progress=False)
     run = result.run_dir
-    assert run.name == "BabyAI-GoToObj-ppo-concat-s0"
+    assert run.name == "BabyAI-GoToObj-ppo-film-s0"  # configs/families/BabyAI.yaml: FiLM
     assert result.num_timesteps == 256
     assert result.report is not None
     assert result.report["baselines"] == {}  # no expert/random baselines outside our games
