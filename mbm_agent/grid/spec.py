@@ -52,7 +52,8 @@ class GameSpec:
             ``mask-<key>`` variant trains without it).
         chance: Success rate the design implies without a required modality (None
             for third-party games, whose design does not say).
-        steps: Training budget per run.
+        steps: Training budget per run when the grid's differs from the game's config
+            (None, the default: the config's ``steps``, read by :meth:`budget`).
         note: Why the chance level is what it is (or what the key carries).
         bc: The ``bc-ppo`` recipe, for games PPO does not learn from scratch
             within the budget.
@@ -71,7 +72,7 @@ class GameSpec:
     env_id: str
     required: tuple[str, ...]
     chance: float | None
-    steps: int
+    steps: int | None = None
     note: str = ""
     bc: BCRecipe | None = None
     sampled: bool = False
@@ -85,6 +86,10 @@ class GameSpec:
         """
         return resolve_config(self.env_id).encoder_config()
 
+    def budget(self) -> int:
+        """Training steps per run: :attr:`steps`, else the game's own config's ``steps``."""
+        return self.steps if self.steps is not None else resolve_config(self.env_id).steps
+
     @property
     def headline(self) -> str:
         """Report (file stem) the summary scores: :data:`SAMPLED` or greedy ``eval``."""
@@ -96,33 +101,30 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         "mbm/ModalityProbe-v0",
         ("image",),
         0.25,
-        10_000,
+        10_000,  # half its config's: PPO learns it in ~3k steps (test_probe_learning)
         "cue=image: one of 4 answers is shown only in the frame",
     ),
     "mbm/FindSound-v0": GameSpec(
         "mbm/FindSound-v0",
         ("audio",),
         1 / 3,
-        300_000,
-        "3 look-alike objects; only the sound says which one to reach",
+        note="3 look-alike objects; only the sound says which one to reach",
         sampled=True,
     ),
     "mbm/GoToObject-v0": GameSpec(
         "mbm/GoToObject-v0",
         ("text",),
         1 / 3,
-        500_000,
-        "3 objects; only the instruction says which one to reach",
-        BCRecipe(10_000, 0.2, 10),
+        note="3 objects; only the instruction says which one to reach",
+        bc=BCRecipe(10_000, 0.2, 10),
         sampled=True,
     ),
     "mbm/SoundMaze-v0": GameSpec(
         "mbm/SoundMaze-v0",
         ("text", "audio"),
         1 / 3,
-        1_000_000,
-        "3 identical objects; the text names a sound, the audio says where it is",
-        BCRecipe(8_000, 0.2, 8),
+        note="3 identical objects; the text names a sound, the audio says where it is",
+        bc=BCRecipe(8_000, 0.2, 8),
         sampled=True,
     ),
 }
@@ -135,7 +137,7 @@ THIRD_PARTY_GAMES: dict[str, GameSpec] = {
         "mbm-atari/Seaquest-v0",
         ("sound",),
         None,
-        250_000,
+        250_000,  # 1M emulator frames, a quarter of its config's: 3 seeds of each variant
         "the sound carries the low-oxygen alarm (the frame: a thin bar); scored on full "
         "games with raw points, as RL Zoo's",
         sampled=True,
@@ -146,8 +148,7 @@ THIRD_PARTY_GAMES: dict[str, GameSpec] = {
         "MiniHack-Eat-v0",
         ("message",),
         None,
-        500_000,
-        "the message asks 'eat it? [ynq]', and says when y (also a move) answers it",
+        note="the message asks 'eat it? [ynq]', and says when y (also a move) answers it",
         sampled=True,
         extra="minihack",
     ),
@@ -284,7 +285,7 @@ def default_steps(game: GameSpec, variant: str) -> int:
     if uses_bc(game, variant):
         assert game.bc is not None
         return game.bc.ppo_steps
-    return game.steps
+    return game.budget()
 
 
 def grid_evaluations(cell: Cell) -> list[tuple[str, tuple[str, ...], bool]]:

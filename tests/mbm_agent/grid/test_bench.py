@@ -98,6 +98,16 @@ def eval_mtimes(root: Path) -> dict[str, int]:
 
 
 # -- build_grid ---------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", list(ALL_GAMES))
+def test_a_games_budget_is_its_configs_unless_the_grid_sets_its_own(env_id: str) -> None:
+    game = ALL_GAMES[env_id]
+    config_steps = resolve_config(env_id).steps
+    assert game.budget() == (config_steps if game.steps is None else game.steps)
+    if env_id in ("mbm/FindSound-v0", "mbm/GoToObject-v0", "mbm/SoundMaze-v0"):
+        # The from-scratch games' budget is decided once, in their config.
+        assert game.steps is None
+
+
 @pytest.mark.parametrize("env_id", list(REFERENCE_GAMES))
 def test_build_grid_cells_and_overrides(env_id: str) -> None:
     game = REFERENCE_GAMES[env_id]
@@ -114,7 +124,7 @@ def test_build_grid_cells_and_overrides(env_id: str) -> None:
         o = cell.overrides
         assert o["seed"] == cell.seed
         bc_recipe = game.bc is not None and cell.variant == "bc-ppo"
-        assert o["steps"] == (game.bc.ppo_steps if bc_recipe else game.steps)
+        assert o["steps"] == (game.bc.ppo_steps if bc_recipe else game.budget())
         # A cell names only what its variant changes; the encoder is the game's config's.
         assert "encoder" not in o
         if cell.variant == "bc-ppo":
@@ -155,7 +165,7 @@ def test_build_grid_cells_resolve_to_the_configs_they_name() -> None:
             assert cfg.algo_kwargs["memory"] == 0 and cfg.algo_kwargs["aux_reward_coef"] == 0
             assert cfg.modalities == {} and cfg.curriculum == {}
             continue
-        assert cfg.seed == 0 and cfg.steps == cell.game.steps
+        assert cfg.seed == 0 and cfg.steps == cell.game.budget()
         own = resolve_config(cell.game.env_id)  # the game's own config (the default command)
         if cell.variant == "sb3-default":
             assert (cfg.extractor, cfg.fusion) == ("sb3", "sb3-default")

@@ -49,7 +49,7 @@ def test_cells_of_a_third_party_game_resolve_to_its_config(env_id: str, key: str
     game = THIRD_PARTY_GAMES[env_id]
     full = resolve_config(env_id, overrides=dict(cells[0].overrides))
     masked = resolve_config(env_id, overrides=dict(cells[2].overrides))
-    assert full.steps == masked.steps == game.steps
+    assert full.steps == masked.steps == game.budget()
     assert full.encoder_config() == masked.encoder_config() == game.encoder()
     assert masked.modalities[key] == "ignore"
     assert full.modalities.get(key, "") != "ignore"
