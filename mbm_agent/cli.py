@@ -210,6 +210,13 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="which saved policy of the run (default best)",
     )
     p.add_argument("--n-envs", type=int, default=32, help="episodes played in parallel")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torch threads (default 0: as train picks them, see training/threads.py)",
+    )
     p.add_argument("--out", type=Path, help="folder for the report (default: the run folder)")
     p.add_argument(
         "--name",
@@ -219,9 +226,12 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from mbm_agent.evaluation import evaluate_agent, report_markdown, write_report
     from mbm_agent.training.agent import load_agent
     from mbm_agent.training.config import check_name
+    from mbm_agent.training.threads import torch_threads_for
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}.")
@@ -232,6 +242,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"--out {args.out} is a file; --out takes a folder (the report is written as "
             "NAME.json and NAME.md in it)."
         )
+    if args.torch_threads < 0:
+        raise ConfigError(f"--torch-threads must be >= 0 (0: automatic), got {args.torch_threads}.")
+    torch.set_num_threads(torch_threads_for(args.torch_threads))
     agent = load_agent(args.run, args.which)
     report = evaluate_agent(
         agent,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from runs_helpers import (
     ENV,
@@ -205,7 +206,12 @@ def test_eval_drop_modality_writes_its_own_report(
     run = copy_tree(run0, tmp_path / "run")
     before = (run / "eval.json").read_bytes()
     argv = ["eval", str(run), "--episodes", "6", "--drop-modality", "text", "--which", "final"]
-    assert main(argv) == 0, capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        assert main([*argv, "--torch-threads", "2"]) == 0, capsys.readouterr().err
+        assert torch.get_num_threads() == 2  # as train's --torch-threads
+    finally:
+        torch.set_num_threads(threads)
     assert "eval-drop-text.json" in capsys.readouterr().out
     report = json.loads((run / "eval-drop-text.json").read_text())
     assert report["meta"]["drop_modalities"] == ["text"]
@@ -234,6 +240,14 @@ def test_eval_missing_run_is_a_clear_error(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "nope" in err and "does not exist" in err
+
+
+def test_eval_negative_torch_threads_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", str(tmp_path / "nope"), "--torch-threads", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--torch-threads must be >= 0" in err and "-1" in err
 
 
 # -- compare ----------------------------------------------------------------------------
