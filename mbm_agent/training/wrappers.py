@@ -23,6 +23,8 @@ evaluation and export.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -255,6 +257,20 @@ class RenameObservationKeys(gym.ObservationWrapper):
         return {self.mapping.get(k, k): v for k, v in observation.items()}
 
 
+class QuietLevelGeneration(gym.Wrapper[Any, Any, Any, Any]):
+    """Swallow what a BabyAI level prints while it generates a level in ``reset``.
+
+    BabyAI's level generator prints ``Sampling rejected: ...`` each time it redraws a
+    level (thousands of lines per training run, over the progress bar). Only the
+    standard output of ``reset`` is captured; warnings and errors still show.
+    """
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Reset the wrapped env with its standard output captured and dropped."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self.env.reset(**kwargs)
+
+
 def make_minigrid_env(
     env_id: str,
     vocabulary: Vocabulary | None = None,
@@ -269,6 +285,7 @@ def make_minigrid_env(
     The 7x7x3 (object, colour, state) grid becomes ``grid_key`` (``symbolic_grid``
     by default), the mission becomes ``text`` token ids, and ``direction``
     (Discrete(4)) is kept as a vector key unless ``keep_direction`` is False.
+    BabyAI's level-generation messages are silenced (:class:`QuietLevelGeneration`).
 
     Args:
         env_id: A registered MiniGrid id, e.g. ``"BabyAI-GoToObj-v0"``.
@@ -291,7 +308,7 @@ def make_minigrid_env(
         raise ImportError(
             "MiniGrid environments need the 'minigrid' package: pip install 'mbm-agent[minigrid]'."
         ) from exc
-    env = gym.make(env_id, **make_kwargs)
+    env: gym.Env[Any, Any] = QuietLevelGeneration(gym.make(env_id, **make_kwargs))
     # The grid is renamed just below (or, kept as "image", declared by the caller).
     env = TokenizeMission(env, vocabulary, max_len=max_len, warn_grid=False)
     if grid_key != "image":

@@ -188,3 +188,19 @@ def test_the_readmes_minigrid_declaration_names_a_key_minigrid_has():
     (key,) = re.findall(r'modalities=\{"(\w+)": "symbolic_grid"\}` for MiniGrid', readme)
     space = gym.make("BabyAI-GoToObj-v0").observation_space
     assert key in space.spaces and space[key].shape == (7, 7, 3)
+
+
+def test_babyai_level_generation_messages_are_silenced(capsys: pytest.CaptureFixture[str]) -> None:
+    raw = gym.make("BabyAI-GoToRedBall-v0")
+    for seed in range(100):
+        raw.reset(seed=seed)
+    assert "Sampling rejected" in capsys.readouterr().out  # what BabyAI prints by itself
+
+    env = make_minigrid_env("BabyAI-GoToRedBall-v0")
+    for seed in range(100):
+        obs, _ = env.reset(seed=seed)
+    assert capsys.readouterr().out == ""
+    assert set(obs) == {"symbolic_grid", "direction", "text"}
+    # The same levels as without the wrapper (seeded the same).
+    ref, _ = raw.reset(seed=99)
+    np.testing.assert_array_equal(obs["symbolic_grid"], ref["image"])
