@@ -63,19 +63,12 @@ GIF_MAGIC = (b"GIF87a", b"GIF89a")
 def env_fusion(env_id: str = ENV) -> str:
     """The fusion mode a run of ``env_id`` gets without ``--fusion``.
 
-    Read from the environment's own YAML file (``fusion`` or ``encoder.fusion``),
-    falling back to the encoder's default, so tests follow the per-env defaults
-    instead of copying them.
+    Resolved as ``mbm-agent train`` resolves it (default.yaml, the family's and the
+    env's own YAML), so tests follow the per-env defaults instead of copying them.
     """
-    import yaml
+    from mbm_agent.training.config import resolve_config
 
-    from mbm_agent.encoding.config import EncoderConfig
-    from mbm_agent.training.config import env_defaults_path
-
-    path = env_defaults_path(env_id)
-    data = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
-    fusion = data.get("fusion", (data.get("encoder") or {}).get("fusion"))
-    return str(fusion or EncoderConfig().fusion)
+    return resolve_config(env_id).encoder.fusion
 
 
 def cli_command() -> list[str]:
