@@ -497,6 +497,13 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--no-ablations", action="store_true", help="skip the mask-<modality> runs")
     p.add_argument("--no-baseline", action="store_true", help="skip the SB3-default runs")
     p.add_argument(
+        "--components",
+        action="store_true",
+        help="add the recipe's ablation: one no-<component> run per component the game's "
+        "config turns on (memory, reward-prediction, curriculum, cells), each taken out in "
+        "turn at the same budget",
+    )
+    p.add_argument(
         "--variants",
         nargs="+",
         metavar="VARIANT",
@@ -558,6 +565,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         ablations=not args.no_ablations,
         baseline=not args.no_baseline,
         bc=not args.no_bc,
+        components=args.components,
         steps=args.steps,
     )
     if args.variants:

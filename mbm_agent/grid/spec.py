@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,24 @@ class GameSpec:
         """Training steps per run: :attr:`steps`, else the game's own config's ``steps``."""
         return self.steps if self.steps is not None else resolve_config(self.env_id).steps
 
+    def components(self) -> dict[str, dict[str, Any]]:
+        """The learning components the game's own config turns on, each with its removal.
+
+        Keys are the ``no-<component>`` variants of ``mbm-agent bench --components``
+        (:data:`COMPONENTS`, in that order); each value is the config override that
+        takes that one component out and keeps the rest of the recipe. The fusion
+        mode is not among them: it is the grid's own axis (``--fusions``).
+        """
+        cfg = resolve_config(self.env_id)
+        algo = cfg.algo_kwargs
+        on = {
+            "memory": bool(algo.get("memory")),
+            "reward-prediction": bool(algo.get("aux_reward_coef")),
+            "curriculum": bool(cfg.curriculum),
+            "cells": cfg.encoder.image_encoder == "cells",
+        }
+        return {f"no-{name}": copy.deepcopy(COMPONENTS[name]) for name in COMPONENTS if on[name]}
+
     @property
     def headline(self) -> str:
         """Report (file stem) the summary scores: :data:`SAMPLED` or greedy ``eval``."""
@@ -160,6 +179,15 @@ ALL_GAMES: dict[str, GameSpec] = {**REFERENCE_GAMES, **THIRD_PARTY_GAMES}
 #: PPO without our additions (reward prediction, memory): SB3's PPO exactly.
 PLAIN_PPO: dict[str, Any] = {"aux_reward_coef": 0.0, "memory": 0}
 
+#: The recipe's components (``mbm-agent train``'s learning from scratch, issue 16) and the
+#: override that takes each out: its ``no-<component>`` variant (:meth:`GameSpec.components`).
+COMPONENTS: dict[str, dict[str, Any]] = {
+    "memory": {"algo_kwargs": {"memory": 0}},
+    "reward-prediction": {"algo_kwargs": {"aux_reward_coef": 0.0}},
+    "curriculum": {"curriculum": None},
+    "cells": {"encoder": {"image_encoder": EncoderConfig().image_encoder}},
+}
+
 #: The variant that clones the game's expert, then fine-tunes with PPO (:class:`BCRecipe`).
 BC_PPO = "bc-ppo"
 #: Demonstrations of seed ``s`` start at world ``1 + DEMO_SEED_STRIDE * s``.
@@ -224,9 +252,10 @@ def build_grid(
     ablations: bool = True,
     baseline: bool = True,
     bc: bool = True,
+    components: bool = False,
     steps: int | None = None,
 ) -> list[Cell]:
-    """The grid's cells: games x (fusions + bc-ppo + masks + baseline) x seeds.
+    """The grid's cells: games x (fusions + bc-ppo + masks + components + baseline) x seeds.
 
     Args:
         games: Game ids (default: all of :data:`REFERENCE_GAMES`; those of
@@ -236,6 +265,9 @@ def build_grid(
         ablations: Add one ``mask-<modality>`` variant per required modality.
         baseline: Add the ``sb3-default`` variant.
         bc: Add the ``bc-ppo`` variant for games with a :class:`BCRecipe`.
+        components: Add one ``no-<component>`` variant per component of the game's
+            recipe (:meth:`GameSpec.components`): the recipe's ablation, each
+            component taken out in turn, at the same budget.
         steps: Budget per run (default: each game's; for ``bc-ppo`` the PPO
             steps after cloning).
 
@@ -268,6 +300,8 @@ def build_grid(
             for m in game.required:
                 # the game's own recipe (its config, from scratch) without m
                 variants.append((f"mask-{m}", {"modalities": {m: "ignore"}}))
+        if components:
+            variants.extend(game.components().items())
         if baseline:
             # SB3's own MultiInputPolicy and PPO, as a user of SB3 alone gets them.
             variants.append(
@@ -320,5 +354,6 @@ def finished_cells(root: str | Path) -> list[Cell]:
     """Every grid cell with an evaluated run under ``root/runs`` (from any invocation)."""
     done = [p for p in sorted(Path(root).glob("runs/*-s*")) if (p / "eval.json").is_file()]
     seeds = {int(m.group(1)) for p in done if (m := re.search(r"-s(\d+)$", p.name))}
-    known = {c.name: c for c in build_grid(list(ALL_GAMES), seeds=sorted(seeds))} if seeds else {}
+    grid = build_grid(list(ALL_GAMES), seeds=sorted(seeds), components=True) if seeds else []
+    known = {c.name: c for c in grid}
     return [known[p.name] for p in done if p.name in known]

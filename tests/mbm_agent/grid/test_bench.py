@@ -27,7 +27,15 @@ from mbm_agent.deploy.export import ExportError, export_policy
 from mbm_agent.deploy.runtime import load_exported
 from mbm_agent.encoding.fusion import FUSION_MODES
 from mbm_agent.grid.run import run_grid
-from mbm_agent.grid.spec import ALL_GAMES, PLAIN_PPO, QUICK_STEPS, REFERENCE_GAMES, Cell, build_grid
+from mbm_agent.grid.spec import (
+    ALL_GAMES,
+    PLAIN_PPO,
+    QUICK_STEPS,
+    REFERENCE_GAMES,
+    Cell,
+    build_grid,
+    finished_cells,
+)
 from mbm_agent.grid.summary import write_summary
 from mbm_agent.training.config import resolve_config
 
@@ -746,6 +754,98 @@ def test_bench_variants_filter(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--variants", "bcppo"]) == 2
     err = capsys.readouterr().err
     assert "bcppo" in err and "bc-ppo" in err
+
+
+# -- the recipe's ablation: --components ------------------------------------------------------
+@pytest.mark.parametrize("env_id", list(ALL_GAMES))
+def test_components_take_out_one_part_of_the_games_own_recipe_each(env_id: str) -> None:
+    game = ALL_GAMES[env_id]
+    own = resolve_config(env_id)
+    cells = build_grid(
+        [env_id], ["concat"], [0], ablations=False, baseline=False, bc=False, components=True
+    )
+    variants = [c.variant for c in cells]
+    assert variants[0] == "concat"
+    expected = []
+    if own.algo_kwargs.get("memory"):
+        expected.append("no-memory")
+    if own.algo_kwargs.get("aux_reward_coef"):
+        expected.append("no-reward-prediction")
+    if own.curriculum:
+        expected.append("no-curriculum")
+    if own.encoder.image_encoder == "cells":
+        expected.append("no-cells")
+    assert variants[1:] == expected == list(game.components())
+    if env_id in ("mbm/FindSound-v0", "mbm/GoToObject-v0", "mbm/SoundMaze-v0"):
+        # the from-scratch recipe: all four are on in these games' configs
+        assert expected == ["no-memory", "no-reward-prediction", "no-curriculum", "no-cells"]
+    for cell in cells[1:]:
+        cfg = resolve_config(env_id, overrides=dict(cell.overrides))
+        assert cfg.steps == game.budget() and cfg.seed == 0
+        # exactly the one component is off; the rest is the game's own config
+        want_algo = dict(own.algo_kwargs)
+        want_encoder = own.encoder_config()
+        want_curriculum = own.curriculum
+        if cell.variant == "no-memory":
+            want_algo["memory"] = 0
+        elif cell.variant == "no-reward-prediction":
+            want_algo["aux_reward_coef"] = 0.0
+        elif cell.variant == "no-curriculum":
+            want_curriculum = {}
+        else:
+            want_encoder = replace(want_encoder, image_encoder="small")
+        assert cfg.algo_kwargs == want_algo
+        assert cfg.encoder_config() == want_encoder
+        assert cfg.curriculum == want_curriculum
+        assert cfg.extractor == own.extractor and cfg.modalities == own.modalities
+
+
+def test_components_are_off_by_default_and_named_by_bench(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    findsound = "mbm/FindSound-v0"
+    assert not [c for c in build_grid([findsound], seeds=[0]) if c.variant.startswith("no-")]
+    argv = ["bench", "--games", findsound, "--fusions", "concat", "--seeds", "0", "--list"]
+    assert main([*argv, "--no-ablations", "--no-baseline", "--components"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "FindSound-concat-s0",
+        "FindSound-no-memory-s0",
+        "FindSound-no-reward-prediction-s0",
+        "FindSound-no-curriculum-s0",
+        "FindSound-no-cells-s0",
+    ]
+    # --variants knows them only with --components
+    assert main([*argv, "--variants", "no-memory"]) == 2
+    assert "no-memory" in capsys.readouterr().err
+    # a finished no-<component> run is found again (--summary-only, resuming a grid)
+    run = tmp_path / "runs" / "FindSound-no-curriculum-s2"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text("{}")
+    (found,) = finished_cells(tmp_path)
+    assert (found.game.env_id, found.variant, found.seed) == (findsound, "no-curriculum", 2)
+    assert found.overrides["curriculum"] is None
+
+
+def test_no_memory_cell_trains_the_recipe_without_its_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Quick: FindSound no-memory = the game's config, reward prediction and curriculum kept."""
+    findsound = "mbm/FindSound-v0"
+    root = tmp_path / "bench"
+    argv = ["bench", "--games", findsound, "--components", "--variants", "no-memory"]
+    argv += ["--seeds", "0", "--quick", "--backend", "sequential", "--out", str(root)]
+    assert main(argv) == 0
+    assert "| mbm/FindSound-v0 | no-memory | 1 |" in capsys.readouterr().out
+    run = root / "runs" / "FindSound-no-memory-s0"
+    config = json.loads((run / "config.json").read_text())
+    own = resolve_config(findsound)
+    assert config["algo_kwargs"]["memory"] == 0
+    assert config["algo_kwargs"]["aux_reward_coef"] == own.algo_kwargs["aux_reward_coef"] > 0
+    assert config["curriculum"] == own.curriculum
+    assert not load_agent(run).recurrent
+    assert (run / "eval-sampled.json").is_file()
+    (row,) = json.loads((root / "summary.json").read_text())["rows"]
+    assert row["variant"] == "no-memory"
 
 
 # -- the whole grid, quick -------------------------------------------------------------------------
