@@ -243,7 +243,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "evaluation); the masked column of a fusion variant drops X at evaluation only. "
         "`bc-ppo` (and the `mask-X` runs of its games, cloned without X): behaviour "
         "cloning from noisy expert demonstrations (their env steps "
-        "listed as `demo`), then PPO from the cloned policy; its wall time is PPO's."
+        "listed as `demo`), then PPO from the cloned policy; its wall time is PPO's. "
+        "`no-<component>` variants (`--components`): the game's own recipe with that one "
+        "component (memory, reward prediction, curriculum, cells CNN) taken out, same budget."
     )
     return "\n".join(lines) + "\n"
 
