@@ -4,8 +4,10 @@ Precedence (later wins): the dataclass defaults, ``mbm_agent/configs/default.yam
 the environment family's YAML (``configs/families/<family>.yaml``, e.g. ``BabyAI.yaml``
 for every ``BabyAI-*`` id; :func:`env_family`), the environment's own YAML
 (``configs/<env id with / replaced by _>.yaml``), a ``--config FILE``, then
-command-line flags and ``--set``. The resolved config is
-saved with every run as ``config.yaml`` and ``config.json``.
+command-line flags and ``--set``. Any of these files may build on another with
+``extends:`` (a shipped recipe such as ``from-scratch``, or a file;
+:func:`read_config_file`), so a recipe's values are written once. The resolved
+config is saved with every run as ``config.yaml`` and ``config.json``.
 
 This module owns the configuration's names and checks: the top-level aliases
 (:data:`ALIASES`, e.g. ``fusion`` for ``encoder.fusion``, rewritten only by
@@ -38,6 +40,8 @@ from mbm_agent.training.storage import atomic_write_text
 
 #: The YAML defaults: ``default.yaml`` and one file per environment id.
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
+#: Shipped recipes a config file can build on: ``extends: <name>`` (:func:`read_config_file`).
+RECIPE_DIR = CONFIG_DIR / "recipes"
 #: Algorithm names ``algo`` accepts: the registry's (:data:`~mbm_agent.sb3.algorithms.ALGORITHMS`).
 ALGOS: tuple[str, ...] = tuple(ALGORITHMS)
 EXTRACTORS = ("mbm", "sb3")
@@ -441,6 +445,51 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def recipe_names() -> list[str]:
+    """The shipped recipes ``extends:`` takes by name (``mbm_agent/configs/recipes/``)."""
+    return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
+
+
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's fields (aliases expanded), on top of the file it ``extends``.
+
+    ``extends: from-scratch`` builds on a shipped recipe
+    (``mbm_agent/configs/recipes/from-scratch.yaml``; :func:`recipe_names`);
+    ``extends: base.yaml`` (any value ending in ``.yaml`` or ``.yml``) on a file,
+    relative to the one that names it. The file's own fields win, mappings merge
+    key by key (:func:`merge`), and the base may extend another in turn.
+
+    Raises:
+        ConfigError: Invalid YAML, an unknown recipe or missing file (named, with
+            the recipes there are), or files that extend each other in a loop.
+    """
+    data = expand_aliases(_read_yaml(path), str(path))
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(
+            f"{path}: extends must name a recipe ({', '.join(recipe_names())}) or a YAML "
+            f"file, got {parent!r}."
+        )
+    if parent.endswith((".yaml", ".yml")):
+        base = (path.parent / parent).resolve()
+        if not base.is_file():
+            raise ConfigError(f"{path}: extends {parent!r}, but {base} does not exist.")
+    else:
+        base = (RECIPE_DIR / f"{parent}.yaml").resolve()
+        if not base.is_file():
+            raise ConfigError(
+                f"{path}: extends {parent!r}, which is not a recipe; the recipes are: "
+                f"{', '.join(recipe_names())} (or give a file ending in .yaml)."
+            )
+    chain = (*_chain, path.resolve())
+    if base in chain:
+        loop = " -> ".join(str(p) for p in (*chain, base))
+        raise ConfigError(f"Config files extend each other in a loop: {loop}.")
+    return merge(read_config_file(base, chain), data)
+
+
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; mappings merge key by key, everything else is replaced."""
     out = dict(base)
@@ -493,14 +542,14 @@ def resolve_config(
 ) -> TrainConfig:
     """Defaults <- default.yaml <- family and env YAML <- ``config_file`` <- ``overrides``."""
     default_file = CONFIG_DIR / "default.yaml"
-    data: dict[str, Any] = expand_aliases(_read_yaml(default_file), str(default_file))
+    data: dict[str, Any] = read_config_file(default_file)
     for env_file in env_defaults_files(env_id):
-        data = merge(data, expand_aliases(_read_yaml(env_file), str(env_file)))
+        data = merge(data, read_config_file(env_file))
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config file {path} does not exist.")
-        data = merge(data, expand_aliases(_read_yaml(path), str(path)))
+        data = merge(data, read_config_file(path))
     # Per-algorithm hyperparameters: hyperparams.<algo> feeds algo_kwargs.
     hyper = data.pop("hyperparams", {}) or {}
     algo = (overrides or {}).get("algo", data.get("algo", "ppo"))

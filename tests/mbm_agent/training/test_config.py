@@ -131,6 +131,101 @@ def test_the_shipped_family_files_are_valid_configs() -> None:
         assert cfg.env_id == f"{path.stem}-Any-v0"
 
 
+# -- extends: a recipe's values written once ---------------------------------------------------
+FROM_SCRATCH_IDS = (
+    "mbm/GoToObject-v0",
+    "mbm/SoundMaze-v0",
+    "mbm/FindSound-v0",
+    "BabyAI-GoToRedBall-v0",
+    "BabyAI-PickupLoc-v0",
+)
+
+
+def test_the_from_scratch_recipe_is_decided_once_for_every_game_that_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = yaml.safe_load((config_module.RECIPE_DIR / "from-scratch.yaml").read_text())
+    for env_id in FROM_SCRATCH_IDS:
+        cfg = resolve_config(env_id)
+        for name, value in shipped["hyperparams"]["ppo"].items():
+            assert cfg.algo_kwargs[name] == value, (env_id, name)
+        assert cfg.encoder.image_encoder == shipped["encoder"]["image_encoder"]
+        assert cfg.n_envs == shipped["n_envs"]
+    # One edit of the recipe reaches all of them; the games' own values stay theirs.
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    edited = {**shipped, "hyperparams": {"ppo": {**shipped["hyperparams"]["ppo"], "memory": 32}}}
+    _write(recipes / "from-scratch.yaml", edited)
+    monkeypatch.setattr(config_module, "RECIPE_DIR", recipes)
+    for env_id in FROM_SCRATCH_IDS:
+        assert resolve_config(env_id).algo_kwargs["memory"] == 32, env_id
+    assert resolve_config("mbm/SoundMaze-v0").steps == 1_000_000
+    assert resolve_config("mbm/GoToObject-v0").fusion == "film"
+    # The probe and third-party games do not build on it.
+    for env_id in ("mbm/ModalityProbe-v0", "MiniHack-Eat-v0", "MiniGrid-Empty-5x5-v0"):
+        assert resolve_config(env_id).algo_kwargs.get("memory", 0) == 0, env_id
+
+
+def test_a_users_config_extends_a_recipe_or_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``extends:`` by recipe name or relative path; the extending file's values win."""
+    user = _write(
+        tmp_path / "mine.yaml",
+        {"extends": "from-scratch", "steps": 1234, "hyperparams": {"ppo": {"memory": 16}}},
+    )
+    cfg = resolve_config("CartPole-v1", config_file=user)
+    assert cfg.steps == 1234
+    assert cfg.algo_kwargs["memory"] == 16  # the file's own value
+    assert cfg.algo_kwargs["aux_reward_coef"] == 1.0  # the recipe's, merged key by key
+    assert cfg.policy_kwargs["activation_fn"] == "relu"
+    assert "net_arch" in cfg.policy_kwargs  # default.yaml's still beneath
+
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "base.yaml", {"extends": "from-scratch", "n_envs": 4, "fusion": "film"})
+    _write(tmp_path / "sub" / "mid.yaml", {"extends": "../base.yaml", "n_envs": 6})
+    top = _write(tmp_path / "top.yaml", {"extends": "sub/mid.yaml", "seed": 9})
+    cfg = resolve_config("CartPole-v1", config_file=top)
+    assert (cfg.seed, cfg.n_envs, cfg.fusion) == (9, 6, "film")  # nearest file wins
+    assert cfg.algo_kwargs["memory"] == 128  # the recipe at the bottom of the chain
+    # the CLI prints what a config extending a recipe resolves to
+    from mbm_agent.cli import main
+
+    assert main(["train", "CartPole-v1", "--config", str(user), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["steps"] == 1234 and printed["algo_kwargs"]["memory"] == 16
+    assert printed["algo_kwargs"]["aux_reward_coef"] == 1.0 and "extends" not in printed
+
+
+@pytest.mark.parametrize(
+    ("extends", "words"),
+    [
+        ("from-scrach", ["from-scrach", "not a recipe", "from-scratch"]),
+        ("missing.yaml", ["missing.yaml", "does not exist"]),
+        (["from-scratch"], ["extends must name a recipe", "from-scratch"]),
+        ("", ["extends must name a recipe"]),
+    ],
+)
+def test_extends_names_what_is_wrong(tmp_path: Path, extends: Any, words: list[str]) -> None:
+    user = _write(tmp_path / "mine.yaml", {"extends": extends})
+    with pytest.raises(ConfigError) as exc:
+        resolve_config("CartPole-v1", config_file=user)
+    for word in words:
+        assert word in str(exc.value)
+    assert str(user) in str(exc.value)
+
+
+def test_files_that_extend_each_other_in_a_loop_are_refused(tmp_path: Path) -> None:
+    _write(tmp_path / "a.yaml", {"extends": "b.yaml", "n_envs": 2})
+    _write(tmp_path / "b.yaml", {"extends": "a.yaml", "n_envs": 3})
+    with pytest.raises(ConfigError, match="loop") as exc:
+        resolve_config("CartPole-v1", config_file=tmp_path / "a.yaml")
+    assert "a.yaml" in str(exc.value) and "b.yaml" in str(exc.value)
+    _write(tmp_path / "self.yaml", {"extends": "self.yaml"})
+    with pytest.raises(ConfigError, match="loop"):
+        resolve_config("CartPole-v1", config_file=tmp_path / "self.yaml")
+
+
 def test_the_algorithm_picks_its_hyperparameters(config_dir: Path) -> None:
     cfg = resolve_config(ENV, overrides={"algo": "a2c"})
     assert cfg.algo_kwargs == {"n_steps": 8}
