@@ -15,7 +15,7 @@ import numpy as np
 
 import envs
 from mbm_agent.compare import load_run
-from mbm_agent.grid.spec import ALL_GAMES, SAMPLED, Cell, full_sense
+from mbm_agent.grid.spec import ALL_GAMES, COMPONENTS, SAMPLED, Cell, full_sense
 from mbm_agent.plots import new_figure, read_metrics
 from mbm_agent.stats import aggregate_runs
 from mbm_agent.training.storage import atomic_write_text
@@ -245,7 +245,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "cloning from noisy expert demonstrations (their env steps "
         "listed as `demo`), then PPO from the cloned policy; its wall time is PPO's. "
         "`no-<component>` variants (`--components`): the game's own recipe with that one "
-        "component (memory, reward prediction, curriculum, cells CNN) taken out, same budget."
+        f"component ({', '.join(COMPONENTS)}) taken out, same budget."
     )
     return "\n".join(lines) + "\n"
 
