@@ -221,14 +221,15 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--name",
         default=None,
-        help="report file name without extension (default eval, or eval-drop-NAME)",
+        help="report file name without extension (default: eval, eval-sampled with "
+        "--stochastic, and -drop-NAME after either with --drop-modality)",
     )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from mbm_agent.evaluation import evaluate_agent, report_markdown, write_report
+    from mbm_agent.evaluation import evaluate_agent, report_markdown, report_name, write_report
     from mbm_agent.training.agent import load_agent
     from mbm_agent.training.config import check_name
     from mbm_agent.training.threads import torch_threads_for
@@ -256,9 +257,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         drop_modalities=tuple(args.drop_modality),
         meta={"run": str(args.run), "policy": args.which},
     )
-    name = args.name or (
-        "eval" if not args.drop_modality else "eval-drop-" + "-".join(args.drop_modality)
-    )
+    name = args.name or report_name(args.deterministic, args.drop_modality)
     # A policy folder (best/, final/) reports into its run folder.
     out = args.out or (args.run.parent if (args.run / "model.json").is_file() else args.run)
     write_report(report, out, name=name)

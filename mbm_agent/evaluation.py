@@ -462,6 +462,24 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_name(deterministic: bool = True, drop_modalities: Sequence[str] = ()) -> str:
+    """The file stem of an evaluation's report, named by how it played.
+
+    ``eval`` (greedy, every sense: the one ``mbm-agent train`` writes), ``eval-sampled``
+    (sampled actions), and either with ``-drop-<m>[-<m2>...]`` for masked modalities:
+    ``eval-drop-text``, ``eval-sampled-drop-audio``. ``mbm-agent eval`` and ``mbm-agent
+    bench`` both name reports so, so that no evaluation overwrites another mode's.
+
+    Args:
+        deterministic: Greedy (argmax) actions; ``False``: sampled.
+        drop_modalities: The modalities masked, in the order given.
+    """
+    name = "eval" if deterministic else "eval-sampled"
+    if drop_modalities:
+        name += "-drop-" + "-".join(drop_modalities)
+    return name
+
+
 def write_report(
     report: Mapping[str, Any], run_dir: str | Path, name: str = "eval"
 ) -> tuple[Path, Path]:
@@ -494,6 +512,7 @@ __all__ = [
     "expert_baseline",
     "random_baseline",
     "report_markdown",
+    "report_name",
     "write_report",
 ]
 

@@ -12,11 +12,12 @@ from typing import Any
 import envs
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.fusion import FUSION_MODES
+from mbm_agent.evaluation import report_name
 from mbm_agent.training.atari import FULL_GAMES
 from mbm_agent.training.config import resolve_config
 
 #: Report of a run's policy with sampled actions (the trainer's ``eval.json`` is greedy).
-SAMPLED = "eval-sampled"
+SAMPLED = report_name(deterministic=False)
 
 
 @dataclass(frozen=True)
@@ -335,7 +336,10 @@ def grid_evaluations(cell: Cell) -> list[tuple[str, tuple[str, ...], bool]]:
     evals: list[tuple[str, tuple[str, ...], bool]] = [(SAMPLED, (), False)]
     if full_sense(cell.variant):
         for m in cell.game.required:
-            evals += [(f"eval-drop-{m}", (m,), True), (f"{SAMPLED}-drop-{m}", (m,), False)]
+            evals += [
+                (report_name(True, (m,)), (m,), True),
+                (report_name(False, (m,)), (m,), False),
+            ]
     return evals
 
 

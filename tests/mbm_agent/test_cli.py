@@ -222,6 +222,31 @@ def test_eval_drop_modality_writes_its_own_report(
 
 
 @pytest.mark.slow
+def test_eval_reports_are_named_by_mode_and_never_overwrite_each_other(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each mode (greedy / sampled, each sense / one masked) writes its own report:
+    a sampled evaluation run after a greedy one leaves the greedy report as it was."""
+    run = copy_tree(run0, tmp_path / "run")
+    before = (run / "eval.json").read_bytes()
+    expected = {
+        (): "eval-sampled",
+        ("--drop-modality", "text"): "eval-sampled-drop-text",
+    }
+    assert main(["eval", str(run), "--episodes", "3", "--drop-modality", "text"]) == 0
+    greedy_drop = (run / "eval-drop-text.json").read_bytes()
+    for extra, name in expected.items():
+        assert main(["eval", str(run), "--episodes", "3", "--stochastic", *extra]) == 0
+        assert f"{name}.json" in capsys.readouterr().out
+        report = json.loads((run / f"{name}.json").read_text())
+        assert report["meta"]["deterministic"] is False
+        assert report["meta"]["drop_modalities"] == list(extra[1:])
+        assert (run / f"{name}.md").is_file()
+    assert (run / "eval.json").read_bytes() == before
+    assert (run / "eval-drop-text.json").read_bytes() == greedy_drop
+
+
+@pytest.mark.slow
 def test_eval_unknown_modality_is_a_clear_error(
     run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
