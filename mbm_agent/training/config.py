@@ -300,6 +300,12 @@ class TrainConfig:
             "help": "Easier versions of the game trained first: {levels: [{grid_size: 5}, ...], promote_at: 0.8, window: 100} (env_kwargs overrides, easiest first; null for none)."
         },
     )
+    novelty_bonus: float = field(
+        default=0.0,
+        metadata={
+            "help": "Exploration bonus added to the training reward of each step whose observation (its integer-typed keys) is new in the episode (0: none; mbm_agent/sb3/novelty.py)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, Mapping):  # fields as a file or --set gives them
@@ -357,6 +363,14 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
+        bonus = self.novelty_bonus
+        if (
+            isinstance(bonus, bool)
+            or not isinstance(bonus, int | float)
+            or not math.isfinite(bonus)
+            or bonus < 0
+        ):
+            raise ConfigError(f"novelty_bonus must be a number >= 0 (0: none), got {bonus!r}.")
         if not isinstance(self.sb3_zip, bool):
             raise ConfigError(f"sb3_zip must be true or false, got {self.sb3_zip!r}.")
         if not isinstance(self.encoder, EncoderConfig):

@@ -29,6 +29,7 @@ from envs.core.env import GameEnv
 from envs.core.text import Vocabulary
 from envs.sb3 import SB3VecEnv
 from mbm_agent.encoding.config import DEFAULT_MODALITIES
+from mbm_agent.sb3.novelty import EpisodicNoveltyBonus
 from mbm_agent.sb3.vec_env import KeepChannelsLast
 from mbm_agent.training.adapter import ObservationAdapter
 from mbm_agent.training.config import ConfigError, TrainConfig
@@ -256,7 +257,12 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
         else:
             venv = DummyVecEnv(fns)
     venv.seed(seed)
-    monitored = VecMonitor(venv, info_keywords=("is_success",))
+    monitored: VecEnv = VecMonitor(venv, info_keywords=("is_success",))
+    if cfg.novelty_bonus > 0:  # above the monitor: logged returns stay the game's own
+        try:
+            monitored = EpisodicNoveltyBonus(monitored, cfg.novelty_bonus)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     if cfg.extractor == "sb3":  # SB3's own pipeline: it transposes frames for NatureCNN
         return monitored, vocab
     # Our extractor reads channel-last frames: spare SB3's per-step transpose copy.
