@@ -107,6 +107,7 @@ class GameSpec:
             "reward-prediction": bool(algo.get("aux_reward_coef")),
             "curriculum": bool(cfg.curriculum),
             "cells": cfg.encoder.image_encoder == "cells",
+            "novelty": cfg.novelty_bonus > 0,
         }
         return {f"no-{name}": copy.deepcopy(COMPONENTS[name]) for name in COMPONENTS if on[name]}
 
@@ -187,6 +188,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "reward-prediction": {"algo_kwargs": {"aux_reward_coef": 0.0}},
     "curriculum": {"curriculum": None},
     "cells": {"encoder": {"image_encoder": EncoderConfig().image_encoder}},
+    "novelty": {"novelty_bonus": 0.0},
 }
 
 #: The variant that clones the game's expert, then fine-tunes with PPO (:class:`BCRecipe`).

@@ -757,6 +757,25 @@ def test_bench_variants_filter(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- the recipe's ablation: --components ------------------------------------------------------
+def test_a_config_with_the_novelty_bonus_gets_a_no_novelty_variant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No shipped game turns the bonus on yet; a config that does gets its removal."""
+    import mbm_agent.grid.spec as spec_module
+
+    game = ALL_GAMES["mbm/FindSound-v0"]
+
+    def with_bonus(env_id: str, **kwargs: Any) -> Any:
+        return resolve_config(
+            env_id, overrides={"novelty_bonus": 0.01, **kwargs.get("overrides", {})}
+        )
+
+    monkeypatch.setattr(spec_module, "resolve_config", with_bonus)
+    components = game.components()
+    assert list(components)[-1] == "no-novelty"
+    assert resolve_config(game.env_id, overrides=components["no-novelty"]).novelty_bonus == 0.0
+
+
 @pytest.mark.parametrize("env_id", list(ALL_GAMES))
 def test_components_take_out_one_part_of_the_games_own_recipe_each(env_id: str) -> None:
     game = ALL_GAMES[env_id]
