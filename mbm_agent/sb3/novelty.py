@@ -47,6 +47,9 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 def counted_keys(space: spaces.Space[Any]) -> list[str | None]:
     """The observation keys the bonus counts: those with integer dtypes.
 
+    Args:
+        space: The env's observation space (a ``Dict``, or one space).
+
     Returns:
         Key names of a ``Dict`` space, or ``[None]`` for a plain integer ``Box``.
 
