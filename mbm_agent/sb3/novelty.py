@@ -27,8 +27,10 @@ vectors) are left out: their exact values seldom repeat, which would pay a const
 bonus for every step and none for exploring.
 
 The wrapper sits above ``VecMonitor``, so the episode returns and success rates that
-training logs are the game's own; only the algorithm sees the bonus. Each step's bonus
-is also in ``info["novelty_bonus"]``. What was seen is kept per episode only, so a
+training logs are the game's own; only the algorithm sees the bonus (reward
+prediction, where it is on, predicts the sum). Each step's bonus is also in
+``info["novelty_bonus"]``, and training logs its mean per step as
+``rollout/novelty_bonus``. What was seen is kept per episode only, so a
 resumed run starts its episodes afresh and loses nothing.
 """
 
@@ -99,6 +101,8 @@ class EpisodicNoveltyBonus(VecEnvWrapper):
         self.coef = float(coef)
         self.keys = counted_keys(venv.observation_space)
         self._seen: list[set[int]] = [set() for _ in range(self.num_envs)]
+        self._paid = 0.0
+        self._steps = 0
 
     def _key(self, obs: Any, index: int | None = None) -> int:
         """Hash of one env's observation (``index`` into a batch, or a single one)."""
@@ -144,4 +148,23 @@ class EpisodicNoveltyBonus(VecEnvWrapper):
             else:
                 bonus[i] = self._visit(i, self._key(obs, i))
             infos[i]["novelty_bonus"] = float(bonus[i])
+        self._paid += float(bonus.sum())
+        self._steps += self.num_envs
         return obs, rewards + bonus, dones, infos
+
+    def pop_mean_bonus(self) -> float | None:
+        """Mean bonus per env step since the last call (``None`` before any step)."""
+        if not self._steps:
+            return None
+        mean = self._paid / self._steps
+        self._paid, self._steps = 0.0, 0
+        return mean
+
+
+def find_novelty_bonus(venv: Any) -> EpisodicNoveltyBonus | None:
+    """The :class:`EpisodicNoveltyBonus` among ``venv``'s wrappers, if any."""
+    while venv is not None:
+        if isinstance(venv, EpisodicNoveltyBonus):
+            return venv
+        venv = getattr(venv, "venv", None)
+    return None

@@ -17,6 +17,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from envs.core.text import Vocabulary
+from mbm_agent.sb3.novelty import find_novelty_bonus
 from mbm_agent.training.agent import Agent, model_spec, save_policy
 from mbm_agent.training.checkpoints import TrainState, save_checkpoint
 from mbm_agent.training.config import ConfigError, TrainConfig
@@ -194,6 +195,10 @@ class TrainerCallback(BaseCallback):
         append_text(self._metrics_path, line.getvalue())
 
     def _on_rollout_end(self) -> None:
+        bonus = find_novelty_bonus(self.model.get_env())
+        mean_bonus = bonus.pop_mean_bonus() if bonus is not None else None
+        if mean_bonus is not None:
+            self.logger.record("rollout/novelty_bonus", mean_bonus)
         self._write_row()
         if self.curriculum is not None and self._promote:
             # Between rollouts: the buffer just filled holds only the old level's steps.

@@ -4,16 +4,21 @@ random walk does not."""
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
+from runs_helpers import TINY_FLAGS
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
+from mbm_agent.cli import main
 from mbm_agent.sb3.novelty import EpisodicNoveltyBonus, counted_keys
 from mbm_agent.training.config import ConfigError, TrainConfig
 from mbm_agent.training.envs import make_train_env
@@ -142,6 +147,28 @@ def test_train_env_gets_the_bonus_over_the_monitor_when_asked(tmp_path: Any) -> 
     assert type(chain[chain.index(bonus) + 1]).__name__ == "VecMonitor"
     assert "audio" not in bonus.keys and "image" in bonus.keys  # audio features are floats
     venv.close()
+
+
+def test_training_logs_the_bonus_and_keeps_the_games_returns(tmp_path: Path) -> None:
+    """`mbm-agent train --set novelty_bonus=...`: TensorBoard gets rollout/novelty_bonus,
+    the run's config keeps it (resume and --print-config see it), and the episode
+    returns the run logs are the game's own (FindSound pays at most 1 an episode)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = ["train", "mbm/FindSound-v0", *TINY_FLAGS, "--set", "novelty_bonus=0.5"]
+    assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "nov"]) == 0
+    run = tmp_path / "nov"
+    assert json.loads((run / "config.json").read_text())["novelty_bonus"] == 0.5
+    values = []
+    for events in (run / "tb").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "rollout/novelty_bonus" in acc.Tags()["scalars"]:
+            values += [e.value for e in acc.Scalars("rollout/novelty_bonus")]
+    assert values and all(0 < v <= 0.5 for v in values), values
+    rows = list(csv.DictReader((run / "metrics.csv").open(newline="")))
+    returns = [float(r["mean_return"]) for r in rows if r["mean_return"]]
+    assert returns and max(returns) <= 1.0, returns
 
 
 def _chain(venv: Any) -> list[Any]:
