@@ -159,12 +159,3 @@ class EpisodicNoveltyBonus(VecEnvWrapper):
         mean = self._paid / self._steps
         self._paid, self._steps = 0.0, 0
         return mean
-
-
-def find_novelty_bonus(venv: Any) -> EpisodicNoveltyBonus | None:
-    """The :class:`EpisodicNoveltyBonus` among ``venv``'s wrappers, if any."""
-    while venv is not None:
-        if isinstance(venv, EpisodicNoveltyBonus):
-            return venv
-        venv = getattr(venv, "venv", None)
-    return None

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import unwrap_vec_wrapper
 
 from envs.core.text import Vocabulary
-from mbm_agent.sb3.novelty import find_novelty_bonus
+from mbm_agent.sb3.novelty import EpisodicNoveltyBonus
 from mbm_agent.training.agent import Agent, model_spec, save_policy
 from mbm_agent.training.checkpoints import TrainState, save_checkpoint
 from mbm_agent.training.config import ConfigError, TrainConfig
@@ -195,7 +196,8 @@ class TrainerCallback(BaseCallback):
         append_text(self._metrics_path, line.getvalue())
 
     def _on_rollout_end(self) -> None:
-        bonus = find_novelty_bonus(self.model.get_env())
+        env = self.model.get_env()
+        bonus = unwrap_vec_wrapper(env, EpisodicNoveltyBonus) if env is not None else None
         mean_bonus = bonus.pop_mean_bonus() if bonus is not None else None
         if mean_bonus is not None:
             self.logger.record("rollout/novelty_bonus", mean_bonus)
