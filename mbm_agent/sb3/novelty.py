@@ -36,7 +36,6 @@ resumed run starts its episodes afresh and loses nothing.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,8 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+from mbm_agent.stats import is_finite_number
 
 
 def counted_keys(space: spaces.Space[Any]) -> list[str | None]:
@@ -90,12 +91,7 @@ class EpisodicNoveltyBonus(VecEnvWrapper):
     """
 
     def __init__(self, venv: VecEnv, coef: float) -> None:
-        if (
-            isinstance(coef, bool)
-            or not isinstance(coef, int | float)
-            or not math.isfinite(coef)
-            or coef <= 0
-        ):
+        if not is_finite_number(coef) or coef <= 0:
             raise ValueError(f"novelty_bonus must be a finite number > 0, got {coef!r}.")
         super().__init__(venv)
         self.coef = float(coef)

@@ -54,6 +54,7 @@ from torch.nn import functional as F
 
 from mbm_agent.sb3.buffer import MultimodalRolloutBuffer, MultimodalRolloutSamples
 from mbm_agent.sb3.policy import MultimodalActorCriticPolicy, check_memory
+from mbm_agent.stats import is_finite_number
 
 
 def reward_prediction_loss(predicted: Tensor, rewards: Tensor, ends: Tensor) -> Tensor:
@@ -103,12 +104,7 @@ class MultimodalPPO(PPO):
         memory: int = 0,
         **kwargs: Any,
     ) -> None:
-        if (
-            isinstance(aux_reward_coef, bool)
-            or not isinstance(aux_reward_coef, int | float)
-            or not np.isfinite(aux_reward_coef)
-            or aux_reward_coef < 0
-        ):
+        if not is_finite_number(aux_reward_coef) or aux_reward_coef < 0:
             raise ValueError(
                 f"aux_reward_coef must be a number >= 0 (0 turns reward prediction off), got "
                 f"{aux_reward_coef!r}."

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from envs.core.text import Vocabulary
+from mbm_agent.stats import is_finite_number
 from mbm_agent.training.agent import model_spec, save_policy
 from mbm_agent.training.config import TrainConfig
 from mbm_agent.training.storage import (
@@ -197,11 +198,7 @@ def _read_state(ckpt: Path) -> dict[str, Any]:
         value = state.get(name, None if allow_none else 0.0)
         if value is None and allow_none:
             continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if not is_finite_number(value):
             raise ModelFileError(
                 f"{path}: field {name!r} must be a finite number"
                 + (" or null" if allow_none else "")
@@ -280,7 +277,7 @@ def read_best_score(run_dir: Path) -> float | None:
         return None
     data = read_json(path, "the best policy's score")
     value = data.get("score")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise ModelFileError(
             f"{path}: field 'score' must be a finite number, got {value!r}; delete the file "
             "to let the next evaluation replace best/."

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import yaml
 import envs
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.sb3.algorithms import ALGORITHMS
+from mbm_agent.stats import is_finite_number
 from mbm_agent.training.adapter import parse_declarations
 from mbm_agent.training.curriculum import Curriculum
 from mbm_agent.training.storage import atomic_write_text
@@ -178,11 +178,7 @@ def check_algo_kwargs(algo_kwargs: Mapping[str, Any]) -> None:
             ok = isinstance(value, int) and not isinstance(value, bool)
             wanted = "an integer"
         else:
-            ok = (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
+            ok = is_finite_number(value)
             wanted = "a number"
         if ok and low is not None and value < low:
             ok = False
@@ -364,12 +360,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
         bonus = self.novelty_bonus
-        if (
-            isinstance(bonus, bool)
-            or not isinstance(bonus, int | float)
-            or not math.isfinite(bonus)
-            or bonus < 0
-        ):
+        if not is_finite_number(bonus) or bonus < 0:
             raise ConfigError(f"novelty_bonus must be a number >= 0 (0: none), got {bonus!r}.")
         if not isinstance(self.sb3_zip, bool):
             raise ConfigError(f"sb3_zip must be true or false, got {self.sb3_zip!r}.")

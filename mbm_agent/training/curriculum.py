@@ -29,10 +29,11 @@ saved in every checkpoint and restored on resume.
 from __future__ import annotations
 
 import collections
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from mbm_agent.stats import is_finite_number
 
 CURRICULUM_FIELDS = ("levels", "promote_at", "window")
 
@@ -94,12 +95,7 @@ class Curriculum:
             if bad:
                 raise ValueError(f"curriculum.levels[{i}] has non-string keys {bad}.")
         promote_at = data.get("promote_at", 0.8)
-        if (
-            isinstance(promote_at, bool)
-            or not isinstance(promote_at, int | float)
-            or not math.isfinite(promote_at)
-            or not 0.0 < promote_at <= 1.0
-        ):
+        if not is_finite_number(promote_at) or not 0.0 < promote_at <= 1.0:
             raise ValueError(
                 f"curriculum.promote_at must be a success rate in (0, 1], got {promote_at!r}."
             )
