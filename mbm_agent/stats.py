@@ -15,10 +15,9 @@ cannot give one (a single value has no spread to resample). Degenerate samples
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -29,15 +28,6 @@ Scores = ArrayLike | Mapping[str, ArrayLike]
 # Bootstrap replicates are built in chunks of about this many numbers, so a
 # probability of improvement over two samples of 1000 episodes stays in memory.
 _CHUNK_ELEMENTS = 4_000_000
-
-
-def is_finite_number(value: Any) -> TypeGuard[int | float]:
-    """Whether ``value`` is a finite real number: an int or float, not a bool, NaN or inf.
-
-    The one test behind every numeric config value and saved score the package checks
-    (coefficients, success rates, checkpoint fields).
-    """
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _sample(values: ArrayLike, name: str = "values") -> NDArray[np.float64]:

@@ -10,15 +10,28 @@ the torch encoder refuses an empty batch with the same message:
 - float frames for a uint8 image input (frames scaled to [0, 1] would play at chance);
 - NaN or infinite values;
 - an empty batch.
+
+It also holds :func:`is_finite_number`, the one test of a numeric config value or saved
+score, here in the lowest layer so that every part of the package can use it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from numpy.typing import NDArray
+
+
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
+    """Whether ``value`` is a finite real number: an int or float, not a bool, NaN or inf.
+
+    The one test behind every numeric config value and saved score the package checks
+    (coefficients, success rates, checkpoint fields).
+    """
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def float_frames_message(key: str, dtype: Any) -> str:

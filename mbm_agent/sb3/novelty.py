@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from mbm_agent.stats import is_finite_number
+from mbm_agent.encoding.values import is_finite_number
 
 
 def counted_keys(space: spaces.Space[Any]) -> list[str | None]:

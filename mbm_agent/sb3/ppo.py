@@ -52,9 +52,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 from torch.nn import functional as F
 
+from mbm_agent.encoding.values import is_finite_number
 from mbm_agent.sb3.buffer import MultimodalRolloutBuffer, MultimodalRolloutSamples
 from mbm_agent.sb3.policy import MultimodalActorCriticPolicy, check_memory
-from mbm_agent.stats import is_finite_number
 
 
 def reward_prediction_loss(predicted: Tensor, rewards: Tensor, ends: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from envs.core.text import Vocabulary
-from mbm_agent.stats import is_finite_number
+from mbm_agent.encoding.values import is_finite_number
 from mbm_agent.training.agent import model_spec, save_policy
 from mbm_agent.training.config import TrainConfig
 from mbm_agent.training.storage import (

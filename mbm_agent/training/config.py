@@ -32,8 +32,8 @@ import yaml
 
 import envs
 from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.values import is_finite_number
 from mbm_agent.sb3.algorithms import ALGORITHMS
-from mbm_agent.stats import is_finite_number
 from mbm_agent.training.adapter import parse_declarations
 from mbm_agent.training.curriculum import Curriculum
 from mbm_agent.training.storage import atomic_write_text

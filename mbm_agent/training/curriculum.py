@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mbm_agent.stats import is_finite_number
+from mbm_agent.encoding.values import is_finite_number
 
 CURRICULUM_FIELDS = ("levels", "promote_at", "window")
 

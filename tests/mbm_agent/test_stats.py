@@ -10,19 +10,11 @@ import pytest
 from mbm_agent.stats import (
     aggregate_runs,
     iqm,
-    is_finite_number,
     normalized_score,
     probability_of_improvement,
     success_interval,
     summarize,
 )
-
-
-def test_is_finite_number_takes_real_numbers_only() -> None:
-    for good in (0, -3, 0.5, 1e300, np.float64(0.2)):
-        assert is_finite_number(good), good
-    for bad in (True, False, float("nan"), float("inf"), -float("inf"), "1", None, [1]):
-        assert not is_finite_number(bad), bad
 
 
 def test_iqm_known_value_and_matches_scipy_trim_mean() -> None:
