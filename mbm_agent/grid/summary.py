@@ -18,7 +18,7 @@ from mbm_agent.compare import load_run
 from mbm_agent.grid.spec import ALL_GAMES, COMPONENTS, SAMPLED, Cell, full_sense
 from mbm_agent.plots import new_figure, read_metrics
 from mbm_agent.stats import aggregate_runs
-from mbm_agent.training.storage import atomic_write_text
+from mbm_agent.training.storage import atomic_write_text, replace_dir
 
 
 def _steps_to(metrics_csv: Path, bar: float) -> float:
@@ -178,13 +178,32 @@ def publish_agents(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, s
         game = envs.game_name(env_id)
         source = root / "runs" / f"{game}-{best['variant']}-s{seed}"
         target = root / "agents" / game
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(source / "best", target)
-        for name in ("eval", SAMPLED):
-            shutil.copy2(source / f"{name}.json", target / f"{name}.json")
+        missing = [p.name for p in (source / "best", *reports(source)) if not p.exists()]
+        if missing:
+            # A committed reference folder keeps its runs' reports and curves but not their
+            # weights (best/ is not committed): keep the published agent as it is.
+            warnings.warn(
+                f"Not publishing {game}'s agent from {source}: it has no {', '.join(missing)}. "
+                f"{target} is kept as it was.",
+                stacklevel=2,
+            )
+            continue
+        # Copied beside the target first and renamed into place: the published agent is
+        # never deleted before its replacement is complete.
+        staging = target.with_name(f".{game}.tmp")
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(source / "best", staging)
+        for report in reports(source):
+            shutil.copy2(report, staging / report.name)
+        replace_dir(staging, target)
         agents[env_id] = str(target.relative_to(root))
     return agents
+
+
+def reports(run_dir: Path) -> tuple[Path, Path]:
+    """The greedy and sampled reports of a grid run, published with its agent."""
+    return run_dir / "eval.json", run_dir / f"{SAMPLED}.json"
 
 
 def _json_default(value: Any) -> Any:
