@@ -388,8 +388,11 @@ def _learn(
     callback.model = model
     ckpt = callback.checkpoint()
     save_policy(model.policy, model_spec(model, cfg, vocab), run_dir / "final", vocab)
-    if not (run_dir / "best").exists():
-        # Never evaluated: best/ is the final policy (copied whole, then renamed in).
+    if not (run_dir / "best").exists() or (
+        state.best_eval == -float("inf") and read_best_score(run_dir) is None
+    ):
+        # Never evaluated (in this session or an earlier one): best/ is the final policy,
+        # renewed at the end of every session (copied whole, then renamed in).
         tmp = fresh_tmp_dir(run_dir / "best")
         try:
             shutil.copytree(run_dir / "final", tmp, dirs_exist_ok=True)

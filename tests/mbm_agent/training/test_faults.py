@@ -489,6 +489,20 @@ def test_pruning_keeps_the_newest_readable_checkpoints_by_step(
     assert loaded is not None and loaded.num_timesteps == 4 * ROLLOUT
 
 
+def test_resume_of_a_never_evaluated_run_renews_best_from_final(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without periodic evaluations best/ is the final policy, after every session."""
+    runs = tmp_path / "runs"
+    argv = [*TINY_FLAGS, "--runs-dir", str(runs), "--run-name", "noeval", "--eval-every", "0"]
+    argv += ["--checkpoint-every", str(ROLLOUT), "--no-progress"]
+    assert main(["train", ENV, *argv]) == 0, capsys.readouterr().err
+    run = runs / "noeval"
+    first = _snapshot(run / "best")
+    assert main(["train", ENV, "--resume", str(run), "--steps", str(4 * ROLLOUT)]) == 0
+    assert _snapshot(run / "best") == _snapshot(run / "final") != first
+
+
 def test_resume_never_replaces_a_better_best(
     ckpt_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
