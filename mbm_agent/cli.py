@@ -229,8 +229,14 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from mbm_agent.evaluation import evaluate_agent, report_markdown, report_name, write_report
-    from mbm_agent.training.agent import load_agent
+    from mbm_agent.evaluation import (
+        KEPT_FILE_STEMS,
+        evaluate_agent,
+        report_markdown,
+        report_name,
+        write_report,
+    )
+    from mbm_agent.training.agent import load_agent, policy_source
     from mbm_agent.training.config import check_name
     from mbm_agent.training.threads import torch_threads_for
 
@@ -238,6 +244,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}.")
     if args.name is not None:
         check_name(args.name, "--name")
+        if args.name.lower() in KEPT_FILE_STEMS:
+            raise ConfigError(
+                f"--name {args.name} would overwrite {args.name}.json or {args.name}.md, which "
+                "a run, policy or export folder keeps for itself; pick another name "
+                f"(e.g. eval-{args.name})."
+            )
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(
             f"--out {args.out} is a file; --out takes a folder (the report is written as "
@@ -246,7 +258,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.torch_threads < 0:
         raise ConfigError(f"--torch-threads must be >= 0 (0: automatic), got {args.torch_threads}.")
     torch.set_num_threads(torch_threads_for(args.torch_threads))
-    agent = load_agent(args.run, args.which)
+    source = policy_source(args.run, args.which)
+    agent = load_agent(source.model_dir)
     report = evaluate_agent(
         agent,
         agent.spec["env_id"],
@@ -255,11 +268,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         n_envs=max(1, min(args.n_envs, args.episodes)),
         deterministic=args.deterministic,
         drop_modalities=tuple(args.drop_modality),
-        meta={"run": str(args.run), "policy": args.which},
+        meta={"run": str(args.run), "policy": source.label, "policy_dir": str(source.model_dir)},
     )
-    name = args.name or report_name(args.deterministic, args.drop_modality)
-    # A policy folder (best/, final/) reports into its run folder.
-    out = args.out or (args.run.parent if (args.run / "model.json").is_file() else args.run)
+    name = args.name or report_name(args.deterministic, args.drop_modality, source.suffix)
+    # A run's policies (best/, final/, checkpoints/step-N/policy) report into the run
+    # folder, which training never replaces; a policy folder of its own into itself.
+    out = args.out or source.home
     write_report(report, out, name=name)
     print(report_markdown(report))
     print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")

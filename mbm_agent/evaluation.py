@@ -462,19 +462,32 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report_name(deterministic: bool = True, drop_modalities: Sequence[str] = ()) -> str:
-    """The file stem of an evaluation's report, named by how it played.
+#: File stems (``NAME.json``, ``NAME.md``) that run, policy and export folders keep for
+#: their own files: ``mbm-agent eval --name`` refuses them.
+KEPT_FILE_STEMS = frozenset(
+    {"config", "model", "score", "state", "export", "vocabulary", "summary", "readme", "results"}
+)
+
+
+def report_name(
+    deterministic: bool = True, drop_modalities: Sequence[str] = (), policy: str = ""
+) -> str:
+    """The file stem of an evaluation's report, named by how it played and what.
 
     ``eval`` (greedy, every sense: the one ``mbm-agent train`` writes), ``eval-sampled``
-    (sampled actions), and either with ``-drop-<m>[-<m2>...]`` for masked modalities:
-    ``eval-drop-text``, ``eval-sampled-drop-audio``. ``mbm-agent eval`` and ``mbm-agent
-    bench`` both name reports so, so that no evaluation overwrites another mode's.
+    (sampled actions), either with the policy when it is not the run's best
+    (``eval-final``, ``eval-sampled-step-000000500000``) and with ``-drop-<m>[-<m2>...]``
+    for masked modalities: ``eval-drop-text``, ``eval-sampled-drop-audio``. ``mbm-agent
+    eval`` and ``mbm-agent bench`` both name reports so, so that no evaluation overwrites
+    another mode's or another policy's.
 
     Args:
         deterministic: Greedy (argmax) actions; ``False``: sampled.
         drop_modalities: The modalities masked, in the order given.
+        policy: The policy's suffix (:attr:`~mbm_agent.training.agent.PolicySource.suffix`):
+            ``""`` for the best policy, else ``-final``, ``-step-N``.
     """
-    name = "eval" if deterministic else "eval-sampled"
+    name = ("eval" if deterministic else "eval-sampled") + policy
     if drop_modalities:
         name += "-drop-" + "-".join(drop_modalities)
     return name

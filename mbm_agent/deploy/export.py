@@ -90,7 +90,7 @@ from mbm_agent.deploy.runtime import (
     torchscript_runner,
 )
 from mbm_agent.encoding.spec import InputSpec
-from mbm_agent.training.agent import Agent, load_agent, resolve_model_dir
+from mbm_agent.training.agent import Agent, PolicySource, load_agent, policy_source
 from mbm_agent.training.config import ConfigError
 from mbm_agent.training.storage import (
     ModelFileError,
@@ -141,9 +141,10 @@ def export_policy(
             a loaded :class:`~mbm_agent.training.agent.Agent` or a
             :class:`~mbm_agent.deploy.network.PolicyNetwork`.
         fmt: One of :data:`FORMATS`.
-        out_dir: Export folder. Defaults to ``<run>/exports/<fmt>/`` for a run
-            folder or its ``best/``/``final/`` policy, and to
-            ``<policy folder>/exports/<fmt>/`` for any other policy folder;
+        out_dir: Export folder. Defaults to ``<run>/exports/<fmt>/`` for a run's
+            best policy, ``<run>/exports/<fmt>-final/`` and ``<fmt>-step-N/`` for its
+            ``final/`` and checkpoint policies (:func:`~mbm_agent.training.agent.policy_source`),
+            and to ``<policy folder>/exports/<fmt>/`` for any other policy folder;
             required for an Agent or a PolicyNetwork.
         which: With a run folder: ``"best"`` (falling back to ``final``) or ``"final"``.
         vocabulary: Vocabulary to copy beside the model; by default the policy's own
@@ -176,13 +177,19 @@ def export_policy(
         raise ValueError(
             f"Unknown onnx_exporter {onnx_exporter!r}; choose one of {list(ONNX_EXPORTERS)}."
         )
-    net, spec, own_vocabulary, default_dir, origin = _resolve_source(source, which)
+    net, spec, own_vocabulary, found = _resolve_source(source, which)
+    origin = None
+    if found is not None:
+        home = found.home
+        origin = found.model_dir.relative_to(home).as_posix() if found.model_dir != home else "."
     if out_dir is None:
-        if default_dir is None:
+        if found is None:
             raise ValueError(
                 f"Pass out_dir to export a {type(source).__name__}: it does not know its run folder."
             )
-        out_dir = default_dir / "exports" / fmt
+        # exports/<fmt> for the best policy, exports/<fmt>-final and exports/<fmt>-step-N for
+        # the others: in the run folder, which training never replaces or prunes.
+        out_dir = found.home / "exports" / f"{fmt}{found.suffix}"
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     vocabulary = vocabulary if vocabulary is not None else own_vocabulary
@@ -231,38 +238,45 @@ def check_out_dir(out_dir: Path) -> None:
     except ModelFileError:
         ours = False
     if not ours:
+        inside = (
+            f"e.g. --out {out_dir.parent / 'exports' / out_dir.name}"
+            if (out_dir / "model.json").is_file()  # a policy folder, itself replaced whole
+            else f"e.g. --out {out_dir / 'export'}"
+        )
         raise ConfigError(
             f"--out {out_dir} is a folder holding other files, not an earlier export (it has "
             "no export.json of mbm-agent); an export replaces its folder whole, so it is only "
-            f"written to a new or empty folder or over an earlier export, e.g. --out "
-            f"{out_dir / 'export'}."
+            f"written to a new or empty folder or over an earlier export, {inside}."
         )
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_ENTRIES)
+    if foreign:
+        raise ConfigError(
+            f"--out {out_dir} is an earlier export that now also holds {', '.join(foreign)}, "
+            "which mbm-agent did not write; an export replaces its folder whole. Move them "
+            "out of the folder, or export to another --out."
+        )
+
+
+#: Every entry an export folder holds: what :func:`export_policy` writes there.
+EXPORT_ENTRIES = frozenset({"export.json", "vocabulary.json", *MODEL_FILES.values()})
 
 
 def _resolve_source(
     source: str | Path | Agent | PolicyNetwork, which: str
-) -> tuple[PolicyNetwork, dict[str, Any], Vocabulary | None, Path | None, str | None]:
-    """``(net, spec, vocabulary, folder for default exports, where the policy came from)``."""
+) -> tuple[PolicyNetwork, dict[str, Any], Vocabulary | None, PolicySource | None]:
+    """``(net, spec, vocabulary, the policy's folder and home if it came from one)``."""
     if isinstance(source, PolicyNetwork):
-        return source, {}, None, None, None
+        return source, {}, None, None
     if isinstance(source, Agent):
-        return _network(source), dict(source.spec), source.vocabulary, None, None
+        return _network(source), dict(source.spec), source.vocabulary, None
     if not isinstance(source, str | Path):
         raise TypeError(
             f"source must be a run or policy folder, an Agent or a PolicyNetwork, got "
             f"{type(source).__name__}."
         )
-    path = Path(source)
-    model_dir = resolve_model_dir(path, which)
-    agent = load_agent(model_dir)
-    if model_dir != path:
-        home = path
-    elif model_dir.name in ("best", "final"):
-        home = model_dir.parent
-    else:
-        home = model_dir
-    origin = model_dir.relative_to(home).as_posix() if model_dir != home else "."
-    return _network(agent), dict(agent.spec), agent.vocabulary, home, origin
+    found = policy_source(source, which)
+    agent = load_agent(found.model_dir)
+    return _network(agent), dict(agent.spec), agent.vocabulary, found
 
 
 def _network(agent: Agent) -> PolicyNetwork:

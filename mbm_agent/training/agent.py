@@ -12,6 +12,7 @@ import json
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -458,6 +459,53 @@ def resolve_model_dir(path: str | Path, which: str = "best") -> Path:
             )
             return kept
     raise ModelFileError(f"{p} holds no saved policy ({' or '.join(names)}/model.json is missing).")
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """A saved policy's folder, the folder it belongs to, and which of its policies it is.
+
+    Attributes:
+        model_dir: The folder holding ``model.json``.
+        home: Where what is made from the policy belongs (reports, exports): the run
+            folder for its ``best/``, ``final/`` and ``checkpoints/step-N/policy``
+            (never a folder that training replaces or prunes), else ``model_dir`` itself
+            (a published agent such as ``runs/reference/agents/<Game>``).
+        label: ``best``, ``final``, ``step-N`` (a checkpoint) or ``policy`` (a folder of
+            its own).
+    """
+
+    model_dir: Path
+    home: Path
+    label: str
+
+    @property
+    def suffix(self) -> str:
+        """What names a report or export of this policy apart from the run's best one."""
+        return "" if self.label in ("best", "policy") else f"-{self.label}"
+
+
+def policy_source(path: str | Path, which: str = "best") -> PolicySource:
+    """Which policy ``path`` (a run or policy folder) and ``which`` load, and its home.
+
+    Raises:
+        FileNotFoundError, ModelFileError, ValueError: as :func:`resolve_model_dir`.
+    """
+    model_dir = resolve_model_dir(path, which)
+    name = model_dir.name
+    if name.startswith(".") and name.endswith(".old"):  # a copy a stopped run left
+        name = name[1 : -len(".old")]
+    run_dir = model_dir.parent
+    if name in ("best", "final") and (run_dir / "config.json").is_file():
+        return PolicySource(model_dir, run_dir, name)
+    run_dir = model_dir.parent.parent.parent
+    if (
+        name == "policy"
+        and model_dir.parent.parent.name == "checkpoints"
+        and (run_dir / "config.json").is_file()
+    ):
+        return PolicySource(model_dir, run_dir, model_dir.parent.name)
+    return PolicySource(model_dir, model_dir, "policy")
 
 
 def load_agent(path: str | Path, which: str = "best", device: str = "cpu") -> Agent:

@@ -212,12 +212,12 @@ def test_eval_drop_modality_writes_its_own_report(
         assert torch.get_num_threads() == 2  # as train's --torch-threads
     finally:
         torch.set_num_threads(threads)
-    assert "eval-drop-text.json" in capsys.readouterr().out
-    report = json.loads((run / "eval-drop-text.json").read_text())
+    assert "eval-final-drop-text.json" in capsys.readouterr().out
+    report = json.loads((run / "eval-final-drop-text.json").read_text())
     assert report["meta"]["drop_modalities"] == ["text"]
     assert report["meta"]["policy"] == "final"
     assert report["meta"]["episodes"] == 6
-    assert (run / "eval-drop-text.md").is_file()
+    assert (run / "eval-final-drop-text.md").is_file()
     assert (run / "eval.json").read_bytes() == before  # the main report is left alone
 
 
@@ -244,6 +244,46 @@ def test_eval_reports_are_named_by_mode_and_never_overwrite_each_other(
         assert (run / f"{name}.md").is_file()
     assert (run / "eval.json").read_bytes() == before
     assert (run / "eval-drop-text.json").read_bytes() == greedy_drop
+
+
+@pytest.mark.slow
+def test_eval_names_each_policy_report_and_writes_it_where_training_keeps_it(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--which final, final/, a checkpoint's policy: each its own report, in the run
+    folder (never inside a folder training replaces or prunes), labelled with what
+    was played; a published policy folder reports into itself."""
+    run = copy_tree(run0, tmp_path / "run")
+    best = (run / "eval.json").read_bytes()
+    step = sorted(p.name for p in (run / "checkpoints").iterdir())[-1]
+    cases = [
+        ([str(run), "--which", "final"], run / "eval-final.json", "final"),
+        ([str(run / "final")], run / "eval-final.json", "final"),
+        ([str(run / "checkpoints" / step / "policy")], run / f"eval-{step}.json", step),
+    ]
+    for args, report_file, label in cases:
+        report_file.unlink(missing_ok=True)
+        assert main(["eval", *args, "--episodes", "2"]) == 0, capsys.readouterr().err
+        meta = json.loads(report_file.read_text())["meta"]
+        assert meta["policy"] == label
+        assert Path(meta["policy_dir"]).name == Path(args[0]).name or label == "final"
+    assert (run / "eval.json").read_bytes() == best
+    assert not list((run / "checkpoints").rglob("eval*.json"))
+    agents = tmp_path / "agents"
+    for name in ("A", "B"):
+        shutil.copytree(run / "best", agents / name)
+        assert main(["eval", str(agents / name), "--episodes", "2"]) == 0
+        assert json.loads((agents / name / "eval.json").read_text())["meta"]["policy"] == "policy"
+    assert sorted(p.name for p in agents.iterdir()) == ["A", "B"]  # no shared agents/eval.json
+
+
+@pytest.mark.parametrize("name", ["config", "model", "Score", "vocabulary", "export"])
+def test_eval_name_of_a_file_folders_keep_is_refused(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", str(tmp_path), "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert f"--name {name} would overwrite" in err and f"eval-{name}" in err
 
 
 @pytest.mark.slow
@@ -625,3 +665,42 @@ def test_export_out_never_replaces_a_folder_it_did_not_write(
         assert (out / "export.json").is_file() and (out / "policy.pt").is_file()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
     assert _tree(runs) == before
+
+
+@pytest.mark.slow
+def test_export_of_final_or_a_checkpoint_goes_beside_the_best_one_not_over_it(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_tree(run0, tmp_path / "run")
+    step = sorted(p.name for p in (run / "checkpoints").iterdir())[-1]
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+    best_export = _tree(run / "exports" / "torchscript")
+    assert main(["export", str(run), "--format", "torchscript", "--which", "final"]) == 0
+    ckpt_policy = run / "checkpoints" / step / "policy"
+    assert main(["export", str(ckpt_policy), "--format", "torchscript"]) == 0
+    out = capsys.readouterr().out
+    for name in ("torchscript-final", f"torchscript-{step}"):
+        assert str(run / "exports" / name) in out
+        meta = json.loads((run / "exports" / name / "export.json").read_text())
+        assert meta["source"] == (
+            "final" if name.endswith("final") else f"checkpoints/{step}/policy"
+        )
+    assert _tree(run / "exports" / "torchscript") == best_export
+    assert not (ckpt_policy / "exports").exists()  # pruning would take it
+
+
+@pytest.mark.slow
+def test_export_again_refuses_to_delete_files_put_in_the_export_folder(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_tree(run0, tmp_path / "run")
+    out = tmp_path / "ts"
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    (out / "NOTES.md").write_text("mine")
+    before = _tree(out)
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "NOTES.md" in err and "did not write" in err
+    assert _tree(out) == before
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(run / "best")]) == 2
+    assert f"--out {run / 'exports' / 'best'}" in capsys.readouterr().err
