@@ -39,6 +39,10 @@ IMAGE_CHANNELS: tuple[int, ...] = (1, 3, 4)
 MAX_VECTOR_SIZE = 4096
 """Most values a key may hold to be encoded as a vector without a declaration."""
 
+FLAT_FRAME_MIN_SIDE = 16
+"""Smallest height and width of an undeclared 2-D uint8 Box taken for a greyscale frame
+(a frame when too large for a vector; else a vector, with a warning)."""
+
 
 def is_string_space(space: spaces.Space[Any]) -> bool:
     """A space of raw strings: ``spaces.Text`` or MiniGrid's ``MissionSpace``."""
@@ -52,6 +56,21 @@ def is_frame_space(space: spaces.Space[Any]) -> bool:
         and space.dtype == np.uint8
         and len(space.shape) == 3
         and (space.shape[-1] in IMAGE_CHANNELS or space.shape[0] in IMAGE_CHANNELS)
+    )
+
+
+def is_flat_frame_space(space: spaces.Space[Any], min_side: int = 1) -> bool:
+    """A 2-D uint8 Box ``(H, W)`` with both sides >= ``min_side``: a greyscale frame without a channel axis.
+
+    The observation adapter gives such a key its channel axis, ``(H, W) -> (H, W, 1)``,
+    when it is declared ``image`` (or, undeclared, when it is too large for a vector);
+    the encoder itself reads frames with a channel axis.
+    """
+    return (
+        isinstance(space, spaces.Box)
+        and space.dtype == np.uint8
+        and len(space.shape) == 2
+        and min(space.shape) >= min_side
     )
 
 
@@ -108,7 +127,8 @@ def undeclared_error(key: str, space: spaces.Space[Any]) -> ValueError:
             f"a small vector (a discrete space or a 1-D / 2-D Box of at most {MAX_VECTOR_SIZE} "
             "values)"
         )
-        example = "image" if isinstance(space, spaces.Box) and len(space.shape) == 3 else "ignore"
+        frame = isinstance(space, spaces.Box) and len(space.shape) == 3
+        example = "image" if frame or is_flat_frame_space(space) else "ignore"
     return ValueError(
         f"Observation key {key!r} with space {space} {why}. Declare its modality, e.g. "
         f"modalities={{{key!r}: {example!r}}} (config file: `modalities: {{{key}: {example}}}`, "

@@ -32,6 +32,7 @@ from mbm_agent.encoding.config import (
     EncoderConfig,
     infer_modality,
     is_string_space,
+    is_vector_space,
     undeclared_error,
 )
 from mbm_agent.encoding.encoders import (
@@ -111,10 +112,21 @@ def _finite_scale(space: spaces.Box) -> float:
     return 1.0 / high if np.isfinite(high) and high > 1.0 else 1.0
 
 
+def _suggestion(space: spaces.Space, rejected: str) -> str:
+    """A modality to suggest for a key that cannot be ``rejected``: one its space fits, else ignore."""
+    if rejected != "vector" and is_vector_space(space):
+        return "vector"
+    if rejected != "image" and isinstance(space, spaces.Box) and len(space.shape) == 3:
+        return "image"
+    return "ignore"
+
+
 def _space_error(key: str, space: spaces.Space, modality: str, why: str) -> ValueError:
+    example = _suggestion(space, modality)
+    other = "" if example == "ignore" else ", or 'ignore' to skip it"
     return ValueError(
         f"Observation key {key!r} with space {space} cannot be encoded as {modality!r}: {why} "
-        f"Declare its modality, e.g. modalities={{{key!r}: 'vector'}}, or 'ignore' to skip it "
+        f"Declare another modality, e.g. modalities={{{key!r}: {example!r}}}{other} "
         f"(known modalities: {list(MODALITIES)})."
     )
 

@@ -18,10 +18,24 @@ learns from them:
   is per-env state, silent at the start of each episode;
 - a 2-D integer grid declared ``symbolic_grid`` (MiniHack's ``glyphs`` and
   ``glyphs_crop``) gets a channel axis, ``(H, W) -> (H, W, 1)``, the layout the
-  symbolic-grid encoder takes (:class:`GridTransform`).
+  symbolic-grid encoder takes (:class:`GridTransform`); so does a 2-D uint8
+  greyscale frame declared ``image``, or undeclared and too large for a vector
+  (:class:`FrameTransform`; a smaller undeclared one with both sides >= 16 stays a
+  vector, with a warning naming the declaration that reads it as a frame);
+- a nested ``Dict`` or ``Tuple`` key is flattened into one key per part,
+  ``parent_child`` and ``parent_0``, ``parent_1`` (a plain ``Tuple`` observation
+  into ``obs_0``, ``obs_1``, ...), each encoded by its own space; a key declared
+  ``ignore`` whose space SB3's vector envs cannot store (a nested space, a raw
+  string) is dropped, from the observation and its space.
 
 Every other key passes unchanged and the encoder gives it a modality by its
 name or space (:func:`mbm_agent.encoding.config.infer_modality`).
+
+:meth:`ObservationAdapter.observation_check` checks every raw observation of a
+third-party env as it leaves the env (``mbm-agent train`` and ``eval`` wrap the
+env with it): each key's shape and dtype kind against the env's own space, and
+float keys for NaN and infinity, each failure an :class:`ObservationError` that
+names the env, the key, the step and the fix.
 
 The adapter is plain numpy and JSON: ``to_dict()`` is stored in ``model.json``
 (``observation_adapter``) and in every export's ``export.json``, so evaluation,
@@ -46,7 +60,7 @@ import functools
 import hashlib
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -57,15 +71,26 @@ from numpy.typing import NDArray
 from envs.core.audio import AudioConfig, log_mel, mel_filterbank
 from envs.core.text import Vocabulary, tokenize
 from mbm_agent.encoding.config import (
+    FLAT_FRAME_MIN_SIDE,
     MODALITIES,
     infer_modality,
+    is_flat_frame_space,
     is_frame_space,
     is_string_space,
     undeclared_error,
 )
 
 ADAPTER_FORMAT = "mbm-agent/observation-adapter"
-ADAPTER_VERSION = 1
+ADAPTER_VERSION = 2
+"""Version written by an adapter that flattens or drops keys; one that does neither
+writes version 1, which every mbm-agent reads (:data:`READABLE_VERSIONS`)."""
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+
+SEPARATOR = "_"
+"""Joins a nested key's parts into its flat key: ``robot`` / ``pos`` -> ``robot_pos``."""
+
+MAX_DEPTH = 16
+"""Deepest nesting a saved adapter may address."""
 
 DECLARABLE: tuple[str, ...] = (*MODALITIES, "waveform")
 """Modalities a config may declare: the encoder's, plus ``waveform`` (converted here)."""
@@ -503,8 +528,10 @@ class WaveformTransform:
         # Not self.output_space.shape: building a Box each step cost 12% of an Atari step.
         out = (self.channels, self.audio.n_mels, self.audio.n_frames)
         if arr.shape == self.shape:
+            self._check_kind(arr)
             return True, None, arr[None]
         if arr.shape[1:] == self.shape:
+            self._check_kind(arr)
             return True, arr.shape[0], arr
         if arr.shape == out:
             return False, None, arr
@@ -517,6 +544,15 @@ class WaveformTransform:
             "rate and length, or retrain with the env's own (modalities: "
             f"{{{self.key}: {{kind: waveform, sample_rate: RATE}}}})."
         )
+
+    def _check_kind(self, arr: NDArray[Any]) -> None:
+        """Raise when a raw chunk's dtype kind is not the declared one (it would be scaled wrongly)."""
+        if arr.dtype.kind != self.dtype.kind:
+            raise ValueError(
+                f"obs[{self.key!r}] holds {arr.dtype} samples, but this policy reads the key "
+                f"as {self.dtype} PCM ({pcm_mismatch(self.dtype, arr.dtype)}); convert the "
+                f"chunks to {self.dtype}, or train with a space of the dtype the env emits."
+            )
 
     def pcm(self, raw: NDArray[Any]) -> NDArray[np.float64]:
         """A batch of raw chunks as float ``(B, channels, chunk)`` in [-1, 1]."""
@@ -560,6 +596,22 @@ class WaveformTransform:
             "n_mels": cfg.n_mels,
             "n_frames": cfg.n_frames,
         }
+
+
+def pcm_mismatch(declared: np.dtype[Any], emitted: np.dtype[Any]) -> str:
+    """Why PCM of dtype ``emitted`` read as ``declared`` goes wrong, with the conversion that fixes it."""
+    if declared.kind in "iu" and emitted.kind == "f":
+        full = 2 ** (8 * declared.itemsize - 1) - 1
+        return (
+            f"float samples in [-1, 1] read as {declared} integers are near-silence; scale "
+            f"them, e.g. (x * {full}).astype(np.{declared.name})"
+        )
+    if declared.kind == "f" and emitted.kind in "iu":
+        return (
+            f"{emitted} samples read as float PCM are far outside [-1, 1]; scale them, e.g. "
+            f"x.astype(np.float32) / {2 ** (8 * emitted.itemsize - 1)}"
+        )
+    return f"{emitted} samples read as {declared} are centred and scaled wrongly"
 
 
 def waveform_transform(
@@ -725,8 +777,95 @@ class GridTransform:
         }
 
 
+class FrameTransform(GridTransform):
+    """A 2-D uint8 greyscale frame ``(H, W)`` -> ``(H, W, 1)``: the channel axis the image encoder reads.
+
+    Args:
+        key: Observation key.
+        dtype: The raw dtype (``uint8``).
+        shape: The raw ``(H, W)``.
+        high: The space's upper bound (255).
+    """
+
+    modality = "image"
+
+    def __init__(self, key: str, dtype: str, shape: Sequence[int], high: int = 255) -> None:
+        super().__init__(key, dtype, shape, high)
+        if self.dtype != np.uint8:
+            raise ValueError(
+                f"Observation key {key!r}: a 2-D greyscale frame must be uint8, got {self.dtype}."
+            )
+
+    def describe_input(self) -> str:
+        """What the raw input is."""
+        return f"a uint8 greyscale frame of shape {self.shape}"
+
+    def describe(self) -> str:
+        """One line for ``mbm-agent inspect``."""
+        h, w = self.shape
+        return f"greyscale frame ({h}, {w}) -> ({h}, {w}, 1)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {**super().to_dict(), "kind": "frame"}
+
+
+# -- nested keys ----------------------------------------------------------------------
+ObsPath = tuple[str | int, ...]
+"""Where a flat key's value lies in the raw observation: Dict keys and Tuple indices."""
+
+
+def is_nested_space(space: spaces.Space[Any]) -> bool:
+    """A ``Dict`` or ``Tuple`` space (flattened into one key per part at the env's edge)."""
+    return isinstance(space, spaces.Dict | spaces.Tuple)
+
+
+def is_array_space(space: spaces.Space[Any]) -> bool:
+    """A space whose values SB3's vector envs store: ``Box``, ``Discrete``, ``MultiDiscrete``, ``MultiBinary``."""
+    return isinstance(
+        space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary
+    )
+
+
+def _leaves(
+    name: str, path: ObsPath, space: spaces.Space[Any]
+) -> Iterator[tuple[str, ObsPath, spaces.Space[Any]]]:
+    """``(flat key, path, space)`` of every non-nested part of ``space``."""
+    if isinstance(space, spaces.Dict):
+        parts: list[tuple[str | int, spaces.Space[Any]]] = list(space.spaces.items())
+    elif isinstance(space, spaces.Tuple):
+        parts = list(enumerate(space.spaces))
+    else:
+        yield name, path, space
+        return
+    if len(path) > MAX_DEPTH:
+        raise ValueError(f"Observation key {path[0]!r} is nested deeper than {MAX_DEPTH} levels.")
+    for part, sub in parts:
+        yield from _leaves(f"{name}{SEPARATOR}{part}", (*path, part), sub)
+
+
+def path_text(path: ObsPath, plain: bool = False) -> str:
+    """``obs['robot']['pos']`` (``obs[0]`` for a part of a plain Tuple observation)."""
+    return "obs" + "".join(f"[{p!r}]" for p in (path[1:] if plain else path))
+
+
+def _walk_space(space: spaces.Dict, path: ObsPath) -> spaces.Space[Any]:
+    sub: spaces.Space[Any] = space
+    for part in path:
+        in_dict = isinstance(sub, spaces.Dict) and isinstance(part, str) and part in sub.spaces
+        in_tuple = isinstance(sub, spaces.Tuple) and isinstance(part, int) and part < len(sub)
+        if in_dict or in_tuple:
+            sub = sub[part]  # type: ignore[index]
+        else:
+            raise ValueError(
+                f"This policy reads {path_text(path)}, which the env's observation space "
+                f"{space} lacks; was it trained on another env?"
+            )
+    return sub
+
+
 # -- the adapter --------------------------------------------------------------------
-KeyTransform = TextTransform | WaveformTransform | GridTransform
+KeyTransform = TextTransform | WaveformTransform | GridTransform | FrameTransform
 
 
 #: Bounds of the settings a saved adapter may ask for (a model.json from a stranger
@@ -742,6 +881,7 @@ LIMITS: dict[str, int] = {
     "n_frames": 2**12,
     "shape": 2**22,
     "high": 2**20,
+    "keys": 2**12,
 }
 
 
@@ -796,7 +936,7 @@ def transform_from_dict(key: str, data: Mapping[str, Any]) -> KeyTransform:
         if not isinstance(shape, list) or not all(_bounded({"shape": s}, "shape") for s in shape):
             raise ValueError(f"shape must be a list of sizes, got {shape!r:.80}.")
         return WaveformTransform(key, str(data["dtype"]), shape, audio)
-    if kind == "grid":
+    if kind in ("grid", "frame"):
         shape = data["shape"]
         if (
             not isinstance(shape, list)
@@ -807,6 +947,8 @@ def transform_from_dict(key: str, data: Mapping[str, Any]) -> KeyTransform:
         dtype = np.dtype(str(data["dtype"]))
         if dtype.kind not in "iu":
             raise ValueError(f"a grid's dtype must be an integer type, got {dtype}.")
+        if kind == "frame":
+            return FrameTransform(key, dtype.name, shape, _bounded(data, "high"))
         return GridTransform(key, dtype.name, shape, _bounded(data, "high"))
     raise ValueError(f"Unknown observation transform {kind!r} for key {key!r}.")
 
@@ -856,10 +998,15 @@ class ObservationAdapter:
 
     Args:
         transforms: Per converted key, its transform.
-        box_key: Key a plain ``Box`` observation is put under, or None for Dict envs.
+        box_key: Key a plain (non-Dict) observation is put under, or None for Dict envs.
         modalities: The encoder's declarations for the converted observation
             (converted keys and keys the config declared).
         declared: The config's declarations as written (``train --init-from`` reuses them).
+        paths: Per flat key of a nested key, where its value lies in the raw
+            observation (``{"robot_pos": ("robot", "pos")}``).
+        nested: The raw keys flattened into ``paths`` (removed from the observation).
+        dropped: Keys declared ``ignore`` that SB3 cannot store, removed at the edge
+            (raw keys, or flat keys of nested ones).
     """
 
     def __init__(
@@ -869,11 +1016,18 @@ class ObservationAdapter:
         box_key: str | None = None,
         modalities: Mapping[str, str] | None = None,
         declared: Mapping[str, Any] | None = None,
+        paths: Mapping[str, Sequence[str | int]] | None = None,
+        nested: Sequence[str] = (),
+        dropped: Sequence[str] = (),
     ) -> None:
         self.transforms: dict[str, KeyTransform] = dict(transforms or {})
         self.box_key = box_key
         self.modalities: dict[str, str] = dict(modalities or {})
         self.declared: dict[str, Any] = dict(declared or {})
+        self.paths: dict[str, ObsPath] = {k: tuple(v) for k, v in (paths or {}).items()}
+        self.nested: tuple[str, ...] = tuple(nested)
+        self.dropped: tuple[str, ...] = tuple(dropped)
+        self._removed = frozenset(self.nested) | frozenset(self.dropped)
 
     @classmethod
     def for_space(
@@ -902,19 +1056,30 @@ class ObservationAdapter:
         if not isinstance(space, spaces.Dict):
             box_key = "image" if is_frame_space(space) else "obs"
             space = spaces.Dict({box_key: space})
-        unknown = [k for k in decls if k not in space.spaces]
+        flat, paths, nested, dropped = _flatten(space, decls)
+        known = [*space.spaces, *paths, *(k for k in dropped if k not in space.spaces)]
+        unknown = [k for k in decls if k not in known]
         if unknown:
-            hints = ", ".join(f"{k!r}{_hint(k, list(space.spaces))}" for k in unknown)
+            hints = ", ".join(f"{k!r}{_hint(k, known)}" for k in unknown)
             raise ValueError(
                 f"modalities declares {hints}, which the observation space lacks; its keys are "
-                f"{list(space.spaces)}."
+                f"{known}."
             )
         transforms: dict[str, KeyTransform] = {}
         modalities: dict[str, str] = {}
-        for key, sub in space.spaces.items():
+        for key, sub in flat.items():
             decl = decls.get(key)
             if decl is None:
                 inferred = infer_modality(key, sub)
+                if is_flat_frame_space(sub, FLAT_FRAME_MIN_SIDE) and inferred == "vector":
+                    _warn_flat_frame(key, sub)
+                elif is_flat_frame_space(sub) and (
+                    inferred == "image" or is_flat_frame_space(sub, FLAT_FRAME_MIN_SIDE)
+                ):
+                    # Too large for a vector (or named image): a greyscale frame.
+                    transforms[key] = _frame_transform(key, sub)
+                    modalities[key] = "image:hwc"
+                    continue
                 if inferred is None:
                     raise undeclared_error(key, sub)
                 if is_string_space(sub):
@@ -930,6 +1095,9 @@ class ObservationAdapter:
                     key, cast(np.dtype, sub.dtype).name, sub.shape, int(np.max(sub.high))
                 )
                 modalities[key] = decl.encoder_string()
+            elif decl.kind == "image" and is_flat_frame_space(sub):
+                transforms[key] = _frame_transform(key, sub)
+                modalities[key] = "image:hwc"
             elif decl.kind == "text" and (is_string_space(sub) or _is_byte_text(sub)):
                 transforms[key] = text_transform(key, sub, decl.options)
                 modalities[key] = "text"
@@ -940,15 +1108,29 @@ class ObservationAdapter:
                 )
             else:
                 modalities[key] = decl.encoder_string()
-        return cls(transforms, box_key=box_key, modalities=modalities, declared=declared)
+        return cls(
+            transforms,
+            box_key=box_key,
+            modalities=modalities,
+            declared=declared,
+            paths=paths,
+            nested=nested,
+            dropped=dropped,
+        )
 
     @property
     def is_identity(self) -> bool:
         """Whether observations pass unchanged (a Dict env with nothing to convert)."""
-        return not self.transforms and self.box_key is None
+        return not (self.transforms or self.paths or self.nested or self.dropped) and (
+            self.box_key is None
+        )
 
-    def observation_space(self, raw: spaces.Space[Any]) -> spaces.Dict:
-        """The converted space of an env whose raw space is ``raw`` (checked against this adapter)."""
+    def raw_leaves(self, raw: spaces.Space[Any]) -> dict[str, tuple[ObsPath, spaces.Space[Any]]]:
+        """Per key of the flat observation, where it lies in a raw one and its raw space.
+
+        Raises:
+            ValueError: ``raw`` lacks a key (or a part of a nested key) this adapter reads.
+        """
         if self.box_key is not None:
             if isinstance(raw, spaces.Dict):
                 raise ValueError(
@@ -958,20 +1140,47 @@ class ObservationAdapter:
             raw = spaces.Dict({self.box_key: raw})
         if not isinstance(raw, spaces.Dict):
             raise ValueError(f"Expected a Dict observation space, got {raw}.")
-        out = dict(raw.spaces)
+        out: dict[str, tuple[ObsPath, spaces.Space[Any]]] = {
+            key: ((key,), sub) for key, sub in raw.spaces.items() if key not in self._removed
+        }
+        for key, path in self.paths.items():
+            out[key] = (path, _walk_space(raw, path))
+        return out
+
+    def observation_space(self, raw: spaces.Space[Any]) -> spaces.Dict:
+        """The converted space of an env whose raw space is ``raw`` (checked against this adapter)."""
+        out = {key: sub for key, (_, sub) in self.raw_leaves(raw).items()}
         for key, transform in self.transforms.items():
             if key not in out:
                 raise ValueError(
                     f"This policy reads observation key {key!r} ({transform.describe_input()}), "
-                    f"which the env lacks; its keys are {list(raw.spaces)}."
+                    f"which the env lacks; its keys are {list(out)}."
                 )
             transform.check_space(out[key])
             out[key] = transform.output_space
         return spaces.Dict(out)
 
+    def observation_check(self, raw: spaces.Space[Any], env_id: str) -> ObservationCheck:
+        """The per-step check of the raw observations of an env whose raw space is ``raw``."""
+        return ObservationCheck(self, raw, env_id)
+
     def new_state(self, batch: int = 1) -> AdapterState:
         """Silent rolling windows for ``batch`` envs."""
         return AdapterState(self, batch)
+
+    def flatten(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """The observation with nested keys flattened and dropped keys removed.
+
+        Keys already flat (as the wrapped envs of evaluation emit them) pass unchanged.
+        """
+        out = {k: v for k, v in obs.items() if k not in self._removed}
+        for key, path in self.paths.items():
+            if path[0] in obs:
+                value: Any = obs
+                for part in path:
+                    value = value[part]
+                out[key] = value
+        return out
 
     def adapt(self, obs: Any, state: AdapterState | None = None) -> dict[str, Any]:
         """Convert one observation or a batch (a leading batch axis on every key).
@@ -989,13 +1198,13 @@ class ObservationAdapter:
             obs = {self.box_key: obs}
         if not isinstance(obs, Mapping):
             raise ValueError(f"obs must be a dict of arrays, got {type(obs).__name__}.")
-        out = dict(obs)
+        out = self.flatten(obs) if self._removed else dict(obs)
         if not self.transforms:
             return out
         pending: dict[str, tuple[int | None, Any]] = {}
         for key, transform in self.transforms.items():
-            if key in obs:
-                is_raw, batch, value = transform.classify(obs[key])
+            if key in out:
+                is_raw, batch, value = transform.classify(out[key])
                 if is_raw:
                     pending[key] = (batch, value)
         if not pending:
@@ -1020,34 +1229,48 @@ class ObservationAdapter:
 
     def describe(self, key: str) -> str:
         """What happens to ``key`` at the env's edge, for ``mbm-agent inspect``."""
+        parts = []
+        if key in self.paths:
+            parts.append(f"from {path_text(self.paths[key], self.box_key is not None)}")
         if key in self.transforms:
-            return self.transforms[key].describe()
-        return "-"
+            parts.append(self.transforms[key].describe())
+        return "; ".join(parts) or "-"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (stored as ``model.json``'s and ``export.json``'s ``observation_adapter``)."""
-        return {
+        """JSON form (stored as ``model.json``'s and ``export.json``'s ``observation_adapter``).
+
+        Version 1 unless keys are flattened or dropped (then version 2, which an
+        older mbm-agent refuses instead of misreading).
+        """
+        data: dict[str, Any] = {
             "format": ADAPTER_FORMAT,
-            "version": ADAPTER_VERSION,
+            "version": 1,
             "box_key": self.box_key,
             "transforms": {key: t.to_dict() for key, t in self.transforms.items()},
             "modalities": dict(self.modalities),
             "declared": dict(self.declared),
         }
+        if self._removed:
+            data["version"] = ADAPTER_VERSION
+            data["paths"] = {key: list(path) for key, path in self.paths.items()}
+            data["nested"] = list(self.nested)
+            data["dropped"] = list(self.dropped)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ObservationAdapter:
         """Inverse of :meth:`to_dict`.
 
         Raises:
-            ValueError: Not an adapter of this version, or a malformed one.
+            ValueError: Not an adapter of a readable version, or a malformed one.
         """
         if not isinstance(data, Mapping) or data.get("format") != ADAPTER_FORMAT:
             raise ValueError(f"Not an mbm-agent observation adapter (format {ADAPTER_FORMAT!r}).")
-        if data.get("version") != ADAPTER_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"Observation adapter version {data.get('version')!r} is not supported (this "
-                f"mbm-agent reads version {ADAPTER_VERSION}); use the mbm-agent that wrote it."
+                f"mbm-agent reads versions {list(READABLE_VERSIONS)}); use the mbm-agent that "
+                "wrote it."
             )
         try:
             transforms = {
@@ -1055,11 +1278,19 @@ class ObservationAdapter:
                 for key, value in dict(data.get("transforms") or {}).items()
             }
             box_key = data.get("box_key")
+            paths = {str(k): _saved_path(k, v) for k, v in dict(data.get("paths") or {}).items()}
+            nested = [str(k) for k in list(data.get("nested") or [])]
+            dropped = [str(k) for k in list(data.get("dropped") or [])]
+            if max(len(paths), len(nested), len(dropped)) > LIMITS["keys"]:
+                raise ValueError(f"more than {LIMITS['keys']} flattened or dropped keys.")
             return cls(
                 transforms,
                 box_key=None if box_key is None else str(box_key),
                 modalities={str(k): str(v) for k, v in dict(data.get("modalities") or {}).items()},
                 declared=dict(data.get("declared") or {}),
+                paths=paths,
+                nested=nested,
+                dropped=dropped,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(
@@ -1083,9 +1314,241 @@ class ObservationAdapter:
 
     def __repr__(self) -> str:
         parts = [f"{key}: {t.describe()}" for key, t in self.transforms.items()]
+        if self.nested:
+            parts.insert(0, f"flattened {list(self.nested)} -> {list(self.paths)}")
+        if self.dropped:
+            parts.insert(0, f"dropped {list(self.dropped)}")
         if self.box_key is not None:
             parts.insert(0, f"plain observation -> {self.box_key!r}")
         return f"ObservationAdapter({'; '.join(parts) or 'identity'})"
+
+
+def _warn_flat_frame(key: str, space: spaces.Space[Any]) -> None:
+    size = int(np.prod(cast(spaces.Box, space).shape))
+    warnings.warn(
+        f"Observation key {key!r} with space {space} looks like a greyscale frame (2-D uint8) "
+        f"but is encoded as a flat vector of {size} values. Declare `modalities: {{{key}: "
+        f"image}}` to read it as a frame (it gets a channel axis), `symbolic_grid` if it holds "
+        f"ids (MiniHack's chars), or `vector` to keep it flat and silence this warning.",
+        stacklevel=3,
+    )
+
+
+def _frame_transform(key: str, space: spaces.Space[Any]) -> FrameTransform:
+    assert isinstance(space, spaces.Box)
+    return FrameTransform(key, "uint8", space.shape, int(np.max(space.high)))
+
+
+def _saved_path(key: object, value: Any) -> ObsPath:
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= MAX_DEPTH + 1
+        or not isinstance(value[0], str)
+        or not all(isinstance(p, str) or (type(p) is int and 0 <= p < 2**16) for p in value)
+    ):
+        raise ValueError(
+            f"paths.{key} must be a list of Dict keys and Tuple indices, got {value!r:.80}."
+        )
+    return tuple(value)
+
+
+def _flatten(
+    space: spaces.Dict, decls: Mapping[str, Declaration]
+) -> tuple[dict[str, spaces.Space[Any]], dict[str, ObsPath], list[str], list[str]]:
+    """``(flat spaces, paths of flattened parts, nested raw keys, dropped keys)`` of a raw Dict."""
+    flat: dict[str, spaces.Space[Any]] = {}
+    paths: dict[str, ObsPath] = {}
+    nested: list[str] = []
+    dropped: list[str] = []
+
+    def ignored(key: str, sub: spaces.Space[Any]) -> bool:
+        decl = decls.get(key)
+        return decl is not None and decl.kind == "ignore" and not is_array_space(sub)
+
+    for key, sub in space.spaces.items():
+        if ignored(key, sub):
+            dropped.append(key)
+            continue
+        if not is_nested_space(sub):
+            flat[key] = sub
+            continue
+        leaves = list(_leaves(key, (key,), sub))
+        names = [name for name, _, _ in leaves]
+        if key in decls:
+            raise ValueError(
+                f"modalities.{key}: {key!r} is a nested space ({sub}); its parts become the keys "
+                f"{names} at the env's edge. Declare those (e.g. `modalities: {{{names[0]}: "
+                f"vector}}`), or `{key}: ignore` to drop all of it."
+            )
+        nested.append(key)
+        for name, path, leaf in leaves:
+            if name in space.spaces or name in paths:
+                raise ValueError(
+                    f"Observation key {key!r}: its part {path_text(path)} would become the key "
+                    f"{name!r}, which the observation already has; rename one of them with a "
+                    "wrapper (e.g. mbm_agent.RenameObservationKeys)."
+                )
+            if ignored(name, leaf):
+                dropped.append(name)
+                continue
+            paths[name] = path
+            flat[name] = leaf
+    return flat, paths, nested, dropped
+
+
+class ObservationError(ValueError):
+    """An env emitted an observation its own space forbids, or one no policy can learn from."""
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    key: str
+    path: ObsPath
+    space: spaces.Space[Any]
+    shape: tuple[int, ...]
+    kind: str
+    exact: bool  # converted at the edge: the shape must match exactly
+    finite: bool  # checked for NaN / inf (not for keys declared ignore)
+    transform: KeyTransform | None
+
+
+def _kinds_fit(declared: str, emitted: str) -> bool:
+    """Whether values of dtype kind ``emitted`` are stored exactly in a space of kind ``declared``."""
+    if emitted not in "biuf":
+        return False
+    return declared == "f" or emitted != "f"
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+class ObservationCheck:
+    """Checks each raw observation of an env against its own space, where it leaves the env.
+
+    Per array key (Box, Discrete, MultiDiscrete, MultiBinary, nested parts
+    included): its shape (exactly, for keys converted at the edge; else up to axes
+    of size 1), its dtype kind (integers in a float space are fine; floats in an
+    integer space only when they hold whole numbers) and, for float values, that
+    all are finite (not for keys declared ``ignore``). The cost is one
+    ``np.isfinite`` per float key and step. Raises :class:`ObservationError`.
+
+    Args:
+        adapter: The run's adapter (which keys, where they lie, which are ignored).
+        raw: The env's raw observation space.
+        env_id: Named in the errors.
+    """
+
+    def __init__(self, adapter: ObservationAdapter, raw: spaces.Space[Any], env_id: str) -> None:
+        self.env_id = env_id
+        self.box_key = adapter.box_key
+        self.leaves: list[_Leaf] = []
+        for key, (path, sub) in adapter.raw_leaves(raw).items():
+            if not is_array_space(sub):
+                continue
+            transform = adapter.transforms.get(key)
+            self.leaves.append(
+                _Leaf(
+                    key,
+                    path,
+                    sub,
+                    tuple(sub.shape or ()),
+                    cast(np.dtype, sub.dtype).kind,
+                    transform is not None,
+                    adapter.modalities.get(key) != "ignore",
+                    transform,
+                )
+            )
+
+    def __call__(self, obs: Any, step: int | None = None) -> None:
+        """Check one raw observation; ``step`` is its step in the episode (None: from reset).
+
+        Raises:
+            ObservationError: Naming the env, the key, the step, what was emitted,
+                what the space declares and what to do.
+        """
+        if self.box_key is not None:
+            obs = {self.box_key: obs}
+        for leaf in self.leaves:
+            value = obs
+            try:
+                for part in leaf.path:
+                    value = value[part]
+            except (KeyError, IndexError, TypeError):
+                raise ObservationError(
+                    f"{self.env_id} breaks its own observation_space: {self._where(step)} its "
+                    f"observation has no {self._name(leaf)}, which its space declares as "
+                    f"{leaf.space}. Make the env emit every key its observation_space declares."
+                ) from None
+            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+            kind = arr.dtype.kind
+            if arr.shape != leaf.shape or kind != leaf.kind:
+                self._check_mismatch(leaf, arr, step)
+            if leaf.finite and kind == "f" and not np.isfinite(arr).all():
+                raise self._non_finite(leaf, arr, step)
+
+    def _check_mismatch(self, leaf: _Leaf, arr: NDArray[Any], step: int | None) -> None:
+        """The slow path of a shape or dtype that differs from the space: raise unless benign."""
+        same = arr.shape == leaf.shape or (
+            not leaf.exact and _squeezed(arr.shape) == _squeezed(leaf.shape)
+        )
+        kind = arr.dtype.kind
+        why = ""
+        if not same:
+            why = "its shape differs"
+        elif not _kinds_fit(leaf.kind, kind):
+            if kind == "f" and leaf.kind in "biu":
+                if leaf.finite and not np.isfinite(arr).all():
+                    raise self._non_finite(leaf, arr, step)
+                if isinstance(leaf.transform, WaveformTransform):
+                    why = "its dtype kind differs"
+                elif np.any(arr != np.round(arr)):
+                    why = "its float values would be truncated to integers"
+            else:
+                why = "its dtype kind differs"
+        if isinstance(leaf.transform, WaveformTransform) and not why and kind != leaf.kind:
+            why = "its dtype kind differs"
+        if not why:
+            return
+        hint = ""
+        if isinstance(leaf.transform, WaveformTransform):
+            t = leaf.transform
+            hint = (
+                f" {leaf.key!r} is a waveform of {t.chunk} samples per step"
+                + (f" on {t.channels} channels" if t.channels > 1 else "")
+                + f" ({t.dtype}): each step must emit exactly that many samples of that dtype"
+                + (f"; {pcm_mismatch(t.dtype, arr.dtype)}" if same and kind != leaf.kind else "")
+                + "."
+            )
+        raise ObservationError(
+            f"{self.env_id} breaks its own observation_space: {self._where(step)} it emitted "
+            f"{self._name(leaf)} as {arr.dtype} of shape {arr.shape}, but its space declares "
+            f"{leaf.space} ({why}).{hint} Make the env emit what its observation_space declares, "
+            "or declare the space it emits."
+        )
+
+    def _name(self, leaf: _Leaf) -> str:
+        where = path_text(leaf.path, self.box_key is not None)
+        if len(leaf.path) == 1:
+            return "its plain observation" if self.box_key is not None else f"key {leaf.key!r}"
+        return f"key {leaf.key!r} ({where})"
+
+    @staticmethod
+    def _where(step: int | None) -> str:
+        return "at reset" if step is None else f"at step {step} of an episode"
+
+    def _non_finite(self, leaf: _Leaf, arr: NDArray[Any], step: int | None) -> ObservationError:
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        ignore = f"`modalities: {{{leaf.key}: ignore}}`"
+        return ObservationError(
+            f"{self.env_id} emitted {n_nan} NaN and {n_inf} infinite value(s) in "
+            f"{self._name(leaf)} {self._where(step)} ({arr.dtype}, shape {arr.shape}); a policy "
+            "cannot learn from them (they end as 'probability tensor contains either inf, nan'). "
+            "Replace or clip them in the env, e.g. np.nan_to_num(x, nan=0.0, posinf=HIGH, "
+            "neginf=LOW), or wrap it (gymnasium.wrappers.TransformObservation) and train the "
+            f"wrapped env; or declare {ignore} if the policy needs no {leaf.key!r}."
+        )
 
 
 def _is_byte_text(space: spaces.Space[Any]) -> bool:
@@ -1099,10 +1562,13 @@ __all__ = [
     "TEXT_MAX_LEN",
     "AdapterState",
     "Declaration",
+    "FrameTransform",
     "GridTransform",
     "HashedWords",
     "KnownWords",
     "ObservationAdapter",
+    "ObservationCheck",
+    "ObservationError",
     "TextTransform",
     "WaveformTransform",
     "default_n_fft",

@@ -9,6 +9,13 @@ whose observations go through the run's
 :class:`~mbm_agent.training.adapter.ObservationAdapter` (:func:`observation_adapter`).
 A MiniGrid env reached through that generic path gets its symbolic grid declared
 ``symbolic_grid`` (:func:`~mbm_agent.training.wrappers.minigrid_grid_keys`).
+
+Every env but our games is checked where its observations leave it
+(:class:`CheckObservations`): an observation that breaks the env's own space, or
+holds NaN or infinity, stops training or evaluation with an error naming the env,
+the key and the step. Our games are not: their observations are built by our own
+code to their spaces (uint8 frames, token ids, log-mel features clipped to their
+bounds), and their training env (``envs.sb3.SB3VecEnv``) never passes here.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from envs.sb3 import SB3VecEnv
 from mbm_agent.encoding.config import DEFAULT_MODALITIES
 from mbm_agent.sb3.novelty import EpisodicNoveltyBonus
 from mbm_agent.sb3.vec_env import KeepChannelsLast
-from mbm_agent.training.adapter import ObservationAdapter
+from mbm_agent.training.adapter import ObservationAdapter, ObservationCheck
 from mbm_agent.training.config import ConfigError, TrainConfig
 from mbm_agent.training.minihack import is_minihack, make_minihack_env
 from mbm_agent.training.wrappers import (
@@ -55,6 +62,42 @@ class SuccessInfo(gym.Wrapper[Any, Any, Any, Any]):
         if terminated or truncated:
             info = dict(info)
             info.setdefault("is_success", bool(info.get("success", float(reward) > 0)))
+        return obs, reward, terminated, truncated, info
+
+
+class CheckObservations(gym.Wrapper[Any, Any, Any, Any]):
+    """Checks every raw observation of a third-party env against its own space (reset and step).
+
+    The check is the adapter's :class:`~mbm_agent.training.adapter.ObservationCheck`
+    (shapes, dtype kinds, finite floats; one ``np.isfinite`` per float key and
+    step), so a broken env fails here, naming its id, the key and the step, not
+    deep in SB3 or the policy.
+
+    Args:
+        env: The raw env (before its observations are adapted).
+        env_id: Its id, named in the errors.
+        adapter: The run's adapter (which keys it reads, where, and which are ignored).
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], env_id: str, adapter: ObservationAdapter) -> None:
+        super().__init__(env)
+        self.check: ObservationCheck = adapter.observation_check(env.observation_space, env_id)
+        self._steps = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset the env and check its first observation."""
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._steps = 0
+        self.check(obs, None)
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        """Step the env and check its observation."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._steps += 1
+        self.check(obs, self._steps)
         return obs, reward, terminated, truncated, info
 
 
@@ -184,7 +227,10 @@ def make_single_env(
     adapter: ObservationAdapter | None = None,
     modalities: Mapping[str, Any] | None = None,
 ) -> tuple[gym.Env[Any, Any], Vocabulary | None]:
-    """One env ready for the encoder: observations adapted, MiniGrid missions tokenised, success reported.
+    """One env ready for the encoder: observations checked and adapted, MiniGrid missions tokenised, success reported.
+
+    A third-party env's raw observations are checked against its own space
+    (:class:`CheckObservations`) before the adapter converts them.
 
     Args:
         env_id: One of our games, a registered Gymnasium id or ``module:EnvId``.
@@ -201,6 +247,8 @@ def make_single_env(
     env, vocab = make_base_env(env_id, env_kwargs, vocabulary, render_mode)
     if adapter is None:
         adapter = _adapter_for(env, env_id, modalities or {})
+    if not is_our_game(env_id):
+        env = CheckObservations(env, env_id, adapter)
     if not adapter.is_identity:
         env = AdaptObservation(env, adapter)
     return SuccessInfo(env), vocab

@@ -4,7 +4,9 @@
 :class:`~mbm_agent.training.adapter.ObservationAdapter` and the encoder for the
 adapted space (nothing is trained), and reports per key its raw space, its
 modality, the conversion at the env's edge and the encoder with its output
-width; :func:`format_plan` lays that out as a table.
+width; :func:`format_plan` lays that out as a table. A nested ``Dict`` or
+``Tuple`` key shows as the flat keys it becomes (``robot_pos``, ``pair_0``), and
+a key dropped at the edge (declared ``ignore``, not storable) as ignored.
 """
 
 from __future__ import annotations
@@ -87,9 +89,7 @@ def observation_plan(cfg: TrainConfig) -> ObservationPlan:
     adapter = observation_adapter(cfg)
     space = adapter.observation_space(raw)
     encoder = MultimodalEncoder(space, cfg.encoder_config(), adapter.modalities)
-    raw_spaces = (
-        dict(cast(spaces.Dict, raw).spaces) if adapter.box_key is None else {adapter.box_key: raw}
-    )
+    raw_spaces = {key: sub for key, (_, sub) in adapter.raw_leaves(raw).items()}
     declared = {k: str(v) for k, v in adapter.modalities.items()}
     rows = []
     for key in space.spaces:
@@ -103,8 +103,18 @@ def observation_plan(cfg: TrainConfig) -> ObservationPlan:
         if key in adapter.transforms and declared.get(key) == "audio":
             modality = f"waveform -> {modality}"
         rows.append(KeyPlan(key, str(raw_spaces[key]), modality, edge, text, width))
+    top = dict(cast(spaces.Dict, raw).spaces) if adapter.box_key is None else {adapter.box_key: raw}
+    rows.extend(
+        KeyPlan(key, str(top.get(key, "-")), "ignore", "dropped (declared ignore)", "-", 0)
+        for key in adapter.dropped
+    )
     note = ""
-    if adapter.box_key is not None:
+    if adapter.box_key is not None and adapter.box_key in adapter.nested:
+        note = (
+            f"The env's plain {type(raw).__name__} observation is split into the keys "
+            f"{list(adapter.paths)}."
+        )
+    elif adapter.box_key is not None:
         note = f"The env's plain (non-Dict) observation is the key {adapter.box_key!r}."
     if is_minigrid(cfg.env_id):
         note = (
