@@ -13,6 +13,7 @@ played in the terminal: type the key and Enter.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import warnings
@@ -78,16 +79,33 @@ def close_window() -> None:
     _pygame().quit()
 
 
-def save_gif(frames: list[NDArray[np.uint8]], path: str | Path, fps: int = 6) -> Path:
-    """Write frames as an animated GIF (Pillow), creating parent folders."""
+def gif_bytes(frames: list[NDArray[np.uint8]], fps: int = 6) -> bytes:
+    """Frames as the bytes of an animated GIF (Pillow)."""
     from PIL import Image
 
     if not frames:
         raise ValueError("save_gif needs at least one frame.")
+    images = [Image.fromarray(f) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=int(1000 / fps),
+        loop=0,
+    )
+    return buffer.getvalue()
+
+
+def save_gif(frames: list[NDArray[np.uint8]], path: str | Path, fps: int = 6) -> Path:
+    """Write frames as an animated GIF (Pillow), creating parent folders.
+
+    (``mbm_agent.plots.save_gif`` writes the same bytes through a temporary file.)
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    out.write_bytes(gif_bytes(frames, fps))
     return out
 
 

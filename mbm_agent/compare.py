@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mbm_agent.plots import new_figure
+from mbm_agent.plots import new_figure, save_figure
 from mbm_agent.stats import aggregate_runs, probability_of_improvement
 from mbm_agent.training.storage import read_json
 
@@ -342,10 +342,7 @@ def compare_plot(result: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_ylim(-0.7, len(groups) - 0.3)
         ax.set_xlabel(f"IQM {METRICS[metric]} ({level}% CI)")
         ax.grid(axis="x", alpha=0.3)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    return save_figure(fig, path)
 
 
 __all__ = [

@@ -8,6 +8,7 @@ no pyplot, so drawing never opens a window or changes a notebook's backend.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from mbm_agent.training.storage import atomic_write_bytes
 
 #: Columns :func:`learning_curve` needs in ``metrics.csv``.
 REQUIRED_COLUMNS = ("timesteps", "mean_return", "success_rate")
@@ -126,14 +129,27 @@ def learning_curve(metrics_csv: str | Path, out_png: str | Path) -> Path:
         ax.legend(loc="best")
     ax_succ.set_ylim(-0.02, 1.02)
     fig.suptitle(Path(metrics_csv).parent.name or "learning curve")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Save a Matplotlib figure as a PNG through a temporary file and a rename.
+
+    A crash never leaves half a picture, and a symbolic link at ``path`` is replaced,
+    not written through (as every file mbm-agent writes in a run folder).
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    out = Path(path)
+    atomic_write_bytes(out, buffer.getvalue())
     return out
 
 
 def save_gif(frames: Sequence[NDArray[np.uint8]], path: str | Path, fps: int = 6) -> Path:
-    """Write RGB frames as an animated GIF (see :func:`envs.play.save_gif`).
+    """Write RGB frames as an animated GIF (the bytes of :func:`envs.play.gif_bytes`).
+
+    Written through a temporary file and a rename (a symbolic link at ``path`` is
+    replaced, not written through), as every file of a run folder.
 
     Args:
         frames: ``(H, W, 3)`` uint8 frames, e.g. from ``env.render()``.
@@ -145,7 +161,9 @@ def save_gif(frames: Sequence[NDArray[np.uint8]], path: str | Path, fps: int = 6
     """
     from envs import play
 
-    return play.save_gif(list(frames), path, fps)
+    out = Path(path)
+    atomic_write_bytes(out, play.gif_bytes(list(frames), fps))
+    return out
 
 
-__all__ = ["learning_curve", "new_figure", "read_metrics", "save_gif"]
+__all__ = ["learning_curve", "new_figure", "read_metrics", "save_figure", "save_gif"]

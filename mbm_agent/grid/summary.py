@@ -16,7 +16,7 @@ import numpy as np
 import envs
 from mbm_agent.compare import load_run
 from mbm_agent.grid.spec import ALL_GAMES, COMPONENTS, SAMPLED, Cell, full_sense
-from mbm_agent.plots import new_figure, read_metrics
+from mbm_agent.plots import new_figure, read_metrics, save_figure
 from mbm_agent.stats import aggregate_runs
 from mbm_agent.training.storage import atomic_write_text, replace_dir
 
@@ -294,5 +294,4 @@ def curves_plot(cells: Sequence[Cell], root: Path, out: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7)
     ax.set_title(cells[0].game.env_id if cells else "")
-    fig.savefig(out, dpi=110)
-    return out
+    return save_figure(fig, out, dpi=110)

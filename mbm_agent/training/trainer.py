@@ -44,9 +44,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.core.text import Vocabulary
-from envs.play import save_gif
 from mbm_agent.evaluation import EVAL_SEED_BASE, evaluate_agent, write_report
-from mbm_agent.plots import learning_curve
+from mbm_agent.plots import learning_curve, save_gif
 from mbm_agent.sb3.algorithms import algorithm_class, algorithm_kwargs, family, policy_class
 from mbm_agent.sb3.policy import policy_kwargs_for
 from mbm_agent.training.agent import (

@@ -186,3 +186,26 @@ def test_save_gif(tmp_path: Path) -> None:
     frames = [np.full((8, 8, 3), v, dtype=np.uint8) for v in (0, 128, 255)]
     out = save_gif(frames, tmp_path / "gifs" / "episode.gif", fps=4)
     assert out.read_bytes().startswith(b"GIF8")
+
+
+def test_pictures_replace_a_link_and_never_write_through_it(tmp_path: Path) -> None:
+    """A run folder's GIF and PNG are written to a temporary name and renamed in: a link
+    there (to a file the user keeps elsewhere) is replaced, its target left alone."""
+    pytest.importorskip("matplotlib")
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("timesteps,mean_return,success_rate\n100,0.1,0.0\n200,0.3,0.5\n")
+    frames = [np.full((8, 8, 3), v, dtype=np.uint8) for v in (0, 255)]
+    kept = tmp_path / "elsewhere"
+    kept.mkdir()
+    for name, write in (
+        ("curve.png", lambda p: learning_curve(csv_path, p)),
+        ("episodes.gif", lambda p: save_gif(frames, p)),
+    ):
+        (kept / name).write_bytes(b"precious")
+        link = tmp_path / "run" / name
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(kept / name)
+        write(link)
+        assert (kept / name).read_bytes() == b"precious"
+        assert not link.is_symlink() and link.stat().st_size > 100
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
