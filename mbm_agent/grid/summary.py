@@ -114,6 +114,16 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
             if kept:
                 drops[m] = float(np.mean(kept))
         demo_steps = [_demo_steps(r["config"]) for r in runs]
+        budgets = [int(r["config"].get("steps", 0)) for r in runs]
+        if len(set(budgets)) > 1:
+            warnings.warn(
+                f"{env_id} {variant}: its seeds were trained for different budgets "
+                f"({', '.join(f'seed {c.seed}: {b:,}' for c, b in zip(members, budgets, strict=True))} "
+                f"steps; a run already trained is kept as it is); the summary row says so. "
+                "Resume the shorter runs to the same budget (mbm-agent train --resume RUN "
+                "--steps N) or use another --out to compare like with like.",
+                stacklevel=2,
+            )
         steps90 = [_steps_to(d / "metrics.csv", 0.9) for d in dirs]
         walls = [_wall_time(d / "metrics.csv") for d in dirs]
         rows.append(
@@ -121,7 +131,8 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
                 "env_id": env_id,
                 "variant": variant,
                 "seeds": [c.seed for c in members],
-                "steps": int(runs[0]["config"].get("steps", 0)),
+                "steps": max(budgets),
+                "per_seed_steps": budgets,
                 # bc-ppo: the expert's env steps the clone learnt from (mean over seeds)
                 "demo_steps": int(np.mean([d for d in demo_steps if d])) if any(demo_steps) else 0,
                 "success": agg["success"],
@@ -183,8 +194,8 @@ def publish_agents(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, s
             # A committed reference folder keeps its runs' reports and curves but not their
             # weights (best/ is not committed): keep the published agent as it is.
             warnings.warn(
-                f"Not publishing {game}'s agent from {source}: it has no {', '.join(missing)}. "
-                f"{target} is kept as it was.",
+                f"Not publishing {game}'s agent from {source}: it has no {', '.join(missing)}."
+                + (f" {target} is kept as it was." if target.exists() else ""),
                 stacklevel=2,
             )
             continue
@@ -238,7 +249,13 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         chance = "-" if r["chance"] is None else f"{100 * r['chance']:.1f}"
         masked = ", ".join(f"{m}: {100 * v:.1f} ({chance})" for m, v in r["masked_success"].items())
         s90 = "-" if r["steps_to_90"] is None else f"{r['steps_to_90'] / 1000:.0f}k"
-        steps = f"{r['steps']:,}" + (f" + {r['demo_steps']:,} demo" if r.get("demo_steps") else "")
+        budgets = sorted(set(r.get("per_seed_steps") or [r["steps"]]))
+        steps = (
+            f"{budgets[0]:,}"
+            if len(budgets) == 1
+            else f"{budgets[0]:,}-{budgets[-1]:,} (differ by seed)"
+        )
+        steps += f" + {r['demo_steps']:,} demo" if r.get("demo_steps") else ""
         lines.append(
             f"| {r['env_id']} | {r['variant']} | {len(r['seeds'])} | {steps} "
             f"| {_pct(r['success'])} | {_num(r['return'])} | {r['actions']} "

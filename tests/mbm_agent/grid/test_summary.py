@@ -1,14 +1,18 @@
-"""Publishing a grid's reference agents never deletes the agent already there."""
+"""The grid's summary: it says when seeds differ in budget, and publishing a reference
+agent never deletes the agent already there."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from mbm_agent.grid.spec import SAMPLED
-from mbm_agent.grid.summary import publish_agents
+from mbm_agent.evaluation import EpisodeResults, build_report, eval_seeds, write_report
+from mbm_agent.grid.spec import SAMPLED, build_grid
+from mbm_agent.grid.summary import publish_agents, summary_markdown, write_summary
 
 ROWS: list[dict[str, Any]] = [
     {
@@ -61,3 +65,24 @@ def test_a_complete_run_replaces_the_published_agent(tmp_path: Path) -> None:
     assert (agent / "model.json").read_text() == '{"new": "model"}'
     assert (agent / f"{SAMPLED}.json").read_text() == '{"new": "sampled"}'
     assert sorted(p.name for p in (tmp_path / "agents").iterdir()) == ["FindSound"]  # no leftovers
+
+
+def test_a_row_whose_seeds_had_different_budgets_says_so(tmp_path: Path) -> None:
+    """A grid re-run with another --steps keeps the runs already trained: the row and
+    a warning say that its seeds differ, instead of the first seed's budget alone."""
+    cells = build_grid(
+        ["mbm/ModalityProbe-v0"], ["concat"], [0, 1], ablations=False, baseline=False
+    )
+    for cell, steps in zip(cells, (512, 2048), strict=True):
+        run = tmp_path / "runs" / cell.name
+        run.mkdir(parents=True)
+        config = {"env_id": cell.game.env_id, "algo": "ppo", "seed": cell.seed, "steps": steps}
+        (run / "config.json").write_text(json.dumps(config))
+        results = EpisodeResults(np.ones(4), np.full(4, 3), np.ones(4, bool), eval_seeds(4))
+        for name in ("eval", SAMPLED):
+            write_report(build_report(results, meta={"env_id": cell.game.env_id}), run, name)
+    with pytest.warns(UserWarning, match=r"seed 0: 512, seed 1: 2,048 steps"):
+        summary = write_summary(cells, tmp_path)
+    (row,) = summary["rows"]
+    assert row["per_seed_steps"] == [512, 2048] and row["steps"] == 2048
+    assert "| 512-2,048 (differ by seed) |" in summary_markdown(summary)
