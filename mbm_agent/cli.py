@@ -707,7 +707,12 @@ def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("run", type=Path, help="run folder (runs/NAME) or policy folder")
     p.add_argument("--html", action="store_true", help="write HTML (the only format)")
-    p.add_argument("--out", type=Path, help="output file (default RUN/report.html)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output .html file, or a folder for its report.html (default: RUN/report.html, "
+        "also for a run's best/ or final/)",
+    )
     p.add_argument("--episodes", type=int, default=3, help="episodes to show (0: none)")
 
 

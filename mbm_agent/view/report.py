@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mbm_agent.evaluation import EVAL_SEED_BASE
+from mbm_agent.training.agent import policy_source
 from mbm_agent.training.storage import atomic_write_text
 from mbm_agent.view.session import LoadedRun, Panel, ViewError
 from mbm_agent.view.sound import Sound
@@ -416,15 +417,46 @@ def build_report(run_dir: str | Path, episodes: int = 3) -> str:
     )
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, episodes: int = 3) -> Path:
-    """Write the report (default ``RUN/report.html``) atomically and return its path.
+def report_path(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Where the report of ``run_dir`` goes.
+
+    ``out`` (a ``.html`` file, or a folder for its ``report.html``); by default the run
+    folder's ``report.html``, also for a run's ``best/`` or ``final/`` policy (a folder
+    training replaces whole).
 
     Raises:
-        ViewError: A missing folder, an agent or env that cannot be loaded, or a
-            file that cannot be written.
+        ViewError: ``out`` is an existing file that is not an HTML page, or a name
+            without the ``.html`` suffix (a report never overwrites a run's other files).
     """
+    if out is None:
+        try:
+            home = policy_source(run_dir).home
+        except (OSError, ValueError):  # no policy: build_report says what is wrong
+            home = Path(run_dir)
+        return home / "report.html"
+    path = Path(out)
+    if path.is_dir() and not path.is_symlink():
+        return path / "report.html"
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ViewError(
+            f"--out {path} does not end in .html; the report is one HTML page: give a file "
+            f"name such as {path.with_suffix('.html').name}, or a folder for its report.html."
+        )
+    return path
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, episodes: int = 3) -> Path:
+    """Write the report (default ``RUN/report.html``, see :func:`report_path`) atomically.
+
+    Returns:
+        Its path.
+
+    Raises:
+        ViewError: A missing folder, an agent or env that cannot be loaded, an
+            ``out`` that is not an HTML file name, or a file that cannot be written.
+    """
+    path = report_path(run_dir, out)
     text = build_report(run_dir, episodes)
-    path = Path(out) if out is not None else Path(run_dir) / "report.html"
     try:
         atomic_write_text(path, text)
     except OSError as exc:

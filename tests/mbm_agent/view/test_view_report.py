@@ -82,3 +82,24 @@ def test_report_bad_input_is_a_clear_error(
     assert "--episodes 0" in capsys.readouterr().err
     assert main(["report", str(bare)]) == 2
     assert "pass --html" in capsys.readouterr().err
+
+
+def test_report_out_never_overwrites_a_run_file_and_a_policy_reports_to_its_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(AGENTS / "GoToObject", run / "best")
+    (run / "config.json").write_text("{}")
+    model = (run / "best" / "model.json").read_bytes()
+    for out in (run / "best" / "model.json", run / "notes.txt"):
+        assert main(["report", str(run), "--html", "--episodes", "0", "--out", str(out)]) == 2
+        assert "does not end in .html" in capsys.readouterr().err
+    assert (run / "best" / "model.json").read_bytes() == model
+    assert not (run / "notes.txt").exists()
+    assert main(["report", str(run / "best"), "--html", "--episodes", "0"]) == 0
+    assert (run / "report.html").is_file() and not (run / "best" / "report.html").exists()
+    shares = tmp_path / "shares"
+    shares.mkdir()
+    assert main(["report", str(run), "--html", "--episodes", "0", "--out", str(shares)]) == 0
+    assert (shares / "report.html").is_file()
+    capsys.readouterr()
