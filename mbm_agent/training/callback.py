@@ -69,7 +69,6 @@ class TrainerCallback(BaseCallback):
         self._session_steps0 = state.num_timesteps
         self._next_eval = self._next_multiple(cfg.eval_every)
         self._next_ckpt = self._next_multiple(cfg.checkpoint_every)
-        self._episodes = 0
         self._metrics_path = run_dir / "metrics.csv"
         self.curriculum = Curriculum.from_config(cfg.curriculum)
         if self.curriculum is not None:
@@ -119,7 +118,7 @@ class TrainerCallback(BaseCallback):
         if self._bar is not None:
             self._bar.n = min(self.model.num_timesteps, self.cfg.steps)
         ended = [info for info in self.locals.get("infos", []) if "episode" in info]
-        self._episodes += len(ended)
+        self.state.episodes += len(ended)
         if self.curriculum is not None and ended:
             if not any("is_success" in info for info in ended) and not self._warned_success:
                 self._warned_success = True
@@ -171,7 +170,7 @@ class TrainerCallback(BaseCallback):
             self.model.num_timesteps,
             f"{elapsed:.2f}",
             f"{fps:.1f}",
-            self._episodes,
+            self.state.episodes,
             f"{ret:.4f}",
             f"{length:.2f}",
             f"{succ:.4f}",

@@ -70,6 +70,7 @@ class TrainState:
     wall_time: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     curriculum_level: int = 0
+    episodes: int = 0  # training episodes ended so far (metrics.csv's episodes column)
 
 
 def checkpoint_folders(run_dir: Path) -> list[tuple[int, Path]]:
@@ -145,6 +146,7 @@ def save_checkpoint(
             "best_eval": state.best_eval if np.isfinite(state.best_eval) else None,
             "wall_time": state.wall_time,
             "curriculum_level": state.curriculum_level,
+            "episodes": state.episodes,
         }
         atomic_write_text(tmp / "state.json", json.dumps(payload))
         replace_dir(tmp, final)
@@ -188,7 +190,7 @@ def _read_state(ckpt: Path) -> dict[str, Any]:
             f"{path} is not an mbm-agent checkpoint (format {state.get('format')!r}); "
             f"{RESTORE_HINT}."
         )
-    for name in ("num_timesteps", "n_updates", "curriculum_level"):
+    for name in ("num_timesteps", "n_updates", "curriculum_level", "episodes"):
         value = state.get(name, None if name == "num_timesteps" else 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ModelFileError(
@@ -235,6 +237,7 @@ def load_checkpoint(ckpt: Path, model: BaseAlgorithm) -> TrainState:
         best_eval=float(best) if best is not None else -float("inf"),
         wall_time=float(state.get("wall_time", 0.0)),
         curriculum_level=int(state.get("curriculum_level", 0)),
+        episodes=int(state.get("episodes", 0)),  # 0 in checkpoints of before 2026-12
     )
 
 

@@ -489,18 +489,23 @@ def test_pruning_keeps_the_newest_readable_checkpoints_by_step(
     assert loaded is not None and loaded.num_timesteps == 4 * ROLLOUT
 
 
-def test_resume_of_a_never_evaluated_run_renews_best_from_final(
+def test_resume_of_a_never_evaluated_run_renews_best_and_counts_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without periodic evaluations best/ is the final policy, after every session."""
+    """Without periodic evaluations best/ is the final policy, after every session; the
+    episode count of metrics.csv goes on from where the first session stopped."""
     runs = tmp_path / "runs"
     argv = [*TINY_FLAGS, "--runs-dir", str(runs), "--run-name", "noeval", "--eval-every", "0"]
     argv += ["--checkpoint-every", str(ROLLOUT), "--no-progress"]
     assert main(["train", ENV, *argv]) == 0, capsys.readouterr().err
     run = runs / "noeval"
     first = _snapshot(run / "best")
+    ended = int(read_metrics(run)[-1]["episodes"])
     assert main(["train", ENV, "--resume", str(run), "--steps", str(4 * ROLLOUT)]) == 0
     assert _snapshot(run / "best") == _snapshot(run / "final") != first
+    # metrics.csv's episode count goes on from the checkpoint's (it restarted at 0)
+    counts = [int(r["episodes"]) for r in read_metrics(run)]
+    assert ended > 0 and counts == sorted(counts) and counts[-1] > ended
 
 
 def test_resume_never_replaces_a_better_best(
