@@ -493,6 +493,45 @@ def report_name(
     return name
 
 
+#: Where :func:`set_aside_reports` moves the reports of a run's earlier best policy.
+EARLIER_REPORTS = "reports-of-earlier-best"
+
+
+def set_aside_reports(run_dir: str | Path) -> list[Path]:
+    """Move the reports of the run's best policy but ``eval`` aside, into ``EARLIER_REPORTS/``.
+
+    Called when a resumed training run replaced ``best/``: ``eval-sampled.json``,
+    ``eval-drop-text.json`` and the like then describe a policy that is gone. They are
+    kept (never deleted) in ``RUN/reports-of-earlier-best/<n>/``, a new ``<n>`` each
+    time; reports of other policies (``-final``, ``-step-N``) stay where they are.
+
+    Returns:
+        The moved ``.json`` reports at their new place.
+    """
+    run = Path(run_dir)
+    stale = []
+    for path in sorted(run.glob("eval-*.json")):
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8")).get("meta", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(meta, Mapping) and meta.get("policy") == "best":
+            stale.append(path)
+    if not stale:
+        return []
+    root = run / EARLIER_REPORTS
+    n = 1 + sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 1
+    target = root / str(n)
+    target.mkdir(parents=True)
+    moved = []
+    for path in stale:
+        for part in (path, path.with_suffix(".md")):
+            if part.is_file():
+                part.replace(target / part.name)
+        moved.append(target / path.name)
+    return moved
+
+
 def write_report(
     report: Mapping[str, Any], run_dir: str | Path, name: str = "eval"
 ) -> tuple[Path, Path]:

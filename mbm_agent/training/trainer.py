@@ -25,6 +25,7 @@ checkpoints but none reads, or has a ``final/`` policy but no checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shlex
 import shutil
@@ -44,7 +45,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.core.text import Vocabulary
-from mbm_agent.evaluation import EVAL_SEED_BASE, evaluate_agent, write_report
+from mbm_agent.evaluation import EVAL_SEED_BASE, evaluate_agent, set_aside_reports, write_report
 from mbm_agent.plots import learning_curve, save_gif
 from mbm_agent.sb3.algorithms import algorithm_class, algorithm_kwargs, family, policy_class
 from mbm_agent.sb3.policy import policy_kwargs_for
@@ -355,6 +356,8 @@ def _learn(
         )
 
     callback = TrainerCallback(cfg, run_dir, vocab, state, periodic, progress)
+    best = run_dir / "best"
+    best_before = weights_digest(best) if resumed else None
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -411,8 +414,24 @@ def _learn(
             file=sys.stderr,
         )
         return TrainResult(run_dir, True, model.num_timesteps, None)
+    if finalize and resumed and best_before is not None and best_before != weights_digest(best):
+        moved = set_aside_reports(run_dir)
+        if moved:
+            print(
+                f"best/ changed in this session: {len(moved)} report(s) of the earlier best "
+                f"policy moved to {moved[0].parent} (re-run them with mbm-agent eval).",
+                file=sys.stderr,
+            )
     report = finalize_run(run_dir, cfg) if finalize else None
     return TrainResult(run_dir, False, model.num_timesteps, report)
+
+
+def weights_digest(policy_dir: Path) -> str | None:
+    """SHA-256 of a policy folder's weights (None without them): whether best/ changed."""
+    weights = policy_dir / "model.safetensors"
+    if not weights.is_file():
+        return None
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def finalize_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:

@@ -501,8 +501,17 @@ def test_resume_of_a_never_evaluated_run_renews_best_and_counts_on(
     run = runs / "noeval"
     first = _snapshot(run / "best")
     ended = int(read_metrics(run)[-1]["episodes"])
+    for extra in (["--stochastic"], ["--which", "final"]):
+        assert main(["eval", str(run), "--episodes", "2", *extra]) == 0
+    sampled = (run / "eval-sampled.json").read_bytes()
     assert main(["train", ENV, "--resume", str(run), "--steps", str(4 * ROLLOUT)]) == 0
     assert _snapshot(run / "best") == _snapshot(run / "final") != first
+    # the sampled report described the earlier best: set aside, not left beside the new one
+    assert not (run / "eval-sampled.json").exists()
+    earlier = run / "reports-of-earlier-best" / "1"
+    assert (earlier / "eval-sampled.json").read_bytes() == sampled
+    assert (earlier / "eval-sampled.md").is_file()
+    assert (run / "eval-final.json").is_file()  # another policy's report stays
     # metrics.csv's episode count goes on from the checkpoint's (it restarted at 0)
     counts = [int(r["episodes"]) for r in read_metrics(run)]
     assert ended > 0 and counts == sorted(counts) and counts[-1] > ended
