@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable, Sequence
 from os import PathLike
@@ -24,14 +25,20 @@ UNK_TOKEN = "<unk>"
 PAD_ID = 0
 UNK_ID = 1
 
-_WORD_RE = re.compile(r"[a-z0-9]+")
+#: A word: a run of letters and digits of any script (``_`` and punctuation split words).
+_WORD_RE = re.compile(r"[^\W_]+")
 _FORMAT = "mbm-agent/vocabulary"
 _FORMAT_VERSION = 1
 
 
 def tokenize(text: str) -> list[str]:
-    """Split an instruction into lower-case word tokens (punctuation is dropped)."""
-    return _WORD_RE.findall(text.lower())
+    """Split an instruction into lower-case word tokens (punctuation is dropped).
+
+    Words of any script count (``"café"``, ``"à"``, ``"向左"``), after Unicode NFKC
+    normalisation and case folding; for ASCII text the tokens are the runs of
+    ``[a-z0-9]`` of the lower-cased text, as they have always been.
+    """
+    return _WORD_RE.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 class Vocabulary:
