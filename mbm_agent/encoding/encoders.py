@@ -145,6 +145,7 @@ class ImageEncoder(SpatialEncoder):
         super().__init__()
         c, h, w = _channels_last_from_flag(shape, channels_last)
         self.channels_last = channels_last
+        self.frame_shape = (c, h, w)  # channels, height, width (whatever the layout)
         self.scale = float(scale)
         self.arch = arch
         if arch == "small":

@@ -63,7 +63,11 @@ class ObservationPlan:
 
 def _encoder_text(encoder: ModalityEncoder) -> str:
     if isinstance(encoder, ImageEncoder):
-        return f"ImageEncoder ({encoder.arch} CNN)"
+        c, h, w = encoder.frame_shape
+        layout = "(H, W, C)" if encoder.channels_last else "(C, H, W)"
+        return (
+            f"ImageEncoder ({encoder.arch} CNN; {h}x{w} frames, {c} channel(s), read as {layout})"
+        )
     if isinstance(encoder, SymbolicGridEncoder):
         return "SymbolicGridEncoder (per-value embeddings + CNN)"
     if isinstance(encoder, TextEncoder):

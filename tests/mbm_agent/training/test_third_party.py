@@ -201,10 +201,17 @@ def test_vec_env_async_is_ignored_with_a_message_for_our_games() -> None:
 def test_inspect_prints_each_key_and_its_encoding(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", ENV_ID, "--set", "modalities.mic=waveform"]) == 0
     out = capsys.readouterr().out
-    assert "frame" in out and "image: ImageEncoder (small CNN), width 128" in out
+    assert "frame" in out and "image: ImageEncoder (small CNN; " in out
+    assert "3 channel(s), read as (H, W, C)), width 128" in out
     assert "at the env's edge (text): hashed words -> ids (table 4096" in out
     assert "at the env's edge (waveform): int16 PCM, 1 ch x 256 samples/step" in out
     assert "audio: AudioEncoder" in out and "fusion concat" in out
+
+
+def test_inspect_shows_how_a_frame_is_laid_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """A channel-first frame is read as (C, H, W): inspect says so before any training."""
+    assert main(["inspect", "MbmTestDepth-v0", "--set", "modalities.depth=image"]) == 0
+    assert "40x40 frames, 3 channel(s), read as (C, H, W)" in capsys.readouterr().out
 
 
 class _DepthEnv(gym.Env[dict[str, Any], int]):
