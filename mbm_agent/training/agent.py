@@ -495,16 +495,10 @@ def policy_source(path: str | Path, which: str = "best") -> PolicySource:
     name = model_dir.name
     if name.startswith(".") and name.endswith(".old"):  # a copy a stopped run left
         name = name[1 : -len(".old")]
-    run_dir = model_dir.parent
-    if name in ("best", "final") and (run_dir / "config.json").is_file():
-        return PolicySource(model_dir, run_dir, name)
-    run_dir = model_dir.parent.parent.parent
-    if (
-        name == "policy"
-        and model_dir.parent.parent.name == "checkpoints"
-        and (run_dir / "config.json").is_file()
-    ):
-        return PolicySource(model_dir, run_dir, model_dir.parent.name)
+    if name in ("best", "final"):
+        return PolicySource(model_dir, model_dir.parent, name)
+    if name == "policy" and model_dir.parent.parent.name == "checkpoints":
+        return PolicySource(model_dir, model_dir.parent.parent.parent, model_dir.parent.name)
     return PolicySource(model_dir, model_dir, "policy")
 
 

@@ -18,6 +18,30 @@ from stable_baselines3.common.logger import Logger, configure
 # so Ray's usage-stats upload stays off (inherited by the CLI subprocesses too).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+
+class _UnencodableEnv(gym.Env[dict[str, Any], int]):
+    """An env whose only key no rule can encode: a float (3, 40, 40) depth map."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Dict({"depth": spaces.Box(0.0, 1.0, (3, 40, 40))})
+        self.action_space = spaces.Discrete(2)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        return self.observation_space.sample(), 0.0, False, True, {}
+
+
+#: Registered for the tests of a start that fails on an observation key (the error
+#: names the key, its space and the `modalities` line that fixes it).
+UNENCODABLE_ENV = "MbmTestUnencodable-v0"
+if UNENCODABLE_ENV not in gym.registry:
+    gym.register(UNENCODABLE_ENV, entry_point=_UnencodableEnv, max_episode_steps=4)
+
 IMAGE_HW = 16
 TEXT_LEN = 6
 VOCAB = 10

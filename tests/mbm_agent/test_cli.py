@@ -463,7 +463,7 @@ def test_config_errors_are_one_line(
         ("Nope-v0", ("Nope-v0", "mbm/GoToObject-v0")),
         ("mbm/Nope-v0", ("mbm/Nope-v0", "mbm/GoToObject-v0")),
         ("BabyAI-Nope-v0", ("BabyAI-Nope-v0",)),
-        ("Blackjack-v1", ("Blackjack-v1", "'obs'", "Tuple(", "modalities")),
+        ("MbmTestUnencodable-v0", ("'depth'", "Box(0.0, 1.0, (3, 40, 40)", "modalities")),
     ],
 )
 def test_bad_env_is_a_clear_error_and_leaves_no_run_folder(

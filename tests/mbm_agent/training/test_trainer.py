@@ -212,7 +212,7 @@ def test_run_names_are_unique_unless_given(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env_id", "overrides", "match"),
     [
-        ("Blackjack-v1", {}, "'obs'.*Tuple"),  # a plain Box (CartPole) trains; a Tuple not
+        ("MbmTestUnencodable-v0", {}, "'depth'.*modalities"),  # conftest: a float 3-D key
         ("Nope-v0", {}, "Unknown env id"),
         (ENV, {"algo_kwargs": {"learning_rat": 0.1}}, "algo_kwargs"),
         (ENV, {"env_kwargs": {"bogus": 1}}, "env_kwargs"),
