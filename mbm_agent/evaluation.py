@@ -497,7 +497,7 @@ def report_name(
 EARLIER_REPORTS = "reports-of-earlier-best"
 
 
-def set_aside_reports(run_dir: str | Path) -> list[Path]:
+def set_aside_reports(run_dir: str | Path, main_report: bool = False) -> list[Path]:
     """Move the reports of the run's best policy but ``eval`` aside, into ``EARLIER_REPORTS/``.
 
     Called when a resumed training run replaced ``best/``: ``eval-sampled.json``,
@@ -505,12 +505,18 @@ def set_aside_reports(run_dir: str | Path) -> list[Path]:
     kept (never deleted) in ``RUN/reports-of-earlier-best/<n>/``, a new ``<n>`` each
     time; reports of other policies (``-final``, ``-step-N``) stay where they are.
 
+    Args:
+        run_dir: The run folder.
+        main_report: Move ``eval.json`` too (a session stopped before its final
+            evaluation re-made it).
+
     Returns:
         The moved ``.json`` reports at their new place.
     """
     run = Path(run_dir)
     stale = []
-    for path in sorted(run.glob("eval-*.json")):
+    candidates = sorted(run.glob("eval-*.json")) + ([run / "eval.json"] if main_report else [])
+    for path in candidates:
         try:
             meta = json.loads(path.read_text(encoding="utf-8")).get("meta", {})
         except (OSError, ValueError, AttributeError):
@@ -520,7 +526,10 @@ def set_aside_reports(run_dir: str | Path) -> list[Path]:
     if not stale:
         return []
     root = run / EARLIER_REPORTS
-    n = 1 + sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 1
+    taken = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
+    n = max(taken, default=0) + 1
+    while (root / str(n)).exists():
+        n += 1
     target = root / str(n)
     target.mkdir(parents=True)
     moved = []

@@ -133,14 +133,14 @@ def learning_curve(metrics_csv: str | Path, out_png: str | Path) -> Path:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    """Save a Matplotlib figure as a PNG through a temporary file and a rename.
+    """Save a Matplotlib figure (its format by the file's suffix; PNG without one) atomically.
 
     A crash never leaves half a picture, and a symbolic link at ``path`` is replaced,
     not written through (as every file mbm-agent writes in a run folder).
     """
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
     out = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=out.suffix[1:].lower() or "png", dpi=dpi)
     atomic_write_bytes(out, buffer.getvalue())
     return out
 

@@ -25,10 +25,29 @@ UNK_TOKEN = "<unk>"
 PAD_ID = 0
 UNK_ID = 1
 
-#: A word: a run of letters and digits of any script (``_`` and punctuation split words).
-_WORD_RE = re.compile(r"[^\W_]+")
+#: A word of ASCII text: a run of letters and digits (``_`` and punctuation split words).
+_WORD_RE = re.compile(r"[a-z0-9]+")
 _FORMAT = "mbm-agent/vocabulary"
 _FORMAT_VERSION = 1
+
+
+def _word_chars(text: str) -> list[str]:
+    """Words of non-ASCII text: runs of letters and digits.
+
+    A combining mark inside a word stays in it (Devanagari vowel signs, Thai vowels,
+    a dot above).
+    """
+    words: list[str] = []
+    word: list[str] = []
+    for ch in text:
+        if ch.isalnum() or (word and unicodedata.category(ch).startswith("M")):
+            word.append(ch)
+        elif word:
+            words.append("".join(word))
+            word = []
+    if word:
+        words.append("".join(word))
+    return words
 
 
 def tokenize(text: str) -> list[str]:
@@ -38,7 +57,9 @@ def tokenize(text: str) -> list[str]:
     normalisation and case folding; for ASCII text the tokens are the runs of
     ``[a-z0-9]`` of the lower-cased text, as they have always been.
     """
-    return _WORD_RE.findall(unicodedata.normalize("NFKC", text).casefold())
+    if text.isascii():
+        return _WORD_RE.findall(text.lower())
+    return _word_chars(unicodedata.normalize("NFKC", text).casefold())
 
 
 class Vocabulary:

@@ -18,7 +18,7 @@ from mbm_agent.compare import load_run
 from mbm_agent.grid.spec import ALL_GAMES, COMPONENTS, SAMPLED, Cell, full_sense
 from mbm_agent.plots import new_figure, read_metrics, save_figure
 from mbm_agent.stats import aggregate_runs
-from mbm_agent.training.storage import atomic_write_text, replace_dir
+from mbm_agent.training.storage import atomic_write_text, fresh_tmp_dir, replace_dir
 
 
 def _steps_to(metrics_csv: Path, bar: float) -> float:
@@ -201,13 +201,30 @@ def publish_agents(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, s
             continue
         # Copied beside the target first and renamed into place: the published agent is
         # never deleted before its replacement is complete.
-        staging = target.with_name(f".{game}.tmp")
-        if staging.exists():
-            shutil.rmtree(staging)
-        shutil.copytree(source / "best", staging)
-        for report in reports(source):
-            shutil.copy2(report, staging / report.name)
-        replace_dir(staging, target)
+        published = {p.name for p in (source / "best").iterdir()} | {
+            p.name for p in reports(source)
+        }
+        kept = target.iterdir() if target.is_dir() else iter(())
+        added = sorted(p.name for p in kept if p.name not in published)
+        if added:
+            # What was made from the published agent (eval-*.json, exports/, report.html)
+            # lives in its folder: replacing the folder would delete it.
+            warnings.warn(
+                f"Not publishing {game}'s agent: {target} also holds {', '.join(added)}, "
+                "which publishing did not write and would delete. Move them out, then run "
+                f"mbm-agent bench --summary-only --out {root}.",
+                stacklevel=2,
+            )
+            continue
+        staging = fresh_tmp_dir(target)
+        try:
+            shutil.copytree(source / "best", staging, dirs_exist_ok=True)
+            for report in reports(source):
+                shutil.copy2(report, staging / report.name)
+            replace_dir(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         agents[env_id] = str(target.relative_to(root))
     return agents
 

@@ -1073,8 +1073,10 @@ class ObservationAdapter:
                 inferred = infer_modality(key, sub)
                 if is_flat_frame_space(sub, FLAT_FRAME_MIN_SIDE) and inferred == "vector":
                     _warn_flat_frame(key, sub)
-                elif is_flat_frame_space(sub) and (
-                    inferred == "image" or is_flat_frame_space(sub, FLAT_FRAME_MIN_SIDE)
+                elif (
+                    is_flat_frame_space(sub)
+                    and inferred in ("image", None)
+                    and (inferred == "image" or is_flat_frame_space(sub, FLAT_FRAME_MIN_SIDE))
                 ):
                     # Too large for a vector (or named image): a greyscale frame.
                     transforms[key] = _frame_transform(key, sub)
@@ -1250,6 +1252,8 @@ class ObservationAdapter:
             "modalities": dict(self.modalities),
             "declared": dict(self.declared),
         }
+        if any(isinstance(t, FrameTransform) for t in self.transforms.values()):
+            data["version"] = ADAPTER_VERSION  # an older reader does not know "frame"
         if self._removed:
             data["version"] = ADAPTER_VERSION
             data["paths"] = {key: list(path) for key, path in self.paths.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -491,7 +492,7 @@ def policy_source(path: str | Path, which: str = "best") -> PolicySource:
     Raises:
         FileNotFoundError, ModelFileError, ValueError: as :func:`resolve_model_dir`.
     """
-    model_dir = resolve_model_dir(path, which)
+    model_dir = Path(os.path.abspath(resolve_model_dir(path, which)))  # "." has no name
     name = model_dir.name
     if name.startswith(".") and name.endswith(".old"):  # a copy a stopped run left
         name = name[1 : -len(".old")]

@@ -408,20 +408,21 @@ def _learn(
         model.save(partial)
         os.replace(partial, target)
     interrupted = callback.stop_requested
-    if interrupted:
-        print(
-            f"Stopped at {model.num_timesteps} steps; checkpoint {ckpt}. Continue with: mbm-agent train {cfg.env_id} --resume {run_dir}",
-            file=sys.stderr,
-        )
-        return TrainResult(run_dir, True, model.num_timesteps, None)
-    if finalize and resumed and best_before is not None and best_before != weights_digest(best):
-        moved = set_aside_reports(run_dir)
+    if resumed and best_before is not None and best_before != weights_digest(best):
+        # eval.json too when no final evaluation follows to re-make it
+        moved = set_aside_reports(run_dir, main_report=interrupted or not finalize)
         if moved:
             print(
                 f"best/ changed in this session: {len(moved)} report(s) of the earlier best "
                 f"policy moved to {moved[0].parent} (re-run them with mbm-agent eval).",
                 file=sys.stderr,
             )
+    if interrupted:
+        print(
+            f"Stopped at {model.num_timesteps} steps; checkpoint {ckpt}. Continue with: mbm-agent train {cfg.env_id} --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return TrainResult(run_dir, True, model.num_timesteps, None)
     report = finalize_run(run_dir, cfg) if finalize else None
     return TrainResult(run_dir, False, model.num_timesteps, report)
 

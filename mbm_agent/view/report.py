@@ -430,10 +430,10 @@ def report_path(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """
     if out is None:
         try:
-            home = policy_source(run_dir).home
+            source = policy_source(run_dir)
         except (OSError, ValueError):  # no policy: build_report says what is wrong
-            home = Path(run_dir)
-        return home / "report.html"
+            return Path(run_dir) / "report.html"
+        return source.home / f"report{source.suffix}.html"  # report-final.html for final/
     path = Path(out)
     if path.is_dir() and not path.is_symlink():
         return path / "report.html"

@@ -14,6 +14,9 @@ from mbm_agent.training.adapter import HashedWords
 def test_words_of_any_script_are_read() -> None:
     assert tokenize("Café crème, à GAUCHE!") == ["café", "crème", "à", "gauche"]
     assert tokenize("向左 走") == ["向左", "走"]
+    # combining marks stay inside their word (Devanagari vowel signs, Thai vowels)
+    assert tokenize("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]
+    assert tokenize("สวัสดี") == ["สวัสดี"]
     assert tokenize("Straße \uff12 go_to") == ["strasse", "2", "go", "to"]  # NFKC + casefold
 
 

@@ -256,17 +256,18 @@ def test_eval_names_each_policy_report_and_writes_it_where_training_keeps_it(
     run = copy_tree(run0, tmp_path / "run")
     best = (run / "eval.json").read_bytes()
     step = sorted(p.name for p in (run / "checkpoints").iterdir())[-1]
+    ckpt = run / "checkpoints" / step / "policy"
     cases = [
-        ([str(run), "--which", "final"], run / "eval-final.json", "final"),
-        ([str(run / "final")], run / "eval-final.json", "final"),
-        ([str(run / "checkpoints" / step / "policy")], run / f"eval-{step}.json", step),
+        ([str(run), "--which", "final"], run / "eval-final.json", "final", run / "final"),
+        ([str(run / "final")], run / "eval-final.json", "final", run / "final"),
+        ([str(ckpt)], run / f"eval-{step}.json", step, ckpt),
     ]
-    for args, report_file, label in cases:
+    for args, report_file, label, played in cases:
         report_file.unlink(missing_ok=True)
         assert main(["eval", *args, "--episodes", "2"]) == 0, capsys.readouterr().err
         meta = json.loads(report_file.read_text())["meta"]
         assert meta["policy"] == label
-        assert Path(meta["policy_dir"]).name == Path(args[0]).name or label == "final"
+        assert Path(meta["policy_dir"]) == played.absolute()
     assert (run / "eval.json").read_bytes() == best
     assert not list((run / "checkpoints").rglob("eval*.json"))
     agents = tmp_path / "agents"

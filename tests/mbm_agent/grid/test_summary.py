@@ -86,3 +86,15 @@ def test_a_row_whose_seeds_had_different_budgets_says_so(tmp_path: Path) -> None
     (row,) = summary["rows"]
     assert row["per_seed_steps"] == [512, 2048] and row["steps"] == 2048
     assert "| 512-2,048 (differ by seed) |" in summary_markdown(summary)
+
+
+def test_a_published_agent_holding_files_made_from_it_is_not_replaced(tmp_path: Path) -> None:
+    """An export or report made in agents/<Game> would go with the folder: kept."""
+    make_run(tmp_path, with_weights=True)
+    agent = published(tmp_path)
+    (agent / "exports" / "onnx").mkdir(parents=True)
+    (agent / "eval-drop-audio.json").write_text("{}")
+    with pytest.warns(UserWarning, match=r"also holds eval-drop-audio.json, exports"):
+        assert publish_agents(ROWS, tmp_path) == {}
+    assert (agent / "model.json").read_text() == '{"old": "model"}'
+    assert (agent / "exports" / "onnx").is_dir()

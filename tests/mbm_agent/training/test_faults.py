@@ -30,6 +30,7 @@ from runs_helpers import (
 from safetensors.torch import load_file
 
 from mbm_agent.cli import main
+from mbm_agent.evaluation import set_aside_reports
 from mbm_agent.training.agent import load_agent, save_policy
 from mbm_agent.training.callback import TrainerCallback
 from mbm_agent.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -509,6 +510,11 @@ def test_resume_of_a_never_evaluated_run_renews_best_and_counts_on(
     # the sampled report described the earlier best: set aside, not left beside the new one
     assert not (run / "eval-sampled.json").exists()
     earlier = run / "reports-of-earlier-best" / "1"
+    assert (earlier / "eval-sampled.json").is_file()
+    # a later replacement gets the next free number, gaps or not
+    (run / "eval-sampled.json").write_bytes(sampled)
+    shutil.copytree(earlier, earlier.with_name("3"))
+    assert set_aside_reports(run) == [earlier.with_name("4") / "eval-sampled.json"]
     assert (earlier / "eval-sampled.json").read_bytes() == sampled
     assert (earlier / "eval-sampled.md").is_file()
     assert (run / "eval-final.json").is_file()  # another policy's report stays

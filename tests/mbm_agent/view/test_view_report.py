@@ -98,6 +98,9 @@ def test_report_out_never_overwrites_a_run_file_and_a_policy_reports_to_its_run(
     assert not (run / "notes.txt").exists()
     assert main(["report", str(run / "best"), "--html", "--episodes", "0"]) == 0
     assert (run / "report.html").is_file() and not (run / "best" / "report.html").exists()
+    shutil.copytree(run / "best", run / "final")
+    assert main(["report", str(run / "final"), "--html", "--episodes", "0"]) == 0
+    assert (run / "report-final.html").is_file()  # beside the best policy's, not over it
     shares = tmp_path / "shares"
     shares.mkdir()
     assert main(["report", str(run), "--html", "--episodes", "0", "--out", str(shares)]) == 0
