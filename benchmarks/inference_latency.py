@@ -22,7 +22,7 @@ than SB3's default ``predict`` and its median is under 1 ms.
 
 Usage::
 
-    python benchmarks/inference_latency.py --env mbm/SoundMaze-v0 [--fusion film]
+    python benchmarks/inference_latency.py --env mbm/SoundMaze-v1 [--fusion film]
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--env", default="mbm/SoundMaze-v0", choices=envs.ENV_IDS)
+    parser.add_argument("--env", default="mbm/SoundMaze-v1", choices=envs.ENV_IDS)
     parser.add_argument(
         "--fusion",
         default=EncoderConfig().fusion,

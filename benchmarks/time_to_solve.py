@@ -64,7 +64,7 @@ from mbm_agent.training.checkpoints import checkpoint_folders, prune_checkpoints
 from mbm_agent.training.config import TrainConfig, resolve_config
 from mbm_agent.training.trainer import train
 
-GAMES = ("mbm/FindSound-v0", "mbm/GoToObject-v0", "mbm/SoundMaze-v0")
+GAMES = ("mbm/FindSound-v0", "mbm/GoToObject-v1", "mbm/SoundMaze-v1")
 PEERS = ("ours", "sb3-default", "cleanrl")
 MODES = ("greedy", "sampled")
 #: Config overrides of the trainer peers, on top of the game's own config.

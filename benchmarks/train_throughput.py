@@ -16,7 +16,7 @@ Target: (a) / (b) >= 3x.
 
 Usage::
 
-    python benchmarks/train_throughput.py --env mbm/SoundMaze-v0 --steps 16384
+    python benchmarks/train_throughput.py --env mbm/SoundMaze-v1 --steps 16384
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--env", default="mbm/SoundMaze-v0", choices=envs.ENV_IDS)
+    parser.add_argument("--env", default="mbm/SoundMaze-v1", choices=envs.ENV_IDS)
     parser.add_argument("--steps", type=int, default=16384, help="timed steps per pipeline")
     parser.add_argument("--warmup", type=int, default=4096)
     parser.add_argument(

@@ -1,14 +1,16 @@
 """Multimodal Gymnasium games that need their agents to see, read and hear.
 
 Importing this package registers every game with Gymnasium under
-``mbm/<Game>-v0``, each with an ``entry_point`` (single env) and a
+``mbm/<Game>-vN`` (every version: GoToObject and SoundMaze have a v1 that closes a
+way to win without the sense their v0 asked for; the older ids stay so that earlier
+results can be reproduced), each with an ``entry_point`` (single env) and a
 ``vector_entry_point`` (natively batched numpy vector env)::
 
     import gymnasium as gym
     import envs
 
-    env = gym.make("mbm/GoToObject-v0")
-    vec = gym.make_vec("mbm/SoundMaze-v0", num_envs=256, vectorization_mode="vector_entry_point")
+    env = gym.make("mbm/GoToObject-v1")
+    vec = gym.make_vec("mbm/SoundMaze-v1", num_envs=256, vectorization_mode="vector_entry_point")
 """
 
 from __future__ import annotations
@@ -22,12 +24,27 @@ from envs.core.env import GameEnv, GameVectorEnv
 from envs.core.text import Vocabulary
 
 GAMES: dict[str, str] = {
+    "mbm/GoToObject-v1": "envs.games.goto_object:GoToObject",
     "mbm/GoToObject-v0": "envs.games.goto_object:GoToObject",
     "mbm/FindSound-v0": "envs.games.find_sound:FindSound",
+    "mbm/SoundMaze-v1": "envs.games.sound_maze:SoundMaze",
     "mbm/SoundMaze-v0": "envs.games.sound_maze:SoundMaze",
     "mbm/ModalityProbe-v0": "envs.games.modality_probe:ModalityProbe",
 }
 ENV_IDS: tuple[str, ...] = tuple(GAMES)
+#: The arguments a version registers over its game's own defaults (the games' Version
+#: History says what each changed). A user's own arguments still win over these.
+VERSION_KWARGS: dict[str, dict[str, Any]] = {
+    "mbm/GoToObject-v1": {"object_set": "grid", "n_objects": 4},
+    "mbm/SoundMaze-v1": {"all_reachable": True},
+}
+#: Each game's newest version, the one to use; older versions stay to reproduce results.
+LATEST: tuple[str, ...] = (
+    "mbm/GoToObject-v1",
+    "mbm/FindSound-v0",
+    "mbm/SoundMaze-v1",
+    "mbm/ModalityProbe-v0",
+)
 
 
 def _register() -> None:
@@ -38,6 +55,7 @@ def _register() -> None:
             id=env_id,
             entry_point=f"{target}Env",
             vector_entry_point=f"{target}VectorEnv",
+            kwargs=dict(VERSION_KWARGS.get(env_id, {})),
         )
 
 
@@ -83,6 +101,8 @@ _register()
 __all__ = [
     "ENV_IDS",
     "GAMES",
+    "LATEST",
+    "VERSION_KWARGS",
     "GameEnv",
     "GameVectorEnv",
     "Vocabulary",

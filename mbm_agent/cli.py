@@ -20,12 +20,12 @@ from mbm_agent.training.lock import RunLockedError
 
 EPILOG = """examples:
   mbm-agent demo                                  # short training + evaluation into runs/
-  mbm-agent train mbm/GoToObject-v0 --steps 200000 --fusion film --seed 1
+  mbm-agent train mbm/GoToObject-v1 --steps 200000 --fusion film --seed 1
   mbm-agent train BabyAI-GoToObj-v0 --algo ppo --steps 100000
   mbm-agent inspect examples.third_party_env:ThirdPartyEnv-v0 --set modalities.mic=waveform
   mbm-agent train examples.third_party_env:ThirdPartyEnv-v0 --set modalities.mic=waveform --vec-env async
-  mbm-agent train mbm/SoundMaze-v0 --set algo_kwargs.learning_rate=0.001 --set env_kwargs.n_objects=4
-  mbm-agent train mbm/GoToObject-v0 --resume runs/GoToObject-ppo-concat-s0
+  mbm-agent train mbm/SoundMaze-v1 --set algo_kwargs.learning_rate=0.001 --set env_kwargs.n_objects=4
+  mbm-agent train mbm/GoToObject-v1 --resume runs/GoToObject-ppo-concat-s0
   mbm-agent eval runs/GoToObject-ppo-concat-s0 --episodes 500 --drop-modality text
   mbm-agent compare runs/GoToObject-ppo-*-s*
   mbm-agent demos mbm/FindSound-v0 --episodes 5000 --out demos/findsound.npz

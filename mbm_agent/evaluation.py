@@ -256,7 +256,7 @@ def expert_baseline(
     """The shortest-path expert of one of our games on the given seeds.
 
     Args:
-        env_id: A game id such as ``"mbm/GoToObject-v0"``.
+        env_id: A game id such as ``"mbm/GoToObject-v1"``.
         episodes: Number of episodes.
         seeds: One seed per episode (the agent's evaluation seeds).
         num_envs: Worlds stepped together (does not change the results).
@@ -283,7 +283,7 @@ def random_baseline(
     """A uniformly random policy on one of our games, on the given seeds.
 
     Args:
-        env_id: A game id such as ``"mbm/GoToObject-v0"``.
+        env_id: A game id such as ``"mbm/GoToObject-v1"``.
         episodes: Number of episodes.
         seeds: One seed per episode (the agent's evaluation seeds).
         num_envs: Worlds stepped together (the actions drawn depend on it).

@@ -96,6 +96,8 @@ class NavigationGame(BatchedGame):
         self.grid_size = g
         self.n_objects = k
         self.chance_level = 1.0 / k
+        #: Redraw a room until the agent can reach every object (else only the target).
+        self.reach_all_objects = False
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}.")
         self.view = view
@@ -165,6 +167,14 @@ class NavigationGame(BatchedGame):
             self.dist[pending] = dist
             start = self.agent_pos[pending]
             reachable = dist[np.arange(len(pending)), start[:, 0], start[:, 1]] < UNREACHABLE
+            if self.reach_all_objects:
+                # Every object, not only the target: a walled-off distractor would make the
+                # nearest object the target more often than 1 in k.
+                each = distance_maps(
+                    np.repeat(blocked, k, axis=0), self.obj_pos[pending].reshape(-1, 2)
+                ).reshape(len(pending), k, g, g)
+                at_start = each[np.arange(len(pending)), :, start[:, 0], start[:, 1]]
+                reachable &= (at_start < UNREACHABLE).all(axis=1)
             # Too few free cells makes random_free_cells pick walls: draw that world again.
             reachable &= ~walls[rows, cells[..., 0], cells[..., 1]].any(axis=1)
             done = pending[reachable]

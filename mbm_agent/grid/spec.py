@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,21 +133,37 @@ REFERENCE_GAMES: dict[str, GameSpec] = {
         note="3 look-alike objects; only the sound says which one to reach",
         sampled=True,
     ),
-    "mbm/GoToObject-v0": GameSpec(
-        "mbm/GoToObject-v0",
+    "mbm/GoToObject-v1": GameSpec(
+        "mbm/GoToObject-v1",
         ("text",),
-        1 / 3,
-        note="3 objects; only the instruction says which one to reach",
+        1 / 4,
+        note="4 objects, two colours by two shapes; only the instruction says which one to reach",
         bc=BCRecipe(10_000, 0.2, 10),
         sampled=True,
     ),
-    "mbm/SoundMaze-v0": GameSpec(
-        "mbm/SoundMaze-v0",
+    "mbm/SoundMaze-v1": GameSpec(
+        "mbm/SoundMaze-v1",
         ("text", "audio"),
         1 / 3,
         note="3 identical objects; the text names a sound, the audio says where it is",
         bc=BCRecipe(8_000, 0.2, 8),
         sampled=True,
+    ),
+}
+
+#: Our games' earlier versions (``envs``' Version History), named with ``--games`` to
+#: reproduce earlier results; never in the default grid.
+EARLIER_VERSIONS: dict[str, GameSpec] = {
+    "mbm/GoToObject-v0": replace(
+        REFERENCE_GAMES["mbm/GoToObject-v1"],
+        env_id="mbm/GoToObject-v0",
+        chance=1 / 3,
+        note="3 objects; the target is the one whose colour and shape both recur (v1 closes this)",
+    ),
+    "mbm/SoundMaze-v0": replace(
+        REFERENCE_GAMES["mbm/SoundMaze-v1"],
+        env_id="mbm/SoundMaze-v0",
+        note="3 identical objects; only the target is sure to be reachable (v1 closes this)",
     ),
 }
 
@@ -176,7 +193,7 @@ THIRD_PARTY_GAMES: dict[str, GameSpec] = {
 }
 
 #: Every game the grid knows: the default grid's and the third-party ones.
-ALL_GAMES: dict[str, GameSpec] = {**REFERENCE_GAMES, **THIRD_PARTY_GAMES}
+ALL_GAMES: dict[str, GameSpec] = {**REFERENCE_GAMES, **EARLIER_VERSIONS, **THIRD_PARTY_GAMES}
 
 #: PPO without our additions (reward prediction, memory): SB3's PPO exactly.
 PLAIN_PPO: dict[str, Any] = {"aux_reward_coef": 0.0, "memory": 0}
@@ -282,6 +299,13 @@ def build_grid(
     unknown = [g for g in games if g not in ALL_GAMES]
     if unknown:
         raise ValueError(f"Unknown game(s) {unknown}; the grid knows {list(ALL_GAMES)}.")
+    names = [envs.game_name(g) for g in games]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(
+            f"Two versions of {', '.join(twice)} in one grid would share run names; "
+            "bench each version into its own --out folder."
+        )
     bad = [f for f in fusions if f not in FUSION_MODES]
     if bad:
         raise ValueError(f"Unknown fusion mode(s) {bad}; known: {list(FUSION_MODES)}.")
@@ -360,6 +384,29 @@ def finished_cells(root: str | Path) -> list[Cell]:
     """Every grid cell with an evaluated run under ``root/runs`` (from any invocation)."""
     done = [p for p in sorted(Path(root).glob("runs/*-s*")) if (p / "eval.json").is_file()]
     seeds = {int(m.group(1)) for p in done if (m := re.search(r"-s(\d+)$", p.name))}
-    grid = build_grid(list(ALL_GAMES), seeds=sorted(seeds), components=True) if seeds else []
-    known = {c.name: c for c in grid}
-    return [known[p.name] for p in done if p.name in known]
+    if not seeds:
+        return []
+    # One game at a time: two versions of a game name their runs alike, and the run's
+    # own config says which one it trained on.
+    known: dict[str, dict[str, Cell]] = {}
+    for env_id in ALL_GAMES:
+        for cell in build_grid([env_id], seeds=sorted(seeds), components=True):
+            known.setdefault(cell.name, {})[env_id] = cell
+    cells = []
+    for path in done:
+        versions = known.get(path.name, {})
+        if len(versions) > 1:
+            trained_on = _run_env_id(path)
+            versions = {k: v for k, v in versions.items() if k == trained_on}
+        cells += list(versions.values())
+    return cells
+
+
+def _run_env_id(run_dir: Path) -> str | None:
+    """The env id a run trained on (its ``config.json``), or None where unreadable."""
+    try:
+        data = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    env_id = data.get("env_id") if isinstance(data, dict) else None
+    return env_id if isinstance(env_id, str) else None

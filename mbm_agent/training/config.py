@@ -203,7 +203,7 @@ class TrainConfig:
     """Everything ``mbm-agent train`` needs; each field has one line of help."""
 
     env_id: str = field(
-        metadata={"help": "Gymnasium id, e.g. mbm/GoToObject-v0 or BabyAI-GoToObj-v0."}
+        metadata={"help": "Gymnasium id, e.g. mbm/GoToObject-v1 or BabyAI-GoToObj-v0."}
     )
     algo: str = field(default="ppo", metadata={"help": f"RL algorithm: one of {', '.join(ALGOS)}."})
     steps: int = field(default=100_000, metadata={"help": "Total environment steps to train for."})

@@ -50,6 +50,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "cue": st.sampled_from(["image", "text", "audio"]),
     "n_answers": st.integers(2, 8),
     "wall_density": st.one_of(st.floats(0.0, 0.3), st.sampled_from([0, np.float32(0.1)])),
+    "object_set": st.sampled_from(["grid", "around-target"]),
+    "all_reachable": st.sampled_from([True, False, np.bool_(True)]),
 }
 #: Values each argument refuses, whatever the others are.
 INVALID: dict[str, st.SearchStrategy[Any]] = {
@@ -78,6 +80,8 @@ INVALID: dict[str, st.SearchStrategy[Any]] = {
         st.floats(0.31, 1.0),
         st.sampled_from([math.nan, "0.1", None, False]),
     ),
+    "object_set": st.sampled_from(["Grid", "", None, 1, ["grid"]]),
+    "all_reachable": st.sampled_from(["yes", 1, None, 0.5]),
 }
 TAGGED = {  # (value, whether it is valid); valid three times in four, so many examples build
     name: st.one_of(
@@ -95,7 +99,8 @@ def entry_points(env_id: str) -> tuple[Any, Any]:
 def defaults(env_id: str) -> dict[str, Any]:
     """The game's keyword arguments and their defaults."""
     params = inspect.signature(entry_points(env_id)[0].game_class.__init__).parameters
-    return {n: p.default for n, p in params.items() if n not in ("self", "num_worlds")}
+    own = {n: p.default for n, p in params.items() if n not in ("self", "num_worlds")}
+    return {**own, **envs.VERSION_KWARGS.get(env_id, {})}
 
 
 def kwargs_strategy(env_id: str, foreign: bool) -> st.SearchStrategy[tuple[dict[str, Any], bool]]:
@@ -160,6 +165,8 @@ def check_single_and_vector(env_id: str, kwargs: dict[str, Any], seed: int) -> b
     """Build both envs; a built pair must play, a refusal must name an argument.
     Returns whether they built."""
     single_cls, vector_cls = entry_points(env_id)
+    # What gym.make passes: the version's registered arguments, the drawn ones over them.
+    kwargs = {**envs.VERSION_KWARGS.get(env_id, {}), **kwargs}
     env, error = build(single_cls, **kwargs)
     vec, vec_error = build(vector_cls, 2, **kwargs)
     if error is not None:

@@ -111,7 +111,7 @@ def test_a_games_budget_is_its_configs_unless_the_grid_sets_its_own(env_id: str)
     game = ALL_GAMES[env_id]
     config_steps = resolve_config(env_id).steps
     assert game.budget() == (config_steps if game.steps is None else game.steps)
-    if env_id in ("mbm/FindSound-v0", "mbm/GoToObject-v0", "mbm/SoundMaze-v0"):
+    if env_id in ("mbm/FindSound-v0", "mbm/GoToObject-v1", "mbm/SoundMaze-v1"):
         # The from-scratch games' budget is decided once, in their config.
         assert game.steps is None
 
@@ -536,8 +536,8 @@ def test_summary_of_a_game_scored_on_sampled_actions(
     """A ``sampled=True`` game (the navigation games) is scored on ``eval-sampled*.json``."""
     assert [g for g, spec in REFERENCE_GAMES.items() if spec.sampled] == [
         "mbm/FindSound-v0",
-        "mbm/GoToObject-v0",
-        "mbm/SoundMaze-v0",
+        "mbm/GoToObject-v1",
+        "mbm/SoundMaze-v1",
     ]
     root = copy_tree(grid.root, tmp_path / "bench")
     sampled = replace(REFERENCE_GAMES[PROBE], sampled=True)
@@ -670,13 +670,13 @@ def test_bc_ppo_cell_clones_the_expert_then_fine_tunes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Quick: demos -> BC run -> PPO run started from the BC policy, then its masked evals."""
-    soundmaze = "mbm/SoundMaze-v0"
+    soundmaze = "mbm/SoundMaze-v1"
     recipe = REFERENCE_GAMES[soundmaze].bc
     assert recipe is not None
     root = tmp_path / "bench"
     argv = quick_bench(root, soundmaze, "bc-ppo", seed=1)
     out = capsys.readouterr().out
-    assert "| mbm/SoundMaze-v0 | bc-ppo | 1 |" in out and " demo |" in out
+    assert "| mbm/SoundMaze-v1 | bc-ppo | 1 |" in out and " demo |" in out
 
     demos_file = root / "demos" / "SoundMaze-s1-quick.npz"
     bc_dir = root / "runs" / "SoundMaze-bc-s1"
@@ -719,11 +719,11 @@ def test_ablation_of_a_bc_game_learns_from_scratch_without_the_modality(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Quick: SoundMaze mask-text = the game's own config (from scratch) with text ignored."""
-    soundmaze = "mbm/SoundMaze-v0"
+    soundmaze = "mbm/SoundMaze-v1"
     root = tmp_path / "bench"
     quick_bench(root, soundmaze, "mask-text", seed=0)
     out = capsys.readouterr().out
-    assert "| mbm/SoundMaze-v0 | mask-text | 1 |" in out and " demo |" not in out
+    assert "| mbm/SoundMaze-v1 | mask-text | 1 |" in out and " demo |" not in out
 
     run = root / "runs" / "SoundMaze-mask-text-s0"
     assert sorted(p.name for p in (root / "runs").iterdir()) == [run.name]  # no clone
@@ -744,7 +744,7 @@ def test_ablation_of_a_bc_game_learns_from_scratch_without_the_modality(
 
 
 def test_bench_variants_filter(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "--games", "mbm/GoToObject-v0", PROBE, "--seeds", "0", "--list"]
+    argv = ["bench", "--games", "mbm/GoToObject-v1", PROBE, "--seeds", "0", "--list"]
     assert main([*argv, "--variants", "bc-ppo", "mask-image"]) == 0
     # games in the order given, each game's variants in grid order
     assert capsys.readouterr().out.split() == [
@@ -795,7 +795,7 @@ def test_components_take_out_one_part_of_the_games_own_recipe_each(env_id: str) 
     if own.encoder.image_encoder == "cells":
         expected.append("no-cells")
     assert variants[1:] == expected == list(game.components())
-    if env_id in ("mbm/FindSound-v0", "mbm/GoToObject-v0", "mbm/SoundMaze-v0"):
+    if env_id in ("mbm/FindSound-v0", "mbm/GoToObject-v1", "mbm/SoundMaze-v1"):
         # the from-scratch recipe: all four are on in these games' configs
         assert expected == ["no-memory", "no-reward-prediction", "no-curriculum", "no-cells"]
     for cell in cells[1:]:

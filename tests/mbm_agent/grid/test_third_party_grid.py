@@ -7,10 +7,13 @@ rows without a chance level are checked.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mbm_agent.grid.spec import (
     ALL_GAMES,
+    EARLIER_VERSIONS,
     REFERENCE_GAMES,
     THIRD_PARTY_GAMES,
     build_grid,
@@ -27,7 +30,8 @@ EAT = "MiniHack-Eat-v0"
 def test_third_party_games_are_named_never_defaulted() -> None:
     assert set(THIRD_PARTY_GAMES) == {SEAQUEST, EAT}
     assert not set(THIRD_PARTY_GAMES) & set(REFERENCE_GAMES)
-    assert ALL_GAMES == {**REFERENCE_GAMES, **THIRD_PARTY_GAMES}
+    assert ALL_GAMES == {**REFERENCE_GAMES, **EARLIER_VERSIONS, **THIRD_PARTY_GAMES}
+    assert not set(EARLIER_VERSIONS) & set(REFERENCE_GAMES)
     assert {c.game.env_id for c in build_grid(seeds=[0])} == set(REFERENCE_GAMES)
     for game in THIRD_PARTY_GAMES.values():
         assert game.chance is None and game.sampled and game.bc is None
@@ -83,3 +87,20 @@ def test_summary_rows_without_a_chance_level() -> None:
     md = summary_markdown({"rows": [row], "games": {}, "agents": {}})
     assert "| sound: 25.0 (-) |" in md
     assert "| mbm-atari/Seaquest-v0 | concat | 3 | 250,000 |" in md
+
+
+@pytest.mark.parametrize("env_id", ["mbm/GoToObject-v0", "mbm/GoToObject-v1"])
+def test_a_finished_run_is_the_cell_of_the_version_it_trained_on(tmp_path, env_id: str) -> None:
+    # Both versions name their runs GoToObject-*: the run's own config says which.
+    run = tmp_path / "runs" / "GoToObject-mask-text-s0"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"env_id": env_id}))
+    [cell] = finished_cells(tmp_path)
+    assert cell.game.env_id == env_id and cell.variant == "mask-text"
+    assert cell.game.chance == (0.25 if env_id.endswith("v1") else 1 / 3)
+
+
+def test_two_versions_of_a_game_are_not_benched_into_one_folder() -> None:
+    with pytest.raises(ValueError, match=r"Two versions of GoToObject.*own --out"):
+        build_grid(["mbm/GoToObject-v0", "mbm/GoToObject-v1"], seeds=[0])
