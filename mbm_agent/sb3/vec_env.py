@@ -1,9 +1,99 @@
-"""A vector-env wrapper that keeps SB3 from transposing frames: :class:`KeepChannelsLast`."""
+"""Vector-env wrappers: no frame transpose, and an env's error out of its worker process.
+
+:class:`KeepChannelsLast` spares SB3's frame transpose; :class:`ReportErrors` (in the
+worker) and :class:`RaiseWorkerErrors` (above SB3's ``SubprocVecEnv``) bring an env's
+error out of its worker process.
+"""
 
 from __future__ import annotations
 
+import traceback
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecTransposeImage
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+#: The ``info`` key under which a worker's env reports the error it raised.
+WORKER_ERROR = "mbm_worker_error"
+
+
+class EnvWorkerError(RuntimeError):
+    """An env raised in its worker process (``--vec-env async``).
+
+    The message holds the env's exception and the worker's traceback.
+    """
+
+
+class ReportErrors(gym.Wrapper[Any, Any, Any, Any]):
+    """In a worker process: an exception of ``reset`` or ``step`` is returned, not raised.
+
+    SB3's ``SubprocVecEnv`` worker dies on an env's exception, and the main process
+    then only sees ``EOFError`` (the real error goes to the worker's stderr). This
+    wrapper hands the error back instead, as ``info[WORKER_ERROR]`` (the exception
+    and its traceback, as text) with a placeholder observation and the episode ended,
+    for :class:`RaiseWorkerErrors` to raise in the main process. The worker stays up,
+    so the vector env still closes cleanly.
+    """
+
+    def _report(self, exc: Exception) -> tuple[Any, dict[str, Any]]:
+        text = f"{type(exc).__name__}: {exc}"
+        report = {"error": text, "traceback": traceback.format_exc()}
+        return self.observation_space.sample(), {WORKER_ERROR: report}
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """The env's reset, or a placeholder and the error in ``info``."""
+        try:
+            return self.env.reset(**kwargs)
+        except Exception as exc:  # every error goes back to the main process
+            return self._report(exc)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """The env's step, or a placeholder that ends the episode and the error in ``info``."""
+        try:
+            return self.env.step(action)
+        except Exception as exc:
+            obs, info = self._report(exc)
+            return obs, 0.0, True, False, info
+
+
+class RaiseWorkerErrors(VecEnvWrapper):
+    """Raises, in the main process, the error a worker's env reported (:class:`ReportErrors`).
+
+    Args:
+        venv: The ``SubprocVecEnv`` whose envs are wrapped in :class:`ReportErrors`.
+        env_id: Named in the error.
+    """
+
+    def __init__(self, venv: VecEnv, env_id: str) -> None:
+        super().__init__(venv)
+        self.env_id = env_id
+
+    def _check(self, infos: Any, when: str) -> None:
+        for i, info in enumerate(infos or ()):
+            report = info.get(WORKER_ERROR) if isinstance(info, dict) else None
+            if report is not None:
+                raise EnvWorkerError(
+                    f"{self.env_id} raised {report['error']} in {when} of env {i}, which runs "
+                    "in a worker process (vec_env=async). Its traceback in the worker:\n"
+                    f"{report['traceback'].rstrip()}\n"
+                    "Fix the env; --vec-env dummy runs it in this process, where a debugger "
+                    "reaches it."
+                )
+
+    def reset(self) -> VecEnvObs:
+        """The envs' first observations, or the error a worker reported."""
+        obs = self.venv.reset()
+        self._check(self.venv.reset_infos, "reset")
+        return obs
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """The envs' step results, or the error a worker reported."""
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self._check(infos, "a step")
+        # An episode's end resets the env in its worker: that reset may fail too.
+        self._check(self.venv.reset_infos, "the reset after an episode")
+        return obs, rewards, dones, infos
 
 
 class KeepChannelsLast(VecTransposeImage):

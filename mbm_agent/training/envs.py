@@ -37,7 +37,7 @@ from envs.core.text import Vocabulary
 from envs.sb3 import SB3VecEnv
 from mbm_agent.encoding.config import DEFAULT_MODALITIES
 from mbm_agent.sb3.novelty import EpisodicNoveltyBonus
-from mbm_agent.sb3.vec_env import KeepChannelsLast
+from mbm_agent.sb3.vec_env import KeepChannelsLast, RaiseWorkerErrors, ReportErrors
 from mbm_agent.training.adapter import ObservationAdapter, ObservationCheck
 from mbm_agent.training.config import ConfigError, TrainConfig
 from mbm_agent.training.minihack import is_minihack, make_minihack_env
@@ -264,6 +264,16 @@ def _single_env(
     return make_single_env(env_id, env_kwargs, vocabulary, adapter=adapter)[0]
 
 
+def _worker_env(
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+    vocabulary: Vocabulary | None,
+    adapter: ObservationAdapter,
+) -> gym.Env[Any, Any]:
+    """:func:`_single_env` for a worker process: its errors go back to the main process."""
+    return ReportErrors(_single_env(env_id, env_kwargs, vocabulary, adapter))
+
+
 def async_start_method() -> str:
     """``forkserver`` where the platform has it, else ``spawn``.
 
@@ -298,12 +308,15 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
             raise ConfigError(f"env_kwargs: {exc}") from exc
         vocab = cast(SB3VecEnv, venv).venv.vocabulary
     else:
-        factory = functools.partial(_single_env, cfg.env_id, cfg.env_kwargs, vocab, adapter)
-        fns: list[Callable[[], gym.Env]] = [factory] * cfg.n_envs
         if cfg.vec_env == "async":
-            venv = SubprocVecEnv(fns, start_method=async_start_method())
+            factory = functools.partial(_worker_env, cfg.env_id, cfg.env_kwargs, vocab, adapter)
+            fns: list[Callable[[], gym.Env]] = [factory] * cfg.n_envs
+            venv = RaiseWorkerErrors(
+                SubprocVecEnv(fns, start_method=async_start_method()), cfg.env_id
+            )
         else:
-            venv = DummyVecEnv(fns)
+            factory = functools.partial(_single_env, cfg.env_id, cfg.env_kwargs, vocab, adapter)
+            venv = DummyVecEnv([factory] * cfg.n_envs)
     venv.seed(seed)
     monitored: VecEnv = VecMonitor(venv, info_keywords=("is_success",))
     if cfg.novelty_bonus > 0:  # above the monitor: logged returns stay the game's own
