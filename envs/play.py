@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m envs.play mbm/GoToObject-v0                # keys (pygame window, or the terminal)
-    python -m envs.play mbm/SoundMaze-v0 --expert --episodes 3 --gif runs/expert.gif
+    python -m envs.play mbm/GoToObject-v1                # keys (pygame window, or the terminal)
+    python -m envs.play mbm/SoundMaze-v1 --expert --episodes 3 --gif runs/expert.gif
 
 Keys: left/right arrows (or a/d) turn, up (or w) moves forward, digits answer
 the modality probe, q quits. Without the ``human`` extra (pygame) the game is

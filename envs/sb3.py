@@ -28,7 +28,7 @@ class SB3VecEnv(VecEnv):
     """Present a :class:`~envs.core.env.GameVectorEnv` (or a game id) to SB3.
 
     Args:
-        env: A game id such as ``"mbm/SoundMaze-v0"`` or a built vector env.
+        env: A game id such as ``"mbm/SoundMaze-v1"`` or a built vector env.
         num_envs: Number of worlds when ``env`` is an id.
         **kwargs: Game arguments when ``env`` is an id.
 
