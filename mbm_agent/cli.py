@@ -232,6 +232,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mbm_agent.evaluation import (
         KEPT_FILE_STEMS,
         evaluate_agent,
+        policy_meta,
         report_markdown,
         report_name,
         write_report,
@@ -268,7 +269,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         n_envs=max(1, min(args.n_envs, args.episodes)),
         deterministic=args.deterministic,
         drop_modalities=tuple(args.drop_modality),
-        meta={"run": str(args.run), "policy": source.label, "policy_dir": str(source.model_dir)},
+        meta=policy_meta(str(args.run), source.label, source.model_dir),
     )
     name = args.name or report_name(args.deterministic, args.drop_modality, source.suffix)
     # A run's policies (best/, final/, checkpoints/step-N/policy) report into the run

@@ -13,6 +13,7 @@ expert) run on the same seeds, so a score normalised to ``random = 0``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -497,23 +498,54 @@ def report_name(
 EARLIER_REPORTS = "reports-of-earlier-best"
 
 
-def set_aside_reports(run_dir: str | Path, main_report: bool = False) -> list[Path]:
-    """Move the reports of the run's best policy but ``eval`` aside, into ``EARLIER_REPORTS/``.
+def weights_digest(policy_dir: str | Path) -> str | None:
+    """SHA-256 of a policy folder's weights (None without them).
 
-    Called when a resumed training run replaced ``best/``: ``eval-sampled.json``,
-    ``eval-drop-text.json`` and the like then describe a policy that is gone. They are
+    Every report names the digest of the weights it played (``meta.policy_digest``), so
+    a report can be matched to the policy it describes long after it was written.
+    """
+    weights = Path(policy_dir) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def policy_meta(run: str, label: str, policy_dir: str | Path) -> dict[str, Any]:
+    """A report's ``meta`` about what it played: run, policy label, folder and weights digest."""
+    return {
+        "run": run,
+        "policy": label,
+        "policy_dir": str(policy_dir),
+        "policy_digest": weights_digest(policy_dir),
+    }
+
+
+def set_aside_reports(
+    run_dir: str | Path, main_report: bool = False, *, changed: bool = True
+) -> list[Path]:
+    """Move the reports of an earlier best policy aside, into ``EARLIER_REPORTS/``.
+
+    When a resumed training run replaces ``best/``, ``eval-sampled.json``,
+    ``eval-drop-text.json`` and the like describe a policy that is gone. They are
     kept (never deleted) in ``RUN/reports-of-earlier-best/<n>/``, a new ``<n>`` each
     time; reports of other policies (``-final``, ``-step-N``) stay where they are.
 
+    A report that names the digest of the weights it played (``meta.policy_digest``)
+    is stale exactly when that digest is not ``best/``'s; one without (written before
+    reports carried it) is stale when the caller says best/ ``changed``. So the check
+    also finds what a session killed between replacing best/ and its end left behind.
+
     Args:
         run_dir: The run folder.
-        main_report: Move ``eval.json`` too (a session stopped before its final
-            evaluation re-made it).
+        main_report: Check ``eval.json`` too (a session stopped before its final
+            evaluation re-made it; the start of a resumed session).
+        changed: Whether best/ is known to have changed (for reports without a digest).
 
     Returns:
         The moved ``.json`` reports at their new place.
     """
     run = Path(run_dir)
+    current = weights_digest(run / "best")
     stale = []
     candidates = sorted(run.glob("eval-*.json")) + ([run / "eval.json"] if main_report else [])
     for path in candidates:
@@ -521,7 +553,10 @@ def set_aside_reports(run_dir: str | Path, main_report: bool = False) -> list[Pa
             meta = json.loads(path.read_text(encoding="utf-8")).get("meta", {})
         except (OSError, ValueError, AttributeError):
             continue
-        if isinstance(meta, Mapping) and meta.get("policy") == "best":
+        if not isinstance(meta, Mapping) or meta.get("policy") != "best":
+            continue
+        digest = meta.get("policy_digest")
+        if (digest != current) if isinstance(digest, str) else changed:
             stale.append(path)
     if not stale:
         return []

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import envs
-from mbm_agent.evaluation import evaluate_agent, write_report
+from mbm_agent.evaluation import evaluate_agent, policy_meta, write_report
 from mbm_agent.grid.spec import (
     BC_PPO,
     DEMO_SEED_STRIDE,
@@ -147,6 +147,6 @@ def _grid_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
             deterministic=greedy,
             drop_modalities=dropped,
             baselines=False,
-            meta={"run": run_dir.name, "policy": "best"},
+            meta=policy_meta(run_dir.name, "best", run_dir / "best"),
         )
         write_report(report, run_dir, name=name)

@@ -151,7 +151,7 @@ def make_base_env(
         ) from exc
     except gym.error.Error as exc:
         raise ConfigError(
-            f"Unknown env id {env_id!r}: {exc}. Our games are: {', '.join(envs.ENV_IDS)}; "
+            f"Unknown env id {env_id!r}: {exc}. Our games are: {', '.join(envs.LATEST)}; "
             "a third-party env can be given as 'module:EnvId-v0' (the module registers it)."
         ) from exc
     vocab = None

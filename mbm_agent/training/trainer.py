@@ -25,7 +25,6 @@ checkpoints but none reads, or has a ``final/`` policy but no checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shlex
 import shutil
@@ -45,7 +44,14 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.core.text import Vocabulary
-from mbm_agent.evaluation import EVAL_SEED_BASE, evaluate_agent, set_aside_reports, write_report
+from mbm_agent.evaluation import (
+    EVAL_SEED_BASE,
+    evaluate_agent,
+    policy_meta,
+    set_aside_reports,
+    weights_digest,
+    write_report,
+)
 from mbm_agent.plots import learning_curve, save_gif
 from mbm_agent.sb3.algorithms import algorithm_class, algorithm_kwargs, family, policy_class
 from mbm_agent.sb3.policy import policy_kwargs_for
@@ -358,6 +364,15 @@ def _learn(
     callback = TrainerCallback(cfg, run_dir, vocab, state, periodic, progress)
     best = run_dir / "best"
     best_before = weights_digest(best) if resumed else None
+    if resumed:
+        # Reports that name weights best/ no longer holds: an earlier session was killed
+        # between replacing best/ and setting its reports aside.
+        moved = set_aside_reports(run_dir, main_report=True, changed=False)
+        if moved:
+            print(
+                f"{len(moved)} report(s) of an earlier best policy moved to {moved[0].parent}.",
+                file=sys.stderr,
+            )
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -427,14 +442,6 @@ def _learn(
     return TrainResult(run_dir, False, model.num_timesteps, report)
 
 
-def weights_digest(policy_dir: Path) -> str | None:
-    """SHA-256 of a policy folder's weights (None without them): whether best/ changed."""
-    weights = policy_dir / "model.safetensors"
-    if not weights.is_file():
-        return None
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
-
-
 def finalize_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Final evaluation (report), learning curve and episode GIF of a finished run."""
     agent = load_agent(run_dir, "best")
@@ -444,7 +451,7 @@ def finalize_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
         cfg.env_kwargs,
         episodes=cfg.final_eval_episodes,
         n_envs=min(cfg.final_eval_episodes, 64),
-        meta={"run": run_dir.name, "policy": "best"},
+        meta=policy_meta(run_dir.name, "best", run_dir / "best"),
     )
     write_report(report, run_dir)
     try:

@@ -461,8 +461,8 @@ def test_config_errors_are_one_line(
 @pytest.mark.parametrize(
     ("env_id", "expected"),
     [
-        ("Nope-v0", ("Nope-v0", "mbm/GoToObject-v0")),
-        ("mbm/Nope-v0", ("mbm/Nope-v0", "mbm/GoToObject-v0")),
+        ("Nope-v0", ("Nope-v0", "mbm/GoToObject-v1")),
+        ("mbm/Nope-v0", ("mbm/Nope-v0", "mbm/GoToObject-v1")),
         ("BabyAI-Nope-v0", ("BabyAI-Nope-v0",)),
         ("MbmTestUnencodable-v0", ("'depth'", "Box(0.0, 1.0, (3, 40, 40)", "modalities")),
     ],

@@ -30,7 +30,7 @@ from runs_helpers import (
 from safetensors.torch import load_file
 
 from mbm_agent.cli import main
-from mbm_agent.evaluation import set_aside_reports
+from mbm_agent.evaluation import set_aside_reports, weights_digest
 from mbm_agent.training.agent import load_agent, save_policy
 from mbm_agent.training.callback import TrainerCallback
 from mbm_agent.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -669,3 +669,62 @@ def test_resume_drops_malformed_metrics_rows_with_a_warning(
     assert rc == 0, capsys.readouterr().err
     steps = rollout_steps(read_metrics(ckpt_run))
     assert steps == sorted(set(steps)) and steps[-1] == 512
+
+
+def _report(run: Path, name: str, meta: dict[str, Any]) -> None:
+    (run / f"{name}.json").write_text(json.dumps({"meta": meta}))
+    (run / f"{name}.md").write_text(name)
+
+
+def test_set_aside_matches_reports_to_best_by_their_weights_digest(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "model.safetensors").write_bytes(b"now")
+    now = weights_digest(run / "best")
+    (run / "old").mkdir()
+    (run / "old" / "model.safetensors").write_bytes(b"before")
+    before = weights_digest(run / "old")
+    assert now is not None and before is not None and now != before
+    _report(run, "eval", {"policy": "best", "policy_digest": now})
+    _report(run, "eval-sampled", {"policy": "best", "policy_digest": before})
+    _report(run, "eval-drop-text", {"policy": "best"})  # written before reports had digests
+    _report(run, "eval-final", {"policy": "final", "policy_digest": before})
+    # Best not known to have changed: only what names other weights goes.
+    moved = set_aside_reports(run, main_report=True, changed=False)
+    assert [p.name for p in moved] == ["eval-sampled.json"]
+    assert (run / "reports-of-earlier-best" / "1" / "eval-sampled.md").read_text() == "eval-sampled"
+    assert (run / "eval.json").is_file() and (run / "eval-drop-text.json").is_file()
+    # Known to have changed: a report without a digest goes too; best's own never does.
+    moved = set_aside_reports(run, main_report=True, changed=True)
+    assert [p.name for p in moved] == ["eval-drop-text.json"]
+    assert (run / "eval.json").is_file() and (run / "eval-final.json").is_file()
+
+
+def test_resume_sets_aside_the_reports_a_killed_session_left_beside_a_new_best(
+    ckpt_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session killed between replacing best/ and its end left the reports of the
+    earlier best beside the new one; the next session finds them by their digest."""
+    for extra in ([], ["--stochastic"], ["--which", "final"]):
+        assert main(["eval", str(ckpt_run), "--episodes", "2", *extra]) == 0
+    earlier_best = weights_digest(ckpt_run / "best")
+    report = json.loads((ckpt_run / "eval-sampled.json").read_text())
+    assert report["meta"]["policy_digest"] == earlier_best
+    sampled = (ckpt_run / "eval-sampled.json").read_bytes()
+    # The killed session's new best/: other weights, the old reports still beside them.
+    weights = ckpt_run / "best" / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    atomic_save_tensors(weights, tensors)
+    capsys.readouterr()
+    argv = ["train", ENV, "--resume", str(ckpt_run), "--steps", str(4 * ROLLOUT), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "report(s) of an earlier best policy moved" in capsys.readouterr().err
+    earlier = ckpt_run / "reports-of-earlier-best" / "1"
+    assert (earlier / "eval-sampled.json").read_bytes() == sampled
+    assert (earlier / "eval.json").is_file() and (earlier / "eval-sampled.md").is_file()
+    assert (ckpt_run / "eval-final.json").is_file()  # another policy's report stays
+    # The session's own final evaluation names the weights best/ holds now.
+    fresh = json.loads((ckpt_run / "eval.json").read_text())["meta"]
+    assert fresh["policy_digest"] == weights_digest(ckpt_run / "best") != earlier_best
