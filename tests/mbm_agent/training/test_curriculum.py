@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from stable_baselines3.common.logger import configure
 
+import envs
 from mbm_agent.training.callback import TrainerCallback
 from mbm_agent.training.checkpoints import TrainState
 from mbm_agent.training.config import ConfigError, merge, resolve_config
@@ -143,3 +144,25 @@ def test_a_resumed_run_rebuilds_the_level_of_its_checkpoint(tmp_path: Path) -> N
 def test_null_turns_a_games_curriculum_off() -> None:
     assert resolve_config(ENV).curriculum["levels"]  # GoToObject's config declares one
     assert resolve_config(ENV, overrides={"curriculum": None}).curriculum == {}
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_every_shipped_curriculum_level_builds_its_game(env_id: str) -> None:
+    """A level is only tried mid-run: one that does not fit its game (GoToObject-v1's 4
+    objects need a 6x6 room) would fail hours in, so each is built here."""
+    cfg = resolve_config(env_id)
+    levels = (cfg.curriculum or {}).get("levels", [])
+    for level in levels:
+        vec = envs.make_vec(env_id, 2, **{**cfg.env_kwargs, **level})
+        obs, _ = vec.reset(seed=0)
+        assert set(obs) == set(vec.single_observation_space.spaces)
+        vec.close()
+
+
+def test_goto_object_v1_climbs_from_two_objects_and_v0_keeps_its_rooms() -> None:
+    v1 = resolve_config("mbm/GoToObject-v1").curriculum["levels"]
+    assert [lv.get("n_objects") for lv in v1] == [2, 3, None, None]
+    assert [lv["grid_size"] for lv in v1] == [5, 5, 6, 7]
+    # v0's runs were made with rooms 5 -> 8 and 3 objects throughout: its config keeps them.
+    v0 = resolve_config("mbm/GoToObject-v0").curriculum["levels"]
+    assert v0 == [{"grid_size": 5}, {"grid_size": 6}, {"grid_size": 7}]
