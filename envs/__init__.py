@@ -35,7 +35,7 @@ ENV_IDS: tuple[str, ...] = tuple(GAMES)
 #: The arguments a version registers over its game's own defaults (the games' Version
 #: History says what each changed). A user's own arguments still win over these.
 VERSION_KWARGS: dict[str, dict[str, Any]] = {
-    "mbm/GoToObject-v1": {"object_set": "grid", "n_objects": 4},
+    "mbm/GoToObject-v1": {"object_set": "grid", "n_objects": 4, "all_reachable": True},
     "mbm/SoundMaze-v1": {"all_reachable": True},
 }
 #: Each game's newest version, the one to use; older versions stay to reproduce results.

@@ -260,6 +260,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--torch-threads must be >= 0 (0: automatic), got {args.torch_threads}.")
     torch.set_num_threads(torch_threads_for(args.torch_threads))
     source = policy_source(args.run, args.which)
+    # The digest of the weights before they are read: a training session that replaced
+    # them in between would otherwise have its weights named for what was played.
+    meta = policy_meta(str(args.run), source.label, source.model_dir)
     agent = load_agent(source.model_dir)
     report = evaluate_agent(
         agent,
@@ -269,7 +272,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         n_envs=max(1, min(args.n_envs, args.episodes)),
         deterministic=args.deterministic,
         drop_modalities=tuple(args.drop_modality),
-        meta=policy_meta(str(args.run), source.label, source.model_dir),
+        meta=meta,
     )
     name = args.name or report_name(args.deterministic, args.drop_modality, source.suffix)
     # A run's policies (best/, final/, checkpoints/step-N/policy) report into the run

@@ -169,12 +169,14 @@ class NavigationGame(BatchedGame):
             reachable = dist[np.arange(len(pending)), start[:, 0], start[:, 1]] < UNREACHABLE
             if self.reach_all_objects:
                 # Every object, not only the target: a walled-off distractor would make the
-                # nearest object the target more often than 1 in k.
-                each = distance_maps(
-                    np.repeat(blocked, k, axis=0), self.obj_pos[pending].reshape(-1, 2)
-                ).reshape(len(pending), k, g, g)
-                at_start = each[np.arange(len(pending)), :, start[:, 0], start[:, 1]]
-                reachable &= (at_start < UNREACHABLE).all(axis=1)
+                # nearest object the target more often than 1 in k. One search from the
+                # agent: an object can be walked into when a cell beside it can be reached.
+                from_start = distance_maps(blocked, start)
+                pos = self.obj_pos[pending]
+                # (m, k, 4, 2), clipped: an object drawn on a border wall is redrawn anyway.
+                beside = np.clip(pos[:, :, None, :] + DIR_VEC[None, None, :, :], 0, g - 1)
+                steps = from_start[rows[:, :, None], beside[..., 0], beside[..., 1]]
+                reachable &= (steps < UNREACHABLE).any(axis=2).all(axis=1)
             # Too few free cells makes random_free_cells pick walls: draw that world again.
             reachable &= ~walls[rows, cells[..., 0], cells[..., 1]].any(axis=1)
             done = pending[reachable]

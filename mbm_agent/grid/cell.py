@@ -19,6 +19,7 @@ from mbm_agent.grid.spec import (
     default_steps,
     grid_evaluations,
     missing_evaluations,
+    run_env_id,
     uses_bc,
 )
 from mbm_agent.imitation.bc import BCConfig, bc_run
@@ -48,6 +49,13 @@ def run_cell(
     """
     runs = root / "runs"
     run_dir = runs / cell.name
+    trained_on = run_env_id(run_dir) if (run_dir / "config.json").is_file() else None
+    if trained_on is not None and trained_on != cell.game.env_id:
+        raise ValueError(
+            f"{run_dir} holds a run of {trained_on}, not of {cell.game.env_id} (two versions "
+            "of a game name their runs alike): bench each version into its own --out folder. "
+            "Nothing was changed."
+        )
     if (run_dir / "eval.json").is_file():
         # Trained (a stop came after the final evaluation, or an earlier version ran
         # fewer evaluations): finish the missing ones, train nothing.

@@ -375,8 +375,13 @@ def missing_evaluations(cell: Cell, run_dir: Path) -> list[tuple[str, tuple[str,
 
 
 def cell_done(cell: Cell, root: Path) -> bool:
-    """Whether the cell's run is trained and has every evaluation of :func:`grid_evaluations`."""
+    """Whether the cell's run is trained and has every evaluation of :func:`grid_evaluations`.
+
+    A run of another version of the game under the cell's name is not the cell's.
+    """
     run_dir = root / "runs" / cell.name
+    if (run_dir / "config.json").is_file() and run_env_id(run_dir) != cell.game.env_id:
+        return False
     return (run_dir / "eval.json").is_file() and not missing_evaluations(cell, run_dir)
 
 
@@ -396,13 +401,13 @@ def finished_cells(root: str | Path) -> list[Cell]:
     for path in done:
         versions = known.get(path.name, {})
         if len(versions) > 1:
-            trained_on = _run_env_id(path)
+            trained_on = run_env_id(path)
             versions = {k: v for k, v in versions.items() if k == trained_on}
         cells += list(versions.values())
     return cells
 
 
-def _run_env_id(run_dir: Path) -> str | None:
+def run_env_id(run_dir: Path) -> str | None:
     """The env id a run trained on (its ``config.json``), or None where unreadable."""
     try:
         data = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))

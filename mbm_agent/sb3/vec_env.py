@@ -11,6 +11,7 @@ import traceback
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
+from gymnasium.vector.utils import batch_space, create_empty_array, iterate
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecTransposeImage
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
@@ -36,25 +37,45 @@ class ReportErrors(gym.Wrapper[Any, Any, Any, Any]):
     so the vector env still closes cleanly.
     """
 
+    _last_obs: Any = None
+
+    def _placeholder(self) -> Any:
+        """The last good observation, else zeros of the space, else a sample of it."""
+        if self._last_obs is not None:
+            return self._last_obs
+        try:
+            space = self.observation_space
+            return next(iter(iterate(batch_space(space, 1), create_empty_array(space, n=1))))
+        except Exception:  # a space gymnasium cannot fill: try its own sample
+            return self.observation_space.sample()
+
     def _report(self, exc: Exception) -> tuple[Any, dict[str, Any]]:
         text = f"{type(exc).__name__}: {exc}"
         report = {"error": text, "traceback": traceback.format_exc()}
-        return self.observation_space.sample(), {WORKER_ERROR: report}
+        try:
+            obs = self._placeholder()
+        except Exception:  # no placeholder at all: the worker dies with the env's error
+            raise exc from None
+        return obs, {WORKER_ERROR: report}
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """The env's reset, or a placeholder and the error in ``info``."""
         try:
-            return self.env.reset(**kwargs)
+            obs, info = self.env.reset(**kwargs)
         except Exception as exc:  # every error goes back to the main process
             return self._report(exc)
+        self._last_obs = obs
+        return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """The env's step, or a placeholder that ends the episode and the error in ``info``."""
         try:
-            return self.env.step(action)
+            obs, reward, terminated, truncated, info = self.env.step(action)
         except Exception as exc:
             obs, info = self._report(exc)
             return obs, 0.0, True, False, info
+        self._last_obs = obs
+        return obs, reward, terminated, truncated, info
 
 
 class RaiseWorkerErrors(VecEnvWrapper):
@@ -85,6 +106,7 @@ class RaiseWorkerErrors(VecEnvWrapper):
         """The envs' first observations, or the error a worker reported."""
         obs = self.venv.reset()
         self._check(self.venv.reset_infos, "reset")
+        self.reset_infos = self.venv.reset_infos
         return obs
 
     def step_wait(self) -> VecEnvStepReturn:
@@ -93,6 +115,7 @@ class RaiseWorkerErrors(VecEnvWrapper):
         self._check(infos, "a step")
         # An episode's end resets the env in its worker: that reset may fail too.
         self._check(self.venv.reset_infos, "the reset after an episode")
+        self.reset_infos = self.venv.reset_infos
         return obs, rewards, dones, infos
 
 

@@ -77,6 +77,16 @@ def test_goto_object_v1_registers_four_objects_on_a_colour_by_shape_table() -> N
     assert all(len(set(row)) == 4 for row in pairs.tolist())
 
 
+@pytest.mark.parametrize("grid_size", [6, 8])
+def test_goto_object_v1_every_object_is_reachable(grid_size: int) -> None:
+    # In v0 the other objects can box one into a corner (5% of 6x6 rooms with 4
+    # objects): never the target, so a rule that skips it beats chance.
+    game = _game("mbm/GoToObject-v1", grid_size=grid_size)
+    assert (_reach(game) < UNREACHABLE).all()
+    v0 = _game("mbm/GoToObject-v0", grid_size=6, n_objects=4)
+    assert (_reach(v0) >= UNREACHABLE).any(axis=1).mean() > 0.02
+
+
 def test_goto_object_v1_target_is_any_object_alike() -> None:
     game = _game("mbm/GoToObject-v1")
     counts = np.bincount(game.target, minlength=4) / WORLDS
@@ -135,13 +145,15 @@ def test_a_users_arguments_win_over_the_versions() -> None:
     env.close()
     maze = envs.make("mbm/SoundMaze-v1", all_reachable=False)
     assert maze.game.reach_all_objects is False
+    assert envs.make("mbm/GoToObject-v1").game.reach_all_objects is True
 
 
 def test_bad_version_arguments_name_the_choices() -> None:
     with pytest.raises(ValueError, match=r"object_set must be one of .*'grid'"):
         envs.make("mbm/GoToObject-v1", object_set="random")
-    with pytest.raises(ValueError, match="all_reachable must be True"):
-        envs.make("mbm/SoundMaze-v1", all_reachable="yes")
+    for env_id in ("mbm/SoundMaze-v1", "mbm/GoToObject-v1"):
+        with pytest.raises(ValueError, match="all_reachable must be True"):
+            envs.make(env_id, all_reachable="yes")
 
 
 def test_every_earlier_version_has_a_newer_one() -> None:

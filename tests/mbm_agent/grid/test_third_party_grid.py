@@ -11,12 +11,14 @@ import json
 
 import pytest
 
+from mbm_agent.grid.cell import run_cell
 from mbm_agent.grid.spec import (
     ALL_GAMES,
     EARLIER_VERSIONS,
     REFERENCE_GAMES,
     THIRD_PARTY_GAMES,
     build_grid,
+    cell_done,
     finished_cells,
 )
 from mbm_agent.grid.summary import summary_markdown
@@ -104,3 +106,20 @@ def test_a_finished_run_is_the_cell_of_the_version_it_trained_on(tmp_path, env_i
 def test_two_versions_of_a_game_are_not_benched_into_one_folder() -> None:
     with pytest.raises(ValueError, match=r"Two versions of GoToObject.*own --out"):
         build_grid(["mbm/GoToObject-v0", "mbm/GoToObject-v1"], seeds=[0])
+
+
+def test_a_run_of_another_version_under_a_cells_name_is_refused_untouched(tmp_path) -> None:
+    # A v0 run where the v1 cell of the same name would go: never counted as done, never
+    # evaluated on v1 or resumed with v1's config.
+    [cell] = build_grid(
+        ["mbm/GoToObject-v1"], ["film"], [0], ablations=False, baseline=False, bc=False
+    )
+    run = tmp_path / "runs" / cell.name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"env_id": "mbm/GoToObject-v0"}))
+    (run / "eval.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert not cell_done(cell, tmp_path)
+    with pytest.raises(ValueError, match=r"holds a run of mbm/GoToObject-v0.*own --out"):
+        run_cell(cell, tmp_path)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -55,26 +55,38 @@ FLAKY_MODULE = textwrap.dedent(
 
 
 class Flaky(gym.Env[dict[str, Any], int]):
-    """Raises in ``reset`` (``fail_reset``) or on step ``fail_at``."""
+    """Raises in reset number ``fail_reset`` (1: the first) or on step ``fail_at``; an
+    episode lasts ``episode_len`` steps. Its ``x`` is unbounded (``sample()`` cannot draw
+    it), ``n`` counts the steps."""
 
-    def __init__(self, fail_at: int = 3, fail_reset: bool = False) -> None:
-        self.observation_space = spaces.Dict({"x": spaces.Box(0.0, 1.0, (2,), np.float32)})
+    def __init__(self, fail_at: int = 3, fail_reset: int = 0, episode_len: int = 100) -> None:
+        self.observation_space = spaces.Dict(
+            {
+                "x": spaces.Box(-np.inf, np.inf, (2,), np.float64),
+                "n": spaces.Box(0, 1000, (1,), np.int64),
+            }
+        )
         self.action_space = spaces.Discrete(2)
-        self.fail_at, self.fail_reset, self.t = fail_at, fail_reset, 0
+        self.fail_at, self.fail_reset, self.episode_len = fail_at, fail_reset, episode_len
+        self.t = self.resets = 0
+
+    def _obs(self) -> dict[str, Any]:
+        return {"x": np.ones(2), "n": np.array([self.t])}
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         super().reset(seed=seed)
-        if self.fail_reset:
+        self.resets += 1
+        if self.resets == self.fail_reset:
             raise ValueError("no level file found")
-        return {"x": np.zeros(2, np.float32)}, {}
+        return self._obs(), {}
 
     def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         self.t += 1
         if self.t >= self.fail_at:
             raise OSError("camera sensor unplugged")
-        return {"x": np.zeros(2, np.float32)}, 1.0, False, False, {}
+        return self._obs(), 1.0, False, self.t % self.episode_len == 0, {}
 
 
 def _venv(**kwargs: Any) -> RaiseWorkerErrors:
@@ -98,15 +110,37 @@ def test_a_step_error_is_raised_with_the_envs_own_exception_and_traceback() -> N
 
 
 def test_a_reset_error_is_raised_with_the_envs_own_exception() -> None:
-    venv = _venv(fail_reset=True)
+    venv = _venv(fail_reset=1)
     with pytest.raises(EnvWorkerError, match=r"raised ValueError: no level file found in reset"):
         venv.reset()
+
+
+def test_an_error_in_the_reset_after_an_episode_is_raised_too() -> None:
+    # The vector env resets an env whose episode ended; that reset fails here.
+    venv = _venv(fail_reset=2, episode_len=2)
+    venv.reset()
+    venv.step(np.zeros(2, dtype=np.int64))
+    with pytest.raises(EnvWorkerError, match=r"no level file found in the reset after an episode"):
+        venv.step(np.zeros(2, dtype=np.int64))
+
+
+def test_the_placeholder_is_the_last_good_observation_else_zeros() -> None:
+    # Unbounded Box: Space.sample() cannot draw it, zeros can stand in.
+    env = ReportErrors(Flaky(fail_reset=1))
+    obs, info = env.reset()
+    assert "mbm_worker_error" in info and obs["x"].tolist() == [0.0, 0.0]
+    env = ReportErrors(Flaky(fail_at=2))
+    env.reset()
+    good = env.step(0)[0]
+    obs, reward, terminated, truncated, info = env.step(0)
+    assert obs is good and (reward, terminated, truncated) == (0.0, True, False)
+    assert info["mbm_worker_error"]["error"] == "OSError: camera sensor unplugged"
 
 
 def test_report_errors_passes_a_healthy_env_through() -> None:
     env = ReportErrors(Flaky(fail_at=10))
     obs, info = env.reset(seed=0)
-    assert info == {} and obs["x"].shape == (2,)
+    assert info == {} and obs["n"].tolist() == [0]
     assert env.step(0)[1:] == (1.0, False, False, {})
 
 
