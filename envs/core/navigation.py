@@ -84,6 +84,7 @@ class NavigationGame(BatchedGame):
         max_steps: int | None,
         view: str = "egocentric",
         view_size: int = 7,
+        all_reachable: bool = False,
     ) -> None:
         g = check_int_arg("grid_size", grid_size, *self.grid_limits)
         k = check_int_arg("n_objects", n_objects, *self.object_limits)
@@ -96,8 +97,12 @@ class NavigationGame(BatchedGame):
         self.grid_size = g
         self.n_objects = k
         self.chance_level = 1.0 / k
+        if not isinstance(all_reachable, (bool, np.bool_)):
+            raise ValueError(
+                f"all_reachable must be True (v1) or False (v0), got {all_reachable!r}."
+            )
         #: Redraw a room until the agent can reach every object (else only the target).
-        self.reach_all_objects = False
+        self.reach_all_objects = bool(all_reachable)
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}.")
         self.view = view

@@ -119,10 +119,6 @@ class GoToObjectGame(NavigationGame):
         object_set: str = "around-target",
         all_reachable: bool = False,
     ) -> None:
-        if not isinstance(all_reachable, (bool, np.bool_)):
-            raise ValueError(
-                f"all_reachable must be True (v1) or False (v0), got {all_reachable!r}."
-            )
         if object_set not in OBJECT_SETS:
             raise ValueError(
                 f"object_set must be one of {OBJECT_SETS} (v1: 'grid', v0: "
@@ -137,8 +133,8 @@ class GoToObjectGame(NavigationGame):
             max_steps=max_steps,
             view=view,
             view_size=view_size,
+            all_reachable=all_reachable,
         )
-        self.reach_all_objects = bool(all_reachable)
         self.vocabulary, self._ids, self._texts = instruction_table(
             TEMPLATES, {"colour": COLOUR_NAMES, "shape": SHAPES}, MAX_LEN
         )

@@ -117,12 +117,8 @@ class SoundMazeGame(NavigationGame):
             max_steps=max_steps,
             view=view,
             view_size=view_size,
+            all_reachable=all_reachable,
         )
-        if not isinstance(all_reachable, (bool, np.bool_)):
-            raise ValueError(
-                f"all_reachable must be True (v1) or False (v0), got {all_reachable!r}."
-            )
-        self.reach_all_objects = bool(all_reachable)
         self.wall_density = check_float_arg("wall_density", wall_density, 0.0, 0.3)
         self._init_sound(noise)
         self.vocabulary, self._ids, self._texts = instruction_table(

@@ -49,7 +49,7 @@ def run_cell(
     """
     runs = root / "runs"
     run_dir = runs / cell.name
-    trained_on = run_env_id(run_dir) if (run_dir / "config.json").is_file() else None
+    trained_on = run_env_id(run_dir)
     if trained_on is not None and trained_on != cell.game.env_id:
         raise ValueError(
             f"{run_dir} holds a run of {trained_on}, not of {cell.game.env_id} (two versions "

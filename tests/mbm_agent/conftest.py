@@ -19,11 +19,14 @@ from stable_baselines3.common.logger import Logger, configure
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-class _UnencodableEnv(gym.Env[dict[str, Any], int]):
-    """An env whose only key no rule can encode: a float (3, 40, 40) depth map."""
+class _DepthEnv(gym.Env[dict[str, Any], int]):
+    """A key no rule can encode, a float (3, 40, 40) depth map, and with ``pos`` a vector."""
 
-    def __init__(self) -> None:
-        self.observation_space = spaces.Dict({"depth": spaces.Box(0.0, 1.0, (3, 40, 40))})
+    def __init__(self, pos: bool = False) -> None:
+        keys = {"depth": spaces.Box(0.0, 1.0, (3, 40, 40), np.float32)}
+        if pos:
+            keys["pos"] = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.observation_space = spaces.Dict(keys)
         self.action_space = spaces.Discrete(2)
 
     def reset(
@@ -37,10 +40,12 @@ class _UnencodableEnv(gym.Env[dict[str, Any], int]):
 
 
 #: Registered for the tests of a start that fails on an observation key (the error
-#: names the key, its space and the `modalities` line that fixes it).
+#: names the key, its space and the `modalities` line that fixes it), and of `inspect`
+#: on a key that is not encoded until `modalities` says how (MbmTestDepth-v0).
 UNENCODABLE_ENV = "MbmTestUnencodable-v0"
-if UNENCODABLE_ENV not in gym.registry:
-    gym.register(UNENCODABLE_ENV, entry_point=_UnencodableEnv, max_episode_steps=4)
+for _id, _kwargs in ((UNENCODABLE_ENV, {}), ("MbmTestDepth-v0", {"pos": True})):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=_DepthEnv, max_episode_steps=4, kwargs=_kwargs)
 
 IMAGE_HW = 16
 TEXT_LEN = 6

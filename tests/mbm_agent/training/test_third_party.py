@@ -214,28 +214,6 @@ def test_inspect_shows_how_a_frame_is_laid_out(capsys: pytest.CaptureFixture[str
     assert "40x40 frames, 3 channel(s), read as (C, H, W)" in capsys.readouterr().out
 
 
-class _DepthEnv(gym.Env[dict[str, Any], int]):
-    """A key no rule can encode: a float (3, 40, 40) depth map."""
-
-    def __init__(self) -> None:
-        self.observation_space = spaces.Dict(
-            {
-                "depth": spaces.Box(0.0, 1.0, (3, 40, 40), np.float32),
-                "pos": spaces.Box(-1.0, 1.0, (2,), np.float32),
-            }
-        )
-        self.action_space = spaces.Discrete(2)
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        return self.observation_space.sample(), 0.0, False, True, {}
-
-
 class _FrameEnv(gym.Env[np.ndarray, int]):
     """A plain Box env: a uint8 frame whose mean colour says the right action."""
 
@@ -262,9 +240,9 @@ class _FrameEnv(gym.Env[np.ndarray, int]):
         return self._obs(), reward, False, False, {}
 
 
-for _id, _cls in (("MbmTestDepth-v0", _DepthEnv), ("MbmTestFrame-v0", _FrameEnv)):
-    if _id not in gym.registry:
-        gym.register(_id, entry_point=_cls, max_episode_steps=4)
+# MbmTestDepth-v0 (a depth map and a vector) is registered by tests/mbm_agent/conftest.py.
+if "MbmTestFrame-v0" not in gym.registry:
+    gym.register("MbmTestFrame-v0", entry_point=_FrameEnv, max_episode_steps=4)
 
 
 def test_inspect_of_a_key_that_cannot_be_encoded_fails_naming_key_space_and_fix(
