@@ -27,6 +27,7 @@ EPILOG = """examples:
   mbm-agent train mbm/SoundMaze-v1 --set algo_kwargs.learning_rate=0.001 --set env_kwargs.n_objects=4
   mbm-agent train mbm/GoToObject-v1 --resume runs/GoToObject-ppo-concat-s0
   mbm-agent eval runs/GoToObject-ppo-concat-s0 --episodes 500 --drop-modality text
+  mbm-agent eval runs/GoToObject-ppo-concat-s0 --env mbm/GoToObject-v0 --set room_size=8
   mbm-agent compare runs/GoToObject-ppo-*-s*
   mbm-agent demos mbm/FindSound-v0 --episodes 5000 --out demos/findsound.npz
   mbm-agent bc demos/findsound.npz --backend keras --epochs 8
@@ -209,6 +210,21 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="best",
         help="which saved policy of the run (default best)",
     )
+    p.add_argument(
+        "--env",
+        metavar="ENV_ID",
+        help="play on this env instead of the one the agent trained on (e.g. another version "
+        "of the game: mbm/GoToObject-v0); it starts from its own default arguments; the "
+        "report's name gets -on-<ENV_ID>",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="game argument of the env played, e.g. --set room_size=8 (repeatable); the "
+        "report's name gets -with-KEY=VALUE",
+    )
     p.add_argument("--n-envs", type=int, default=32, help="episodes played in parallel")
     p.add_argument(
         "--torch-threads",
@@ -231,6 +247,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from mbm_agent.evaluation import (
         KEPT_FILE_STEMS,
+        env_suffix,
         evaluate_agent,
         policy_meta,
         report_markdown,
@@ -264,17 +281,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # them in between would otherwise have its weights named for what was played.
     meta = policy_meta(str(args.run), source.label, source.model_dir)
     agent = load_agent(source.model_dir)
+    trained_on = agent.spec["env_id"]
+    other_env = args.env if args.env not in (None, trained_on) else None
+    # Another env starts from its own defaults: the training env's arguments may mean
+    # nothing to it. --set changes either.
+    env_args = _parse_set(args.set)
+    env_kwargs = {**({} if other_env else agent.spec.get("env_kwargs", {})), **env_args}
     report = evaluate_agent(
         agent,
-        agent.spec["env_id"],
-        agent.spec.get("env_kwargs", {}),
+        other_env or trained_on,
+        env_kwargs,
         episodes=args.episodes,
         n_envs=max(1, min(args.n_envs, args.episodes)),
         deterministic=args.deterministic,
         drop_modalities=tuple(args.drop_modality),
         meta=meta,
     )
-    name = args.name or report_name(args.deterministic, args.drop_modality, source.suffix)
+    name = args.name or report_name(
+        args.deterministic,
+        args.drop_modality,
+        source.suffix,
+        env=env_suffix(other_env, env_args),
+    )
     # A run's policies (best/, final/, checkpoints/step-N/policy) report into the run
     # folder, which training never replaces; a policy folder of its own into itself.
     out = args.out or source.home

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 from numpy.typing import NDArray
 
@@ -471,27 +472,103 @@ KEPT_FILE_STEMS = frozenset(
 
 
 def report_name(
-    deterministic: bool = True, drop_modalities: Sequence[str] = (), policy: str = ""
+    deterministic: bool = True,
+    drop_modalities: Sequence[str] = (),
+    policy: str = "",
+    env: str = "",
 ) -> str:
     """The file stem of an evaluation's report, named by how it played and what.
 
     ``eval`` (greedy, every sense: the one ``mbm-agent train`` writes), ``eval-sampled``
     (sampled actions), either with the policy when it is not the run's best
-    (``eval-final``, ``eval-sampled-step-000000500000``) and with ``-drop-<m>[-<m2>...]``
-    for masked modalities: ``eval-drop-text``, ``eval-sampled-drop-audio``. ``mbm-agent
-    eval`` and ``mbm-agent bench`` both name reports so, so that no evaluation overwrites
-    another mode's or another policy's.
+    (``eval-final``, ``eval-sampled-step-000000500000``), with the env when it is not
+    the one the agent trained on (``eval-on-mbm_GoToObject-v0``, see :func:`env_suffix`)
+    and with ``-drop-<m>[-<m2>...]`` for masked modalities: ``eval-drop-text``,
+    ``eval-sampled-drop-audio``. ``mbm-agent eval`` and ``mbm-agent bench`` both name
+    reports so, so that no evaluation overwrites another mode's, policy's or env's.
 
     Args:
         deterministic: Greedy (argmax) actions; ``False``: sampled.
         drop_modalities: The modalities masked, in the order given.
         policy: The policy's suffix (:attr:`~mbm_agent.training.agent.PolicySource.suffix`):
             ``""`` for the best policy, else ``-final``, ``-step-N``.
+        env: The env's suffix (:func:`env_suffix`): ``""`` for the training env.
     """
-    name = ("eval" if deterministic else "eval-sampled") + policy
+    name = ("eval" if deterministic else "eval-sampled") + policy + env
     if drop_modalities:
         name += "-drop-" + "-".join(drop_modalities)
     return name
+
+
+#: Longest env part of a report name before it is replaced by a digest.
+_MAX_ENV_SUFFIX = 96
+
+
+def env_suffix(env_id: str | None = None, env_args: Mapping[str, Any] | None = None) -> str:
+    """The part of a report's name that says which env it played, when not the training one.
+
+    ``-on-<id>`` for another env id (``/`` and ``:`` become ``_``:
+    ``-on-mbm_GoToObject-v0``) and ``-with-<key>=<value>...`` for changed game arguments
+    (``-with-n_objects=2``); ``""`` for neither. Other characters than letters, digits,
+    ``.``, ``_``, ``=`` and ``-`` become ``_``, and a suffix longer than 96 characters is
+    shortened to ``-on-<first 12 hex digits of its SHA-256>``, so every name stays a
+    plain file name.
+    """
+    parts = []
+    if env_id:
+        parts.append("on-" + env_id)
+    if env_args:
+        parts.append(
+            "with-"
+            + "-".join(
+                f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True)}"
+                for k, v in sorted(env_args.items())
+            )
+        )
+    if not parts:
+        return ""
+    suffix = "".join(
+        c if c.isascii() and (c.isalnum() or c in "._=-") else "_" for c in "-" + "-".join(parts)
+    )
+    if len(suffix) > _MAX_ENV_SUFFIX:
+        digest = hashlib.sha256(suffix.encode("utf-8")).hexdigest()[:12]
+        suffix = f"-on-{digest}"
+    return suffix
+
+
+def check_agent_fits(agent: Agent, venv: VectorEnv[Any, Any, Any], env_id: str) -> None:
+    """Raise :class:`ValueError` naming the difference when ``env_id`` is not an env ``agent`` can play.
+
+    The env's observations (after the agent's observation adapter) must have the keys,
+    shapes and dtypes of the policy's observation space, and its actions must be the
+    policy's. A game's other version or difficulty usually fits; another game does not.
+    """
+    trained_on = agent.spec.get("env_id")
+    fix = (
+        f"the agent was trained on {trained_on}; evaluate it on an env with the same "
+        "observation keys, shapes and actions (e.g. another version of the same game)."
+    )
+    want, got = agent.policy.observation_space, venv.single_observation_space
+    if isinstance(want, spaces.Dict) and isinstance(got, spaces.Dict):
+        if set(want.spaces) != set(got.spaces):
+            raise ValueError(
+                f"{env_id}'s observations have the keys {sorted(got.spaces)}, this agent takes "
+                f"{sorted(want.spaces)}: {fix}"
+            )
+        pairs = [(key, want[key], got[key]) for key in want.spaces]
+    else:
+        pairs = [("observation", want, got)]
+    for key, w, g in pairs:
+        if w.shape != g.shape or w.dtype != g.dtype:
+            raise ValueError(
+                f"{env_id}'s {key!r} is {g} (shape {g.shape}, {g.dtype}), this agent takes "
+                f"{w} (shape {w.shape}, {w.dtype}): {fix}"
+            )
+    if agent.policy.action_space != venv.single_action_space:
+        raise ValueError(
+            f"{env_id}'s actions are {venv.single_action_space}, this agent's are "
+            f"{agent.policy.action_space}: {fix}"
+        )
 
 
 #: Where :func:`set_aside_reports` moves the reports of a run's earlier best policy.
@@ -602,6 +679,8 @@ __all__ = [
     "EVAL_SEED_BASE",
     "EpisodeResults",
     "build_report",
+    "check_agent_fits",
+    "env_suffix",
     "episode_success",
     "eval_seeds",
     "evaluate_episodes",
@@ -651,6 +730,11 @@ def evaluate_agent(
     venv = make_eval_env(
         env_id, kwargs, max(1, min(n_envs, episodes)), agent.vocabulary, agent.adapter
     )
+    try:
+        check_agent_fits(agent, venv, env_id)
+    except ValueError:
+        venv.close()
+        raise
     actor = agent.actor(deterministic=deterministic)
     try:
         # Sampled actions come from torch's generator, seeded here (and restored

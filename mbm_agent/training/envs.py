@@ -347,7 +347,10 @@ def make_eval_env(
         adapter: The saved model's observation adapter (identity when None).
     """
     if is_our_game(spec_env_id):
-        return envs.make_vec(spec_env_id, n, autoreset_mode="same_step", **env_kwargs)
+        try:
+            return envs.make_vec(spec_env_id, n, autoreset_mode="same_step", **env_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"env_kwargs: {exc}") from exc
     factory = functools.partial(
         _single_env, spec_env_id, env_kwargs, vocabulary, adapter or ObservationAdapter()
     )

@@ -86,7 +86,10 @@ def test_train_help_subprocess() -> None:
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
-        ("eval", ("--episodes", "--drop-modality", "--which", "--stochastic", "--out")),
+        (
+            "eval",
+            ("--episodes", "--drop-modality", "--which", "--stochastic", "--out", "--env", "--set"),
+        ),
         ("compare", ("--out", "--group-by", "runs")),
         ("demo", ("--quick", "--runs-dir", "--seed")),
         ("play", ("--expert", "--episodes", "--gif")),
@@ -276,6 +279,66 @@ def test_eval_names_each_policy_report_and_writes_it_where_training_keeps_it(
         assert main(["eval", str(agents / name), "--episodes", "2"]) == 0
         assert json.loads((agents / name / "eval.json").read_text())["meta"]["policy"] == "policy"
     assert sorted(p.name for p in agents.iterdir()) == ["A", "B"]  # no shared agents/eval.json
+
+
+@pytest.mark.slow
+def test_eval_on_another_env_writes_its_own_report_and_names_the_env(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--env plays another version of the game (from its own default arguments) and
+    --set changes a game argument; each report is named by the env it played and says
+    so in its meta, and the training env's reports are left as they were."""
+    run = copy_tree(run0, tmp_path / "run")
+    best = (run / "eval.json").read_bytes()
+    other = "mbm/GoToObject-v1"
+    trained = json.loads((run / "best" / "model.json").read_text())
+    assert trained["env_id"] == ENV != other
+    cases = [
+        # Another env starts from its own defaults, not the run's arguments.
+        (["--env", other], "eval-on-mbm_GoToObject-v1", other, {}),
+        (
+            ["--set", "n_objects=2"],
+            "eval-with-n_objects=2",
+            ENV,
+            {**trained["env_kwargs"], "n_objects": 2},
+        ),
+        (
+            ["--env", other, "--set", "n_objects=3", "--stochastic"],
+            "eval-sampled-on-mbm_GoToObject-v1-with-n_objects=3",
+            other,
+            {"n_objects": 3},
+        ),
+    ]
+    for args, name, env_id, env_kwargs in cases:
+        assert main(["eval", str(run), "--episodes", "2", *args]) == 0, capsys.readouterr().err
+        assert f"{name}.json" in capsys.readouterr().out
+        meta = json.loads((run / f"{name}.json").read_text())["meta"]
+        assert (meta["env_id"], meta["env_kwargs"]) == (env_id, env_kwargs)
+        assert meta["deterministic"] is ("--stochastic" not in args)
+        assert (run / f"{name}.md").is_file()
+    assert (run / "eval.json").read_bytes() == best
+
+
+@pytest.mark.slow
+def test_eval_on_an_env_the_agent_cannot_play_is_a_clear_error(
+    run0: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another game's keys, an unknown game argument and an unknown id each name the
+    problem and the fix in one line, and write no report."""
+    run = copy_tree(run0, tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    cases = [
+        (["--env", "mbm/SoundMaze-v1"], ("['audio', 'image', 'text']", "trained on", ENV)),
+        (["--set", "room_sise=6"], ("env_kwargs", "room_sise")),
+        (["--env", "mbm/Nope-v0"], ("mbm/Nope-v0", "module:EnvId-v0")),
+    ]
+    for args, words in cases:
+        assert main(["eval", str(run), "--episodes", "2", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mbm-agent eval: error: ") and err.count("\n") == 1, err
+        for word in words:
+            assert word in err, (word, err)
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 @pytest.mark.parametrize("name", ["config", "model", "Score", "vocabulary", "export"])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
 import envs
@@ -15,6 +18,8 @@ from mbm_agent.evaluation import (
     EVAL_SEED_BASE,
     EpisodeResults,
     build_report,
+    check_agent_fits,
+    env_suffix,
     eval_seeds,
     evaluate_episodes,
     expert_baseline,
@@ -173,3 +178,57 @@ def test_report_without_or_with_bad_baselines(
     flat = build_report(random, random=random, expert=random, meta={})
     assert flat["normalized"] is None and "undefined" in flat["normalized_note"]
     json.dumps(flat, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "env_args", "suffix"),
+    [
+        (None, None, ""),
+        ("mbm/GoToObject-v0", None, "-on-mbm_GoToObject-v0"),
+        ("pkg.mod:My Env-v0", {}, "-on-pkg.mod_My_Env-v0"),
+        (None, {"n_objects": 2, "all_reachable": False}, "-with-all_reachable=false-n_objects=2"),
+        (
+            "mbm/X-v1",
+            {"object_set": "grid", "sizes": [5, 6]},
+            "-on-mbm_X-v1-with-object_set=grid-sizes=_5__6_",
+        ),
+    ],
+)
+def test_env_suffix_names_the_env_played_as_a_plain_file_name(
+    env_id: str | None, env_args: dict[str, Any] | None, suffix: str
+) -> None:
+    assert env_suffix(env_id, env_args) == suffix
+
+
+def test_env_suffix_of_long_arguments_is_a_short_stable_digest() -> None:
+    args = {f"argument_{i}": "x" * 20 for i in range(10)}
+    suffix = env_suffix("mbm/GoToObject-v0", args)
+    assert suffix.startswith("-on-") and len(suffix) == len("-on-") + 12
+    assert suffix == env_suffix("mbm/GoToObject-v0", dict(reversed(args.items())))
+    assert suffix != env_suffix("mbm/GoToObject-v0", {**args, "argument_0": "y"})
+
+
+def _fake_agent(observation_space: spaces.Space[Any], action_space: spaces.Space[Any]) -> Any:
+    policy = SimpleNamespace(observation_space=observation_space, action_space=action_space)
+    return SimpleNamespace(policy=policy, spec={"env_id": "mbm/Trained-v0"})
+
+
+def test_check_agent_fits_names_what_differs() -> None:
+    venv = envs.make_vec(GAME, 1)
+    try:
+        obs, act = cast(spaces.Dict, venv.single_observation_space), venv.single_action_space
+        check_agent_fits(_fake_agent(obs, act), venv, GAME)  # the env it trained on fits
+        fewer = spaces.Dict({k: v for k, v in obs.spaces.items() if k != "text"})
+        with pytest.raises(ValueError, match=r"keys .*'text'.* takes .*mbm/Trained-v0"):
+            check_agent_fits(_fake_agent(fewer, act), venv, GAME)
+        image = obs["image"]
+        assert isinstance(image, spaces.Box)
+        smaller = spaces.Dict({**obs.spaces, "image": spaces.Box(0, 255, (8, 8, 3), np.uint8)})
+        with pytest.raises(ValueError, match=rf"'image' is .*{image.shape}.*\(8, 8, 3\)"):
+            check_agent_fits(_fake_agent(smaller, act), venv, GAME)
+        with pytest.raises(
+            ValueError, match=r"actions are Discrete\(\d+\), this agent's are Discrete\(99\)"
+        ):
+            check_agent_fits(_fake_agent(obs, spaces.Discrete(99)), venv, GAME)
+    finally:
+        venv.close()
