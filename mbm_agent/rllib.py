@@ -40,12 +40,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+import torch
 from gymnasium import spaces
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
 try:
@@ -63,7 +67,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 import envs
-from mbm_agent.encoding.config import EncoderConfig, unknown_key_hint
+from mbm_agent.encoding.config import EncoderConfig, check_memory, unknown_key_hint
 from mbm_agent.encoding.multimodal import MultimodalEncoder
 from mbm_agent.training.config import resolve_config
 from mbm_agent.training.wrappers import make_minigrid_env
@@ -73,7 +77,7 @@ __all__ = [
     "EnvCreator",
     "ModuleSettings",
     "MultimodalPPOModule",
-    "check_no_memory",
+    "check_memory_config",
     "ppo_config",
     "register_rllib_env",
     "register_rllib_envs",
@@ -90,8 +94,10 @@ MODULE_KEYS: tuple[str, ...] = (
 """Keys :class:`MultimodalPPOModule` reads from ``model_config``: every
 :class:`~mbm_agent.encoding.config.EncoderConfig` field, ``modalities`` (per-key
 declarations), ``hidden_sizes`` (the policy and value heads' hidden layers),
-``vf_share_layers`` (one encoder for policy and value, or two) and ``memory``
-(only 0: the module has no recurrent core, see :func:`check_no_memory`)."""
+``vf_share_layers`` (one encoder for policy and value, or two) and ``memory`` (the size
+of a GRU state carried over the fused features, as SB3's ``MultimodalPPO``; 0: none).
+With memory, RLlib's own ``max_seq_len`` (default 20) is the length of the sequences
+the learner unrolls the GRU over."""
 
 # RLlib merges its own model-config keys into every module's ``model_config``
 # (PPO adds ``vf_share_layers``; ``config.rl_module(model_config=DefaultModelConfig())``
@@ -113,32 +119,34 @@ _SB3_TO_RLLIB: dict[str, str] = {
 
 
 # ---------------------------------------------------------------------- module
-def check_no_memory(config: Mapping[str, Any]) -> None:
-    """Refuse a ``model_config`` asking for memory, which :class:`MultimodalPPOModule` lacks.
+def check_memory_config(config: Mapping[str, Any]) -> int:
+    """The ``memory`` a module's ``model_config`` asks for, or a ValueError naming the fix.
 
-    Our SB3 PPO can carry a GRU state over the fused features (``memory``; the
-    per-env YAML asks for it where greedy play needs it). This module has no
-    recurrent core: trained silently without one, it would lack what the game
-    needs remembered.
+    ``memory`` is the size of a GRU state over the fused features, the core our SB3
+    PPO carries (``hyperparams.ppo.memory`` in the per-env YAML). RLlib's own
+    ``use_lstm`` / ``use_attention`` wrap RLlib's default models, not this module: they
+    are refused with ``memory`` named, rather than silently ignored.
 
     Raises:
-        ValueError: ``memory`` > 0 (or RLlib's ``use_lstm`` / ``use_attention``),
-            naming the two ways on.
+        ValueError: ``memory`` not an integer in [0, MAX_MEMORY]; ``use_lstm`` or
+            ``use_attention`` set; memory without a shared encoder (the value head
+            reads the policy's GRU state, as in SB3).
     """
-    memory = config.get("memory", 0)
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        raise ValueError(f"model_config['memory'] must be 0 (no memory), got {memory!r}.")
+    memory = check_memory(config.get("memory", 0))
     asked = [k for k in ("use_lstm", "use_attention") if config.get(k)]
-    if memory:
-        asked.insert(0, f"memory={memory}")
     if asked:
         raise ValueError(
-            f"MultimodalPPOModule has no recurrent core, so model_config {asked} cannot be "
-            "honoured. Train a memoryless RLlib module with ppo_config(..., memory=0) (or "
-            "model_config['memory']=0), or train the policy with memory with `mbm-agent "
-            "train` (SB3 MultimodalPPO carries the GRU state; load_agent, eval, the viewer "
-            "and every export carry it too)."
+            f"model_config {asked}: RLlib's recurrent wrappers do not apply to "
+            "MultimodalPPOModule; its own recurrent core is model_config['memory'] (the GRU "
+            "state size, e.g. 128), or ppo_config(..., memory=128)."
         )
+    if memory and config.get("vf_share_layers", True) is False:
+        raise ValueError(
+            f"model_config memory={memory} needs vf_share_layers=True: the value head reads "
+            "the policy's GRU state (as SB3's MultimodalPPO). Drop vf_share_layers=False, or "
+            "set memory=0."
+        )
+    return memory
 
 
 @dataclass(frozen=True)
@@ -151,12 +159,16 @@ class ModuleSettings:
         hidden_sizes: Hidden layer widths of the policy and of the value head (tanh).
         vf_share_layers: One encoder feeds both heads (True) or the value head
             has its own encoder (False).
+        memory: Size of the GRU state over the fused features (0: no memory).
+        max_seq_len: With memory, the length of the sequences the learner unrolls over.
     """
 
     encoder: EncoderConfig
     modalities: dict[str, str]
     hidden_sizes: tuple[int, ...]
     vf_share_layers: bool
+    memory: int = 0
+    max_seq_len: int = 20
 
     @classmethod
     def from_model_config(
@@ -202,11 +214,14 @@ class ModuleSettings:
                 f"model_config['hidden_sizes'] must be a list of positive ints (e.g. [64], "
                 f"or [] for linear heads); got {hidden!r}."
             )
-        check_no_memory(config)
         share = config.get("vf_share_layers", True)
         if not isinstance(share, bool):
             raise ValueError(f"model_config['vf_share_layers'] must be a bool, got {share!r}.")
-        return cls(encoder, dict(modalities), tuple(hidden), share)
+        memory = check_memory_config(config)
+        seq = config.get("max_seq_len", 20)
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise ValueError(f"model_config['max_seq_len'] must be a positive int, got {seq!r}.")
+        return cls(encoder, dict(modalities), tuple(hidden), share, memory, seq)
 
 
 def _head(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, out_gain: float) -> nn.Sequential:
@@ -237,6 +252,12 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     Inference-only copies (those on RLlib's env runners) skip the value head
     and the value encoder.
 
+    With ``memory`` > 0 the module is stateful, as SB3's ``MultimodalPPO``: a GRU cell
+    carries a state over the fused features and both heads read it. RLlib then hands
+    every key with a time axis, ``(B, T, ...)``, and the state each sequence starts
+    from in ``batch[Columns.STATE_IN]["h"]`` ``(B, memory)``; the outputs have the
+    time axis too and ``Columns.STATE_OUT`` is the state after the last step.
+
     Attributes:
         settings: The parsed ``model_config``.
         encoder: The trunk (shared with the value head when ``vf_share_layers``).
@@ -244,6 +265,7 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         value_encoder: The value head's own encoder, or None when shared or
             inference-only.
         value_head: Features to the state value, or None when inference-only.
+        memory_core: The GRU cell over the fused features, or None without memory.
 
     Example::
 
@@ -262,6 +284,7 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     policy_head: nn.Sequential
     value_encoder: MultimodalEncoder | None
     value_head: nn.Sequential | None
+    memory_core: nn.GRUCell | None
 
     def setup(self) -> None:
         """Build the encoder(s) and heads from the spaces and ``model_config``."""
@@ -281,8 +304,13 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             )
         self.settings = ModuleSettings.from_model_config(self.model_config)
         s = self.settings
+        if s.memory and isinstance(self.model_config, dict):
+            # RLlib's connectors read the sequence length from here.
+            self.model_config.setdefault("max_seq_len", s.max_seq_len)
         self.encoder = MultimodalEncoder(obs_space, s.encoder, s.modalities)
         dim = self.encoder.features_dim
+        self.memory_core = nn.GRUCell(dim, s.memory) if s.memory else None
+        dim = s.memory or dim
         self.policy_head = _head(dim, s.hidden_sizes, int(action_space.n), out_gain=0.01)
         self.value_encoder = None
         self.value_head = None
@@ -305,32 +333,57 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             )
         return obs
 
+    def get_initial_state(self) -> dict[str, NDArray[np.float32]]:
+        """The state of a new episode: ``{"h": zeros(memory)}``, or ``{}`` without memory."""
+        if self.memory_core is None:
+            return {}
+        return {"h": np.zeros(self.settings.memory, dtype=np.float32)}
+
+    def _features(self, encoder: MultimodalEncoder, batch: Mapping[str, Any]) -> Tensor:
+        """The fused features ``(B, F)``; with memory, the GRU states ``(B, T, memory)``."""
+        obs = self._observations(batch)
+        if self.memory_core is None:
+            return encoder(obs)
+        lead = next(iter(obs.values())).shape[:2]
+        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items()}
+        features = encoder(flat).reshape(*lead, -1)
+        state = batch[Columns.STATE_IN]["h"]
+        states = []
+        for t in range(features.shape[1]):
+            state = self.memory_core(features[:, t], state)
+            states.append(state)
+        return torch.stack(states, dim=1)
+
+    def _state_out(self, states: Tensor) -> dict[str, Any]:
+        return {Columns.STATE_OUT: {"h": states[:, -1]}} if self.memory_core is not None else {}
+
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Action logits for inference and exploration."""
-        features = self.encoder(self._observations(batch))
-        return {Columns.ACTION_DIST_INPUTS: self.policy_head(features)}
+        """Action logits for inference and exploration (and the state after, with memory)."""
+        features = self._features(self.encoder, batch)
+        return {Columns.ACTION_DIST_INPUTS: self.policy_head(features), **self._state_out(features)}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Action logits, plus the value head's features so the loss reuses them."""
-        obs = self._observations(batch)
-        features = self.encoder(obs)
-        embeddings = features if self.value_encoder is None else self.value_encoder(obs)
+        features = self._features(self.encoder, batch)
+        embeddings = (
+            features if self.value_encoder is None else self._features(self.value_encoder, batch)
+        )
         return {
             Columns.ACTION_DIST_INPUTS: self.policy_head(features),
             Columns.EMBEDDINGS: embeddings,
+            **self._state_out(features),
         }
 
     def compute_values(self, batch: dict[str, Any], embeddings: Tensor | None = None) -> Tensor:
-        """State values ``(B,)``, from ``embeddings`` when ``_forward_train`` gave them."""
+        """State values ``(B,)`` (``(B, T)`` with memory), from ``embeddings`` when given."""
         if self.value_head is None:
             raise ValueError(
                 "This MultimodalPPOModule is inference-only (as on RLlib's env runners) and has "
                 "no value head; build it with inference_only=False to compute values."
             )
         if embeddings is None:
-            obs = self._observations(batch)
             encoder = self.encoder if self.value_encoder is None else self.value_encoder
-            embeddings = encoder(obs)
+            embeddings = self._features(encoder, batch)
         return self.value_head(embeddings).squeeze(-1)
 
 
@@ -403,12 +456,25 @@ def register_rllib_envs() -> tuple[str, ...]:
 def _yaml_defaults(env_id: str) -> tuple[dict[str, Any], dict[str, Any], list[int], int, int]:
     """The repo's per-env defaults (``mbm_agent/configs``) in RLlib's terms.
 
+    Warns when the YAML turns on what RLlib's PPO does not apply here: reward
+    prediction (``aux_reward_coef``) and a curriculum.
+
     Returns:
         Encoder fields, PPO hyperparameters (RLlib names), head sizes, parallel envs,
         and the memory PPO is given (``hyperparams.ppo.memory`` or ``policy_kwargs.memory``).
     """
     cfg = resolve_config(env_id)
     sb3 = dict(cfg.algo_kwargs)
+    dropped = [f"aux_reward_coef={sb3['aux_reward_coef']}"] if sb3.get("aux_reward_coef") else []
+    if cfg.curriculum:
+        dropped.append("a curriculum")
+    if dropped:
+        warnings.warn(
+            f"{env_id}'s config turns on {' and '.join(dropped)}, which belong to mbm-agent's "
+            "SB3 trainer: RLlib's PPO trains this module without them (see docs/rllib.md). "
+            "Train with `mbm-agent train` for the whole recipe.",
+            stacklevel=3,
+        )
     training = {_SB3_TO_RLLIB[k]: v for k, v in sb3.items() if k in _SB3_TO_RLLIB}
     n_steps = int(sb3.get("n_steps", 128))
     training["train_batch_size_per_learner"] = n_steps * cfg.n_envs
@@ -427,6 +493,7 @@ def ppo_config(
     hidden_sizes: Sequence[int] | None = None,
     vf_share_layers: bool = True,
     memory: int | None = None,
+    max_seq_len: int = 20,
     env_config: Mapping[str, Any] | None = None,
     num_env_runners: int = 2,
     num_envs_per_env_runner: int | None = None,
@@ -451,9 +518,11 @@ def ppo_config(
         modalities: Per-key modality declarations (see :class:`MultimodalEncoder`).
         hidden_sizes: Hidden widths of each head (default: the YAML's ``net_arch``).
         vf_share_layers: One encoder for policy and value (as SB3's PPO) or two.
-        memory: Only 0: the module has no recurrent core. None takes the YAML's
-            (``hyperparams.ppo.memory``), and a YAML asking for memory is refused with
-            the fix (:func:`check_no_memory`) rather than trained without it.
+        memory: Size of the GRU state over the fused features (0: none). None takes
+            the YAML's (``hyperparams.ppo.memory``: 128 for the games the from-scratch
+            recipe trains), as SB3's ``MultimodalPPO`` would.
+        max_seq_len: With memory, the length of the sequences the learner unrolls the
+            GRU over (RLlib's ``max_seq_len``; the state itself carries on between them).
         env_config: Keyword arguments of the env (e.g. ``{"cue": "text"}``).
         num_env_runners: Sampling processes (0: sample in the driver).
         num_envs_per_env_runner: Envs per runner (default: the YAML's ``n_envs``
@@ -467,7 +536,7 @@ def ppo_config(
         The config; build it with ``.build_algo()`` (after ``ray.init``).
 
     Raises:
-        ValueError: On an unknown training argument or encoder field, or memory.
+        ValueError: On an unknown training argument or encoder field, or a bad memory.
     """
     yaml_encoder, defaults, yaml_hidden, n_envs, yaml_memory = _yaml_defaults(env_id)
     enc = encoder.to_dict() if isinstance(encoder, EncoderConfig) else dict(encoder or {})
@@ -480,6 +549,7 @@ def ppo_config(
         "hidden_sizes": list(yaml_hidden if hidden_sizes is None else hidden_sizes),
         "vf_share_layers": vf_share_layers,
         "memory": yaml_memory if memory is None else memory,
+        "max_seq_len": max_seq_len,
     }
     ModuleSettings.from_model_config(model_config)  # fail here, not inside a Ray actor
     if num_envs_per_env_runner is None:

@@ -33,9 +33,9 @@ from numpy.typing import NDArray
 
 from mbm_agent.deploy.memory import SlotStates
 from mbm_agent.deploy.network import OUTPUT_NAMES, STATE_INPUT, STATE_OUTPUT, output_names
+from mbm_agent.encoding.config import MAX_MEMORY
 from mbm_agent.encoding.spec import InputSpec, check_observation
 from mbm_agent.encoding.values import check_values
-from mbm_agent.sb3.policy import MAX_MEMORY
 from mbm_agent.training.model_check import MAX_ACTIONS, MAX_KEYS
 from mbm_agent.training.storage import MAX_SPACE_DIMS, MAX_SPACE_ELEMENTS, ModelFileError, read_json
 

@@ -39,6 +39,21 @@ IMAGE_CHANNELS: tuple[int, ...] = (1, 3, 4)
 MAX_VECTOR_SIZE = 4096
 """Most values a key may hold to be encoded as a vector without a declaration."""
 
+MAX_MEMORY = 4096
+"""Largest recurrent state (``memory``: a GRU over the fused features) a policy is built
+with, by SB3's PPO, the RLlib module and the exports alike."""
+
+
+def check_memory(memory: object) -> int:
+    """``memory`` as the size of a recurrent state, or a ValueError naming the fix."""
+    if isinstance(memory, bool) or not isinstance(memory, int) or not 0 <= memory <= MAX_MEMORY:
+        raise ValueError(
+            f"memory must be the size of the recurrent state, an integer in [0, {MAX_MEMORY}] "
+            f"(0: no memory), got {memory!r}."
+        )
+    return memory
+
+
 FLAT_FRAME_MIN_SIDE = 16
 """Smallest height and width of an undeclared 2-D uint8 Box taken for a greyscale frame
 (a frame when too large for a vector; else a vector, with a warning)."""

@@ -21,21 +21,10 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtr
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
-from mbm_agent.encoding.config import EncoderConfig
+from mbm_agent.encoding.config import MAX_MEMORY, EncoderConfig, check_memory
 from mbm_agent.sb3.extractor import MultimodalExtractor
 
-MAX_MEMORY = 4096
-"""Largest recurrent state (``memory``) a policy is built with."""
-
-
-def check_memory(memory: object) -> int:
-    """``memory`` as the size of a recurrent state, or a ValueError naming the fix."""
-    if isinstance(memory, bool) or not isinstance(memory, int) or not 0 <= memory <= MAX_MEMORY:
-        raise ValueError(
-            f"memory must be the size of the recurrent state, an integer in [0, {MAX_MEMORY}] "
-            f"(0: no memory), got {memory!r}."
-        )
-    return memory
+__all__ = ["MAX_MEMORY", "MultimodalActorCriticPolicy", "check_memory"]
 
 
 class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
