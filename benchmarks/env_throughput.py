@@ -1,6 +1,7 @@
 """Environment throughput: our games (single and natively batched) against MiniGrid.
 
-Prints env-steps per second for each of our games at N=1 (the single env from
+Prints env-steps per second for each of our games (the version to use,
+``envs.LATEST``) at N=1 (the single env from
 ``gym.make(...)``, random actions, resetting at episode ends) and at
 N=256 (the native vector env; env-steps/s = N x batched steps/s), next to
 MiniGrid's ``BabyAI-GoToLocal-v0`` with ``RGBImgPartialObsWrapper`` (pixel
@@ -112,14 +113,14 @@ def main() -> None:
     # BabyAI prints each rejected layout; keep the table readable.
     # Warm the process up first (allocator and CPU clock): measured here, whichever
     # batched env ran first in a fresh process stepped up to 2x slower than later.
-    for env_id in envs.ENV_IDS:
+    for env_id in envs.LATEST:
         timed(vector_stepper(env_id, n, args.seed), 0.1, args.warmup, n)
     # The baseline is timed before and after ours and keeps its better figure, so
     # a noisy moment on this shared machine cannot flatter the ratios.
     with contextlib.redirect_stdout(io.StringIO()):
         baseline = timed(minigrid_stepper(args.seed), args.seconds, args.warmup, 1)
     rows = []
-    for env_id in envs.ENV_IDS:
+    for env_id in envs.LATEST:
         # Through gym.make with its default wrappers, exactly as the MiniGrid env is.
         single = timed(single_stepper(gym.make(env_id), args.seed), args.seconds, args.warmup, 1)
         batched = timed(vector_stepper(env_id, n, args.seed), args.seconds, args.warmup, n)

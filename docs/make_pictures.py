@@ -32,7 +32,7 @@ def picture(env_id: str, seed: int = 3, scale: int = 3) -> Image.Image:
 if __name__ == "__main__":
     out = Path("docs/img")
     out.mkdir(parents=True, exist_ok=True)
-    for env_id in envs.ENV_IDS:
+    for env_id in envs.LATEST:  # one picture per game: its version to use
         path = out / f"{envs.game_name(env_id)}.png"
         picture(env_id).save(path, optimize=True)
         print(path)

@@ -237,8 +237,8 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--name",
         default=None,
-        help="report file name without extension (default: eval, eval-sampled with "
-        "--stochastic, and -drop-NAME after either with --drop-modality)",
+        help="report file name without extension (default: "
+        "eval[-sampled][-final|-step-N][-on-ENV][-with-KEY=VALUE][-drop-X], by what was played)",
     )
 
 

@@ -482,7 +482,8 @@ def report_name(
     ``eval`` (greedy, every sense: the one ``mbm-agent train`` writes), ``eval-sampled``
     (sampled actions), either with the policy when it is not the run's best
     (``eval-final``, ``eval-sampled-step-000000500000``), with the env when it is not
-    the one the agent trained on (``eval-on-mbm_GoToObject-v0``, see :func:`env_suffix`)
+    the one the agent trained on or its arguments changed (``eval-on-mbm_GoToObject-v0``,
+    ``eval-with-n_objects=2``, see :func:`env_suffix`)
     and with ``-drop-<m>[-<m2>...]`` for masked modalities: ``eval-drop-text``,
     ``eval-sampled-drop-audio``. ``mbm-agent eval`` and ``mbm-agent bench`` both name
     reports so, so that no evaluation overwrites another mode's, policy's or env's.

@@ -1,4 +1,4 @@
-"""What the grid is: the games (:data:`REFERENCE_GAMES`, :data:`THIRD_PARTY_GAMES`), the variants, the cells, and when a cell is done."""
+"""What the grid is: the games (:data:`REFERENCE_GAMES`, :data:`EARLIER_VERSIONS`, :data:`THIRD_PARTY_GAMES`), the variants, the cells, and when a cell is done."""
 
 from __future__ import annotations
 
@@ -192,7 +192,8 @@ THIRD_PARTY_GAMES: dict[str, GameSpec] = {
     ),
 }
 
-#: Every game the grid knows: the default grid's and the third-party ones.
+#: Every game the grid knows: the default grid's, the earlier versions of our games and
+#: the third-party ones (the last two only when named with ``--games``).
 ALL_GAMES: dict[str, GameSpec] = {**REFERENCE_GAMES, **EARLIER_VERSIONS, **THIRD_PARTY_GAMES}
 
 #: PPO without our additions (reward prediction, memory): SB3's PPO exactly.
@@ -279,7 +280,7 @@ def build_grid(
 
     Args:
         games: Game ids (default: all of :data:`REFERENCE_GAMES`; those of
-            :data:`THIRD_PARTY_GAMES` when named).
+            :data:`EARLIER_VERSIONS` and :data:`THIRD_PARTY_GAMES` when named).
         fusions: Fusion modes (default: all).
         seeds: Training seeds.
         ablations: Add one ``mask-<modality>`` variant per required modality.
