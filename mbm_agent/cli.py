@@ -242,6 +242,18 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
 
 
+def _eval_env_args(items: Sequence[str]) -> dict[str, Any]:
+    """``eval --set`` items as game arguments; ``env_kwargs.KEY`` (train's spelling) is KEY."""
+    plain = [i[len("env_kwargs.") :] if i.startswith("env_kwargs.") else i for i in items]
+    for item in plain:
+        if "." in item.split("=", 1)[0]:
+            raise ConfigError(
+                f"--set {item!r}: eval --set takes the env's own arguments, e.g. --set "
+                "n_objects=2 (training settings do not apply to an evaluation)."
+            )
+    return _parse_set(plain)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -285,7 +297,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     other_env = args.env if args.env not in (None, trained_on) else None
     # Another env starts from its own defaults: the training env's arguments may mean
     # nothing to it. --set changes either.
-    env_args = _parse_set(args.set)
+    env_args = _eval_env_args(args.set)
     env_kwargs = {**({} if other_env else agent.spec.get("env_kwargs", {})), **env_args}
     report = evaluate_agent(
         agent,

@@ -511,29 +511,29 @@ def env_suffix(env_id: str | None = None, env_args: Mapping[str, Any] | None = N
     ``-on-<id>`` for another env id (``/`` and ``:`` become ``_``:
     ``-on-mbm_GoToObject-v0``) and ``-with-<key>=<value>...`` for changed game arguments
     (``-with-n_objects=2``); ``""`` for neither. Other characters than letters, digits,
-    ``.``, ``_``, ``=`` and ``-`` become ``_``, and a suffix longer than 96 characters is
-    shortened to ``-on-<first 12 hex digits of its SHA-256>``, so every name stays a
-    plain file name.
+    ``.``, ``_``, ``=`` and ``-`` become ``_``; a part longer than 96 characters is
+    shortened to its first 12 hex digits of SHA-256 (``-with-3f2a...``), so every name
+    stays a plain file name. The report's ``meta`` holds the exact id and arguments.
     """
     parts = []
     if env_id:
-        parts.append("on-" + env_id)
+        parts.append(("on", env_id))
     if env_args:
         parts.append(
-            "with-"
-            + "-".join(
-                f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True)}"
-                for k, v in sorted(env_args.items())
+            (
+                "with",
+                "-".join(
+                    f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True)}"
+                    for k, v in sorted(env_args.items())
+                ),
             )
         )
-    if not parts:
-        return ""
-    suffix = "".join(
-        c if c.isascii() and (c.isalnum() or c in "._=-") else "_" for c in "-" + "-".join(parts)
-    )
-    if len(suffix) > _MAX_ENV_SUFFIX:
-        digest = hashlib.sha256(suffix.encode("utf-8")).hexdigest()[:12]
-        suffix = f"-on-{digest}"
+    suffix = ""
+    for label, text in parts:
+        safe = "".join(c if c.isascii() and (c.isalnum() or c in "._=-") else "_" for c in text)
+        if len(safe) > _MAX_ENV_SUFFIX:
+            safe = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        suffix += f"-{label}-{safe}"
     return suffix
 
 
@@ -560,7 +560,11 @@ def check_agent_fits(agent: Agent, venv: VectorEnv[Any, Any, Any], env_id: str) 
     else:
         pairs = [("observation", want, got)]
     for key, w, g in pairs:
-        if w.shape != g.shape or w.dtype != g.dtype:
+        shape = tuple(w.shape or ())
+        # SB3's own extractor keeps a frame's space channel-first (VecTransposeImage)
+        # and transposes the channel-last frames the env emits itself.
+        alike = {shape} | ({(shape[1], shape[2], shape[0])} if len(shape) == 3 else set())
+        if tuple(g.shape or ()) not in alike or w.dtype != g.dtype:
             raise ValueError(
                 f"{env_id}'s {key!r} is {g} (shape {g.shape}, {g.dtype}), this agent takes "
                 f"{w} (shape {w.shape}, {w.dtype}): {fix}"

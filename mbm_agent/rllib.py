@@ -69,6 +69,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import envs
 from mbm_agent.encoding.config import EncoderConfig, check_memory, unknown_key_hint
 from mbm_agent.encoding.multimodal import MultimodalEncoder
+from mbm_agent.sb3.policy import ACTIVATIONS
 from mbm_agent.training.config import resolve_config
 from mbm_agent.training.wrappers import make_minigrid_env
 
@@ -90,11 +91,14 @@ MODULE_KEYS: tuple[str, ...] = (
     "hidden_sizes",
     "vf_share_layers",
     "memory",
+    "activation",
 )
 """Keys :class:`MultimodalPPOModule` reads from ``model_config``: every
 :class:`~mbm_agent.encoding.config.EncoderConfig` field, ``modalities`` (per-key
 declarations), ``hidden_sizes`` (the policy and value heads' hidden layers),
-``vf_share_layers`` (one encoder for policy and value, or two) and ``memory`` (the size
+``vf_share_layers`` (one encoder for policy and value, or two), ``activation`` (of the
+heads' hidden layers, a name of SB3 policies' ``ACTIVATIONS``; default ``tanh``) and
+``memory`` (the size
 of a GRU state carried over the fused features, as SB3's ``MultimodalPPO``; 0: none).
 With memory, RLlib's own ``max_seq_len`` (default 20) is the length of the sequences
 the learner unrolls the GRU over."""
@@ -143,8 +147,9 @@ def check_memory_config(config: Mapping[str, Any]) -> int:
     if memory and config.get("vf_share_layers", True) is False:
         raise ValueError(
             f"model_config memory={memory} needs vf_share_layers=True: the value head reads "
-            "the policy's GRU state (as SB3's MultimodalPPO). Drop vf_share_layers=False, or "
-            "set memory=0."
+            "the policy's GRU state (as SB3's MultimodalPPO). Set model_config['vf_share_layers'] "
+            "= True (RLlib's PPOConfig adds False to every module's model_config unless "
+            "told otherwise; ppo_config sets True), or set memory=0."
         )
     return memory
 
@@ -161,6 +166,7 @@ class ModuleSettings:
             has its own encoder (False).
         memory: Size of the GRU state over the fused features (0: no memory).
         max_seq_len: With memory, the length of the sequences the learner unrolls over.
+        activation: Activation of the heads' hidden layers (a name of ``ACTIVATIONS``).
     """
 
     encoder: EncoderConfig
@@ -169,6 +175,7 @@ class ModuleSettings:
     vf_share_layers: bool
     memory: int = 0
     max_seq_len: int = 20
+    activation: str = "tanh"
 
     @classmethod
     def from_model_config(
@@ -221,17 +228,24 @@ class ModuleSettings:
         seq = config.get("max_seq_len", 20)
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise ValueError(f"model_config['max_seq_len'] must be a positive int, got {seq!r}.")
-        return cls(encoder, dict(modalities), tuple(hidden), share, memory, seq)
+        activation = config.get("activation", "tanh")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"model_config['activation'] must be one of {list(ACTIVATIONS)}, got {activation!r}."
+            )
+        return cls(encoder, dict(modalities), tuple(hidden), share, memory, seq, activation)
 
 
-def _head(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, out_gain: float) -> nn.Sequential:
-    """A tanh MLP with orthogonal init, as SB3's PPO policies (small last-layer gain)."""
+def _head(
+    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, out_gain: float, activation: str
+) -> nn.Sequential:
+    """An MLP with orthogonal init, as SB3's PPO policies (small last-layer gain)."""
     layers: list[nn.Module] = []
     for width in hidden_sizes:
         linear = nn.Linear(in_dim, width)
         nn.init.orthogonal_(linear.weight, gain=math.sqrt(2))
         nn.init.zeros_(linear.bias)
-        layers += [linear, nn.Tanh()]
+        layers += [linear, ACTIVATIONS[activation]()]
         in_dim = width
     out = nn.Linear(in_dim, out_dim)
     nn.init.orthogonal_(out.weight, gain=out_gain)
@@ -311,13 +325,15 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         dim = self.encoder.features_dim
         self.memory_core = nn.GRUCell(dim, s.memory) if s.memory else None
         dim = s.memory or dim
-        self.policy_head = _head(dim, s.hidden_sizes, int(action_space.n), out_gain=0.01)
+        self.policy_head = _head(
+            dim, s.hidden_sizes, int(action_space.n), out_gain=0.01, activation=s.activation
+        )
         self.value_encoder = None
         self.value_head = None
         if not self.inference_only:
             if not s.vf_share_layers:
                 self.value_encoder = MultimodalEncoder(obs_space, s.encoder, s.modalities)
-            self.value_head = _head(dim, s.hidden_sizes, 1, out_gain=1.0)
+            self.value_head = _head(dim, s.hidden_sizes, 1, out_gain=1.0, activation=s.activation)
 
     def get_non_inference_attributes(self) -> list[str]:
         """Submodules that inference-only copies (on env runners) leave out."""
@@ -344,10 +360,18 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         obs = self._observations(batch)
         if self.memory_core is None:
             return encoder(obs)
+        start = batch.get(Columns.STATE_IN)
+        if not isinstance(start, Mapping) or "h" not in start:
+            raise ValueError(
+                f"This MultimodalPPOModule has memory: its batch needs the start state, "
+                f"batch[{Columns.STATE_IN!r}] = {{'h': (B, {self.settings.memory}) tensor}} "
+                "(zeros at an episode's start, else the last step's STATE_OUT), and every "
+                "observation key with a time axis, (B, T, ...)."
+            )
+        state = start["h"]
         lead = next(iter(obs.values())).shape[:2]
         flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items()}
         features = encoder(flat).reshape(*lead, -1)
-        state = batch[Columns.STATE_IN]["h"]
         states = []
         for t in range(features.shape[1]):
             state = self.memory_core(features[:, t], state)
@@ -453,15 +477,34 @@ def register_rllib_envs() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------- config
-def _yaml_defaults(env_id: str) -> tuple[dict[str, Any], dict[str, Any], list[int], int, int]:
+@dataclass(frozen=True)
+class YamlDefaults:
     """The repo's per-env defaults (``mbm_agent/configs``) in RLlib's terms.
+
+    Attributes:
+        encoder: Encoder fields.
+        training: PPO hyperparameters, by RLlib's names.
+        hidden_sizes: The heads' hidden widths (``policy_kwargs.net_arch``).
+        activation: The heads' activation (``policy_kwargs.activation_fn``).
+        n_envs: Parallel envs.
+        memory: The GRU state size (``hyperparams.ppo.memory`` or ``policy_kwargs.memory``).
+        max_seq_len: The sequences the memory is trained on (``sequence_length``; else 20).
+    """
+
+    encoder: dict[str, Any]
+    training: dict[str, Any]
+    hidden_sizes: list[int]
+    activation: str
+    n_envs: int
+    memory: int
+    max_seq_len: int
+
+
+def _yaml_defaults(env_id: str) -> YamlDefaults:
+    """The per-env YAML's defaults for :func:`ppo_config`.
 
     Warns when the YAML turns on what RLlib's PPO does not apply here: reward
     prediction (``aux_reward_coef``) and a curriculum.
-
-    Returns:
-        Encoder fields, PPO hyperparameters (RLlib names), head sizes, parallel envs,
-        and the memory PPO is given (``hyperparams.ppo.memory`` or ``policy_kwargs.memory``).
     """
     cfg = resolve_config(env_id)
     sb3 = dict(cfg.algo_kwargs)
@@ -479,9 +522,16 @@ def _yaml_defaults(env_id: str) -> tuple[dict[str, Any], dict[str, Any], list[in
     n_steps = int(sb3.get("n_steps", 128))
     training["train_batch_size_per_learner"] = n_steps * cfg.n_envs
     net_arch = cfg.policy_kwargs.get("net_arch", [64])
-    hidden = list(net_arch) if isinstance(net_arch, list) else [64]
-    memory = sb3.get("memory") or cfg.policy_kwargs.get("memory") or 0
-    return cfg.encoder.to_dict(), training, hidden, cfg.n_envs, memory
+    activation = cfg.policy_kwargs.get("activation_fn", "tanh")
+    return YamlDefaults(
+        encoder=cfg.encoder.to_dict(),
+        training=training,
+        hidden_sizes=list(net_arch) if isinstance(net_arch, list) else [64],
+        activation=activation if isinstance(activation, str) else "tanh",
+        n_envs=cfg.n_envs,
+        memory=int(sb3.get("memory") or cfg.policy_kwargs.get("memory") or 0),
+        max_seq_len=int(sb3.get("sequence_length") or 20),
+    )
 
 
 def ppo_config(
@@ -493,7 +543,7 @@ def ppo_config(
     hidden_sizes: Sequence[int] | None = None,
     vf_share_layers: bool = True,
     memory: int | None = None,
-    max_seq_len: int = 20,
+    max_seq_len: int | None = None,
     env_config: Mapping[str, Any] | None = None,
     num_env_runners: int = 2,
     num_envs_per_env_runner: int | None = None,
@@ -523,6 +573,7 @@ def ppo_config(
             recipe trains), as SB3's ``MultimodalPPO`` would.
         max_seq_len: With memory, the length of the sequences the learner unrolls the
             GRU over (RLlib's ``max_seq_len``; the state itself carries on between them).
+            None takes the YAML's ``sequence_length`` (16 in the from-scratch recipe), else 20.
         env_config: Keyword arguments of the env (e.g. ``{"cue": "text"}``).
         num_env_runners: Sampling processes (0: sample in the driver).
         num_envs_per_env_runner: Envs per runner (default: the YAML's ``n_envs``
@@ -538,30 +589,31 @@ def ppo_config(
     Raises:
         ValueError: On an unknown training argument or encoder field, or a bad memory.
     """
-    yaml_encoder, defaults, yaml_hidden, n_envs, yaml_memory = _yaml_defaults(env_id)
+    yaml = _yaml_defaults(env_id)
     enc = encoder.to_dict() if isinstance(encoder, EncoderConfig) else dict(encoder or {})
-    enc = {**yaml_encoder, **enc}
+    enc = {**yaml.encoder, **enc}
     if fusion is not None:
         enc["fusion"] = fusion
     model_config: dict[str, Any] = {
         **EncoderConfig.from_dict(enc).to_dict(),
         "modalities": dict(modalities or {}),
-        "hidden_sizes": list(yaml_hidden if hidden_sizes is None else hidden_sizes),
+        "hidden_sizes": list(yaml.hidden_sizes if hidden_sizes is None else hidden_sizes),
         "vf_share_layers": vf_share_layers,
-        "memory": yaml_memory if memory is None else memory,
-        "max_seq_len": max_seq_len,
+        "memory": yaml.memory if memory is None else memory,
+        "max_seq_len": yaml.max_seq_len if max_seq_len is None else max_seq_len,
+        "activation": yaml.activation,
     }
     ModuleSettings.from_model_config(model_config)  # fail here, not inside a Ray actor
     if num_envs_per_env_runner is None:
-        num_envs_per_env_runner = max(1, -(-n_envs // max(1, num_env_runners)))
+        num_envs_per_env_runner = max(1, -(-yaml.n_envs // max(1, num_env_runners)))
     if register:
         register_rllib_env(env_id)
     native = env_id in envs.GAMES
     params = {
-        **defaults,
+        **yaml.training,
         "use_kl_loss": False,
-        "grad_clip": defaults.get("grad_clip", 0.5),
-        "vf_loss_coeff": defaults.get("vf_loss_coeff", 0.5),
+        "grad_clip": yaml.training.get("grad_clip", 0.5),
+        "vf_loss_coeff": yaml.training.get("vf_loss_coeff", 0.5),
         **training,
     }
     config = (

@@ -111,6 +111,15 @@ def is_minigrid(env_id: str) -> bool:
     return env_id.split(":")[-1].startswith(("MiniGrid-", "BabyAI-"))
 
 
+def kwargs_error(env_id: str, env_kwargs: Mapping[str, Any], exc: Exception) -> ConfigError:
+    """The error for game arguments an env refused, naming them and where they are set."""
+    return ConfigError(
+        f"env_kwargs {dict(env_kwargs)} do not fit {env_id}: {exc}. Fix or drop the argument "
+        "(mbm-agent train: --set env_kwargs.KEY=VALUE or the config's env_kwargs; mbm-agent "
+        "eval: --set KEY=VALUE)."
+    )
+
+
 def make_base_env(
     env_id: str,
     env_kwargs: Mapping[str, Any],
@@ -124,7 +133,8 @@ def make_base_env(
     any other id (``module:EnvId`` imports the module first) as ``gymnasium.make`` gives it.
 
     Raises:
-        ConfigError: An unknown id or a module that cannot be imported.
+        ConfigError: An unknown id, a module that cannot be imported, or arguments the
+            env does not take (:func:`kwargs_error`).
     """
     kwargs = dict(env_kwargs)
     if render_mode is not None:
@@ -133,7 +143,7 @@ def make_base_env(
         try:
             env = gym.make(env_id, **kwargs)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"env_kwargs: {exc}") from exc
+            raise kwargs_error(env_id, env_kwargs, exc) from exc
         return env, cast(GameEnv, env.unwrapped).vocabulary
     try:
         if is_minigrid(env_id):
@@ -142,6 +152,8 @@ def make_base_env(
             env = make_minihack_env(env_id, **kwargs)
         else:
             env = gym.make(env_id, **kwargs)
+    except TypeError as exc:  # an argument the env's constructor does not take
+        raise kwargs_error(env_id, env_kwargs, exc) from exc
     except ModuleNotFoundError as exc:
         module = env_id.split(":")[0]
         raise ConfigError(
@@ -305,7 +317,7 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
         try:
             venv: VecEnv = SB3VecEnv(cfg.env_id, cfg.n_envs, **cfg.env_kwargs)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"env_kwargs: {exc}") from exc
+            raise kwargs_error(cfg.env_id, cfg.env_kwargs, exc) from exc
         vocab = cast(SB3VecEnv, venv).venv.vocabulary
     else:
         if cfg.vec_env == "async":
@@ -350,7 +362,7 @@ def make_eval_env(
         try:
             return envs.make_vec(spec_env_id, n, autoreset_mode="same_step", **env_kwargs)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"env_kwargs: {exc}") from exc
+            raise kwargs_error(spec_env_id, env_kwargs, exc) from exc
     factory = functools.partial(
         _single_env, spec_env_id, env_kwargs, vocabulary, adapter or ObservationAdapter()
     )

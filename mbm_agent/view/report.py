@@ -194,6 +194,15 @@ def _ci(ci: Sequence[float] | None) -> str:
     return "" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _env_label(meta: Mapping[str, Any]) -> str:
+    """The env a report played: its id, and its arguments when it had any."""
+    env = str(meta.get("env_id", "?"))
+    kwargs = meta.get("env_kwargs") or {}
+    if isinstance(kwargs, Mapping) and kwargs:
+        env += " (" + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + ")"
+    return env
+
+
 def evaluations_html(run_dir: Path) -> str:
     """A table of every ``eval*.json`` of the folder, with intervals and baselines."""
     files = sorted(run_dir.glob("eval*.json"), key=lambda p: (p.stem != "eval", p.stem))
@@ -202,7 +211,7 @@ def evaluations_html(run_dir: Path) -> str:
             '<p class="muted">No evaluation yet: <code>mbm-agent eval RUN</code> writes '
             "eval.json.</p>"
         )
-    baselines: dict[str, Any]
+    baselines: dict[tuple[str, str], Any]
     rows, baselines, level = [], {}, 95
     for path in files:
         try:
@@ -218,9 +227,11 @@ def evaluations_html(run_dir: Path) -> str:
         level = round(100 * float(success.get("confidence", 0.95)))
         how = "greedy" if meta.get("deterministic", True) else "sampled"
         dropped = ", ".join(meta.get("drop_modalities") or []) or "none"
+        env = _env_label(meta)
         rows.append(
             "<tr>"
-            f"<td>{html.escape(path.stem)}</td><td>{how}</td><td>{html.escape(dropped)}</td>"
+            f"<td>{html.escape(path.stem)}</td><td>{html.escape(env)}</td><td>{how}</td>"
+            f"<td>{html.escape(dropped)}</td>"
             f"<td>{success['successes']}/{success['n']}</td>"
             f"<td><b>{success['rate']:.3f}</b> {_ci(success.get('ci'))}</td>"
             f"<td>{returns['mean']:.3f} {_ci(returns.get('mean_ci'))}</td>"
@@ -228,10 +239,11 @@ def evaluations_html(run_dir: Path) -> str:
             f"<td>{lengths['mean']:.1f} {_ci(lengths.get('mean_ci'))}</td>"
             "</tr>"
         )
+        # Each env (another version, other arguments) has its own baselines.
         for name, base in (report.get("baselines") or {}).items():
-            baselines.setdefault(name, base)
+            baselines.setdefault((env, name), base)
     table = (
-        "<table><tr><th>evaluation</th><th>actions</th><th>masked</th><th>episodes</th>"
+        "<table><tr><th>evaluation</th><th>env</th><th>actions</th><th>masked</th><th>episodes</th>"
         f"<th>success rate [{level}% CI, Wilson]</th><th>mean return [{level}% CI]</th>"
         f"<th>IQM return [{level}% CI]</th><th>mean length [{level}% CI]</th></tr>"
         + "".join(rows)
@@ -239,11 +251,13 @@ def evaluations_html(run_dir: Path) -> str:
     )
     if baselines:
         table += (
-            "<table><tr><th>baseline (same seeds)</th><th>mean return</th><th>success rate</th></tr>"
+            "<table><tr><th>baseline (same seeds)</th><th>env</th><th>mean return</th>"
+            "<th>success rate</th></tr>"
             + "".join(
-                f"<tr><td>{html.escape(name)}</td><td>{b.get('mean_return', float('nan')):.3f}</td>"
+                f"<tr><td>{html.escape(name)}</td><td>{html.escape(env)}</td>"
+                f"<td>{b.get('mean_return', float('nan')):.3f}</td>"
                 f"<td>{b.get('success_rate', float('nan')):.3f}</td></tr>"
-                for name, b in baselines.items()
+                for (env, name), b in baselines.items()
             )
             + "</table>"
         )

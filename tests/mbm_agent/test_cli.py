@@ -297,7 +297,7 @@ def test_eval_on_another_env_writes_its_own_report_and_names_the_env(
         # Another env starts from its own defaults, not the run's arguments.
         (["--env", other], "eval-on-mbm_GoToObject-v1", other, {}),
         (
-            ["--set", "n_objects=2"],
+            ["--set", "env_kwargs.n_objects=2"],  # train's spelling is accepted
             "eval-with-n_objects=2",
             ENV,
             {**trained["env_kwargs"], "n_objects": 2},
@@ -329,7 +329,8 @@ def test_eval_on_an_env_the_agent_cannot_play_is_a_clear_error(
     before = sorted(p.name for p in run.iterdir())
     cases = [
         (["--env", "mbm/SoundMaze-v1"], ("['audio', 'image', 'text']", "trained on", ENV)),
-        (["--set", "room_sise=6"], ("env_kwargs", "room_sise")),
+        (["--set", "room_sise=6"], ("room_sise", ENV, "--set KEY=VALUE")),
+        (["--set", "algo_kwargs.n_steps=8"], ("algo_kwargs.n_steps", "the env's own arguments")),
         (["--env", "mbm/Nope-v0"], ("mbm/Nope-v0", "module:EnvId-v0")),
     ]
     for args, words in cases:

@@ -27,6 +27,8 @@ from mbm_agent.evaluation import (
     report_markdown,
     write_report,
 )
+from mbm_agent.training.config import ConfigError
+from mbm_agent.training.envs import make_eval_env
 
 GAME = "mbm/GoToObject-v0"
 EPISODES = 20  # not a multiple of the batch size: the last batch has spare slots
@@ -203,9 +205,13 @@ def test_env_suffix_names_the_env_played_as_a_plain_file_name(
 def test_env_suffix_of_long_arguments_is_a_short_stable_digest() -> None:
     args = {f"argument_{i}": "x" * 20 for i in range(10)}
     suffix = env_suffix("mbm/GoToObject-v0", args)
-    assert suffix.startswith("-on-") and len(suffix) == len("-on-") + 12
+    assert suffix.startswith("-on-mbm_GoToObject-v0-with-")
+    assert len(suffix) == len("-on-mbm_GoToObject-v0-with-") + 12
     assert suffix == env_suffix("mbm/GoToObject-v0", dict(reversed(args.items())))
     assert suffix != env_suffix("mbm/GoToObject-v0", {**args, "argument_0": "y"})
+    assert env_suffix(None, args).startswith("-with-")  # never named like another env
+    long_id = "pkg." + "m" * 120 + ":Env-v0"
+    assert len(env_suffix(long_id, {"n": 1})) == len("-on-") + 12 + len("-with-n=1")
 
 
 def _fake_agent(observation_space: spaces.Space[Any], action_space: spaces.Space[Any]) -> Any:
@@ -223,6 +229,14 @@ def test_check_agent_fits_names_what_differs() -> None:
             check_agent_fits(_fake_agent(fewer, act), venv, GAME)
         image = obs["image"]
         assert isinstance(image, spaces.Box)
+        # SB3's own extractor keeps the frame's space channel-first; it fits.
+        first = spaces.Dict(
+            {
+                **obs.spaces,
+                "image": spaces.Box(0, 255, image.shape[::-1][:1] + image.shape[:2], np.uint8),
+            }
+        )
+        check_agent_fits(_fake_agent(first, act), venv, GAME)
         smaller = spaces.Dict({**obs.spaces, "image": spaces.Box(0, 255, (8, 8, 3), np.uint8)})
         with pytest.raises(ValueError, match=rf"'image' is .*{image.shape}.*\(8, 8, 3\)"):
             check_agent_fits(_fake_agent(smaller, act), venv, GAME)
@@ -232,3 +246,11 @@ def test_check_agent_fits_names_what_differs() -> None:
             check_agent_fits(_fake_agent(obs, spaces.Discrete(99)), venv, GAME)
     finally:
         venv.close()
+
+
+@pytest.mark.parametrize("env_id", [GAME, "BabyAI-GoToObj-v0"])
+def test_game_arguments_an_env_refuses_are_a_config_error_naming_them(env_id: str) -> None:
+    if env_id.startswith("BabyAI"):
+        pytest.importorskip("minigrid")
+    with pytest.raises(ConfigError, match=r"room_sise.*do not fit .*--set KEY=VALUE"):
+        make_eval_env(env_id, {"room_sise": 6}, 2, None)

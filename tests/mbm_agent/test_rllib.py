@@ -177,6 +177,8 @@ def test_memory_config_is_checked_and_rllib_wrappers_name_memory() -> None:
         ModuleSettings.from_model_config({"memory": 8, "vf_share_layers": False})
     with pytest.raises(ValueError, match="max_seq_len"):
         ModuleSettings.from_model_config({"memory": 8, "max_seq_len": 0})
+    with pytest.raises(ValueError, match=r"activation.*relu"):
+        ModuleSettings.from_model_config({"activation": "swish"})
 
 
 def test_memory_module_over_a_sequence_is_the_same_as_step_by_step() -> None:
@@ -192,6 +194,9 @@ def test_memory_module_over_a_sequence_is_the_same_as_step_by_step() -> None:
     with torch.no_grad():
         out = module.forward_train({Columns.OBS: sequence, Columns.STATE_IN: {"h": h0}})
         values = module.compute_values({}, embeddings=out[Columns.EMBEDDINGS])
+        # RLlib's advantage connector asks for values from the batch alone.
+        again = module.compute_values({Columns.OBS: sequence, Columns.STATE_IN: {"h": h0}})
+        torch.testing.assert_close(again, values)
         state, logits = h0, []
         for obs in steps:
             one = {k: v[:, None] for k, v in obs.items()}
@@ -205,6 +210,8 @@ def test_memory_module_over_a_sequence_is_the_same_as_step_by_step() -> None:
     # The state matters: another start state gives other logits.
     other = module.forward_inference({Columns.OBS: sequence, Columns.STATE_IN: {"h": -h0}})
     assert not torch.allclose(other[Columns.ACTION_DIST_INPUTS], out[Columns.ACTION_DIST_INPUTS])
+    with pytest.raises(ValueError, match=r"needs the start state.*time axis"):
+        module.forward_inference({Columns.OBS: steps[0]})
     light = MultimodalPPOModule(
         observation_space=venv.single_observation_space,
         action_space=venv.single_action_space,
@@ -276,7 +283,10 @@ def test_ppo_config_takes_the_env_yaml_defaults() -> None:
         goto = ppo_config("mbm/GoToObject-v0", num_env_runners=1, lr=1e-4).get_rl_module_spec()
     # The from-scratch recipe's GRU, as SB3's MultimodalPPO gets it.
     assert goto.model_config["memory"] == resolve_config("mbm/GoToObject-v0").algo_kwargs["memory"]
-    assert goto.model_config["memory"] > 0 and goto.model_config["max_seq_len"] == 20
+    recipe = resolve_config("mbm/GoToObject-v0")
+    assert goto.model_config["memory"] > 0
+    assert goto.model_config["max_seq_len"] == recipe.algo_kwargs["sequence_length"]
+    assert goto.model_config["activation"] == recipe.policy_kwargs["activation_fn"] == "relu"
     assert goto.model_config["fusion"] == "film"  # from mbm_GoToObject-v0.yaml
     assert (
         goto.model_config["image_encoder"]
@@ -500,15 +510,17 @@ def recall_greedy_success(module: MultimodalPPOModule, episodes: int = 256) -> f
 def test_rllib_ppo_with_memory_learns_to_recall(local_ray: None) -> None:
     """RLlib PPO + our module with memory learns a cue it must hold for 3 blank steps.
 
-    Measured on 2 CPU cores (seed 0): 100% greedy after 5 iterations of 512 steps
-    (~3 s), while the same config with memory=0 stays at 45-56% episode return (chance
-    50%) for 25 iterations. The test trains 10 and asks for 95%, which no memoryless
-    policy can reach (it sees the same observation at the last step whatever the cue).
+    The learner unrolls sequences of 3 steps over 4-step episodes, so most start
+    mid-episode from the state the env runner had (RLlib's STATE_IN), and the cue must
+    pass through that state. Measured on 2 CPU cores (seed 0): 100% greedy after 5
+    iterations of 512 steps (~2 s), while memory=0 stays at 45-56%
+    episode return (chance 50%) for 25 iterations. The test trains 10 and asks for 95%,
+    which no memoryless policy can reach (the last step looks the same whatever the cue).
     """
     cfg = ppo_config(
         RECALL,
         memory=16,
-        max_seq_len=RecallEnv.DELAY + 1,
+        max_seq_len=3,
         hidden_sizes=[32],
         num_env_runners=0,
         num_envs_per_env_runner=16,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from conftest import AGENTS, ROOT
 
 from mbm_agent.cli import main
+from mbm_agent.view.report import evaluations_html
 
 REFERENCE_RUN = ROOT / "runs" / "reference" / "runs" / "FindSound-concat-s0"
 
@@ -106,3 +108,32 @@ def test_report_out_never_overwrites_a_run_file_and_a_policy_reports_to_its_run(
     assert main(["report", str(run), "--html", "--episodes", "0", "--out", str(shares)]) == 0
     assert (shares / "report.html").is_file()
     capsys.readouterr()
+
+
+def _report(env_id: str, env_kwargs: dict[str, int], random_success: float) -> str:
+    """A minimal evaluation report: what the evaluations table reads."""
+    return json.dumps(
+        {
+            "success": {"successes": 1, "n": 2, "rate": 0.5, "ci": [0.1, 0.9]},
+            "returns": {"mean": 0.4, "iqm": 0.4},
+            "lengths": {"mean": 9.0},
+            "meta": {"env_id": env_id, "env_kwargs": env_kwargs, "deterministic": True},
+            "baselines": {"random": {"mean_return": 0.1, "success_rate": random_success}},
+        }
+    )
+
+
+def test_evaluations_table_names_each_report_s_env_and_keeps_each_env_s_baselines(
+    tmp_path: Path,
+) -> None:
+    """`eval --env` / `--set` reports played another env: the table says which, and each
+    env's baselines are shown, not the first report's for all."""
+    (tmp_path / "eval.json").write_text(_report("mbm/GoToObject-v1", {}, 0.25))
+    (tmp_path / "eval-on-mbm_GoToObject-v0.json").write_text(
+        _report("mbm/GoToObject-v0", {"n_objects": 2}, 0.333)
+    )
+    text = evaluations_html(tmp_path)
+    assert "<th>env</th>" in text
+    assert "<td>mbm/GoToObject-v1</td>" in text
+    assert "<td>mbm/GoToObject-v0 (n_objects=2)</td>" in text
+    assert "0.250" in text and "0.333" in text  # both envs' random baselines
