@@ -27,7 +27,7 @@ EPILOG = """examples:
   mbm-agent train mbm/SoundMaze-v1 --set algo_kwargs.learning_rate=0.001 --set env_kwargs.n_objects=4
   mbm-agent train mbm/GoToObject-v1 --resume runs/GoToObject-ppo-concat-s0
   mbm-agent eval runs/GoToObject-ppo-concat-s0 --episodes 500 --drop-modality text
-  mbm-agent eval runs/GoToObject-ppo-concat-s0 --env mbm/GoToObject-v0 --set room_size=8
+  mbm-agent eval runs/GoToObject-ppo-concat-s0 --env mbm/GoToObject-v0 --set grid_size=6
   mbm-agent compare runs/GoToObject-ppo-*-s*
   mbm-agent demos mbm/FindSound-v0 --episodes 5000 --out demos/findsound.npz
   mbm-agent bc demos/findsound.npz --backend keras --epochs 8
@@ -222,7 +222,7 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="game argument of the env played, e.g. --set room_size=8 (repeatable); the "
+        help="game argument of the env played, e.g. --set grid_size=6 (repeatable); the "
         "report's name gets -with-KEY=VALUE",
     )
     p.add_argument("--n-envs", type=int, default=32, help="episodes played in parallel")
