@@ -20,11 +20,12 @@ bounds), and their training env (``envs.sb3.SB3VecEnv``) never passes here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing as mp
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 import gymnasium as gym
@@ -111,13 +112,28 @@ def is_minigrid(env_id: str) -> bool:
     return env_id.split(":")[-1].startswith(("MiniGrid-", "BabyAI-"))
 
 
-def kwargs_error(env_id: str, env_kwargs: Mapping[str, Any], exc: Exception) -> ConfigError:
-    """The error for game arguments an env refused, naming them and where they are set."""
-    return ConfigError(
-        f"env_kwargs {dict(env_kwargs)} do not fit {env_id}: {exc}. Fix or drop the argument "
-        "(mbm-agent train: --set env_kwargs.KEY=VALUE or the config's env_kwargs; mbm-agent "
-        "eval: --set KEY=VALUE)."
-    )
+@contextlib.contextmanager
+def game_arguments(
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+    errors: tuple[type[Exception], ...] = (TypeError, ValueError),
+) -> Iterator[None]:
+    """Errors of building an env with the user's arguments, as one clear ConfigError.
+
+    ``errors`` raised inside become a :class:`ConfigError` naming the arguments, the env
+    and where to fix them. Without arguments of the user's the error is the env's own
+    and passes unchanged.
+    """
+    try:
+        yield
+    except errors as exc:
+        if not env_kwargs:
+            raise
+        raise ConfigError(
+            f"env_kwargs {dict(env_kwargs)} do not fit {env_id}: {exc}. Fix or drop the "
+            "argument (mbm-agent train: --set env_kwargs.KEY=VALUE or the config's "
+            "env_kwargs; mbm-agent eval: --set KEY=VALUE)."
+        ) from exc
 
 
 def make_base_env(
@@ -134,26 +150,24 @@ def make_base_env(
 
     Raises:
         ConfigError: An unknown id, a module that cannot be imported, or arguments the
-            env does not take (:func:`kwargs_error`).
+            env does not take (:func:`game_arguments`).
     """
     kwargs = dict(env_kwargs)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     if is_our_game(env_id):
-        try:
+        with game_arguments(env_id, env_kwargs):
             env = gym.make(env_id, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise kwargs_error(env_id, env_kwargs, exc) from exc
         return env, cast(GameEnv, env.unwrapped).vocabulary
     try:
-        if is_minigrid(env_id):
-            env = make_minigrid_env(env_id, vocabulary, **kwargs)
-        elif is_minihack(env_id):
-            env = make_minihack_env(env_id, **kwargs)
-        else:
-            env = gym.make(env_id, **kwargs)
-    except TypeError as exc:  # an argument the env's constructor does not take
-        raise kwargs_error(env_id, env_kwargs, exc) from exc
+        # A TypeError: an argument the env's constructor does not take.
+        with game_arguments(env_id, env_kwargs, (TypeError,)):
+            if is_minigrid(env_id):
+                env = make_minigrid_env(env_id, vocabulary, **kwargs)
+            elif is_minihack(env_id):
+                env = make_minihack_env(env_id, **kwargs)
+            else:
+                env = gym.make(env_id, **kwargs)
     except ModuleNotFoundError as exc:
         module = env_id.split(":")[0]
         raise ConfigError(
@@ -314,10 +328,8 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
                 "processes), so it is ignored.",
                 stacklevel=2,
             )
-        try:
+        with game_arguments(cfg.env_id, cfg.env_kwargs):
             venv: VecEnv = SB3VecEnv(cfg.env_id, cfg.n_envs, **cfg.env_kwargs)
-        except (TypeError, ValueError) as exc:
-            raise kwargs_error(cfg.env_id, cfg.env_kwargs, exc) from exc
         vocab = cast(SB3VecEnv, venv).venv.vocabulary
     else:
         if cfg.vec_env == "async":
@@ -359,10 +371,8 @@ def make_eval_env(
         adapter: The saved model's observation adapter (identity when None).
     """
     if is_our_game(spec_env_id):
-        try:
+        with game_arguments(spec_env_id, env_kwargs):
             return envs.make_vec(spec_env_id, n, autoreset_mode="same_step", **env_kwargs)
-        except (TypeError, ValueError) as exc:
-            raise kwargs_error(spec_env_id, env_kwargs, exc) from exc
     factory = functools.partial(
         _single_env, spec_env_id, env_kwargs, vocabulary, adapter or ObservationAdapter()
     )

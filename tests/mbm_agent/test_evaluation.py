@@ -28,7 +28,7 @@ from mbm_agent.evaluation import (
     write_report,
 )
 from mbm_agent.training.config import ConfigError
-from mbm_agent.training.envs import make_eval_env
+from mbm_agent.training.envs import game_arguments, make_eval_env
 
 GAME = "mbm/GoToObject-v0"
 EPISODES = 20  # not a multiple of the batch size: the last batch has spare slots
@@ -254,3 +254,14 @@ def test_game_arguments_an_env_refuses_are_a_config_error_naming_them(env_id: st
         pytest.importorskip("minigrid")
     with pytest.raises(ConfigError, match=r"room_sise.*do not fit .*--set KEY=VALUE"):
         make_eval_env(env_id, {"room_sise": 6}, 2, None)
+
+
+def test_game_arguments_blames_only_the_user_s_arguments() -> None:
+    bad = r"\{'n': 1\} do not fit mbm/X-v0: bad"
+    with pytest.raises(ConfigError, match=bad), game_arguments("mbm/X-v0", {"n": 1}):
+        raise TypeError("bad")
+    # No arguments of the user's: the env's own error, unchanged.
+    with pytest.raises(TypeError, match="a bug of the env"), game_arguments("mbm/X-v0", {}):
+        raise TypeError("a bug of the env")
+    with pytest.raises(RuntimeError), game_arguments("mbm/X-v0", {"n": 1}):  # others pass
+        raise RuntimeError("other")
