@@ -29,7 +29,7 @@ import torch
 
 from mbm_agent.grid.cell import run_cell
 from mbm_agent.grid.spec import Cell, cell_done
-from mbm_agent.grid.summary import success_of
+from mbm_agent.grid.summary import score_of
 
 RAY_EXTRA = "pip install 'mbm-agent[ray]'"
 #: Where Tune keeps its own experiment state, under the grid's output folder.
@@ -86,7 +86,7 @@ def _trial(
     pids.parent.mkdir(parents=True, exist_ok=True)
     pids.write_text(str(os.getpid()), encoding="utf-8")
     run_dir = run_cell(cells[name], out, quick=quick, command=command)
-    success = success_of(run_dir / "eval.json")
+    success = score_of(run_dir / "eval.json")
     tune.report({"success": float("nan") if success is None else success})
 
 

@@ -70,6 +70,9 @@ class GameSpec:
             run's (Atari: full games with raw points, :data:`FULL_GAMES`, where
             training ends an episode at each lost life and clips rewards).
         extra: The pip extra the game needs (None: installed with mbm-agent).
+        scored_by: ``"success"`` (the default: the game reports ``is_success``) or
+            ``"return"`` for games without a success (Atari: points); the summary then
+            leaves the success columns empty and gives the masked runs' returns.
     """
 
     env_id: str
@@ -81,6 +84,7 @@ class GameSpec:
     sampled: bool = False
     eval_env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     extra: str | None = None
+    scored_by: str = "success"
 
     def encoder(self) -> EncoderConfig:
         """The encoder of the game's own config (``mbm_agent/configs``), read from there.
@@ -181,6 +185,7 @@ THIRD_PARTY_GAMES: dict[str, GameSpec] = {
         sampled=True,
         eval_env_kwargs=FULL_GAMES,
         extra="atari",
+        scored_by="return",
     ),
     "MiniHack-Eat-v0": GameSpec(
         "MiniHack-Eat-v0",

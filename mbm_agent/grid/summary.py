@@ -55,11 +55,13 @@ def _demo_steps(config: Mapping[str, Any]) -> int:
     return int(bc_config.get("demos", {}).get("steps", 0))
 
 
-def success_of(path: Path) -> float | None:
-    """The success rate of an evaluation report, or None when the report is missing."""
+def score_of(path: Path, scored_by: str = "success") -> float | None:
+    """An evaluation report's success rate (or mean return), None when it is missing."""
     if not path.is_file():
         return None
     report = json.loads(path.read_text(encoding="utf-8"))
+    if scored_by == "return":
+        return float(report["returns"]["mean"])
     return float(report["success"]["rate"])
 
 
@@ -107,9 +109,9 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
         )
         drops = {}
         for m in game.required:
-            values = [success_of(d / f"{game.headline}-drop-{m}.json") for d in dirs]
+            values = [score_of(d / f"{game.headline}-drop-{m}.json", game.scored_by) for d in dirs]
             if variant.startswith("mask-"):
-                values = [r["success"] for r in runs] if variant == f"mask-{m}" else [None]
+                values = [r[game.scored_by] for r in runs] if variant == f"mask-{m}" else [None]
             kept = [v for v in values if v is not None]
             if kept:
                 drops[m] = float(np.mean(kept))
@@ -144,6 +146,7 @@ def write_summary(cells: Sequence[Cell], root: str | Path) -> dict[str, Any]:
                 "sampled_success": agg["sampled_success"],
                 "per_seed_sampled_success": sampled,
                 "masked_success": drops,
+                "scored_by": game.scored_by,
                 "chance": game.chance,
                 "steps_to_90": float(np.nanmedian(steps90)) if np.isfinite(steps90).any() else None,
                 "wall_time_s": float(np.nansum(walls)),
@@ -264,7 +267,17 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     ]
     for r in summary["rows"]:
         chance = "-" if r["chance"] is None else f"{100 * r['chance']:.1f}"
-        masked = ", ".join(f"{m}: {100 * v:.1f} ({chance})" for m, v in r["masked_success"].items())
+        by_return = r.get("scored_by") == "return"  # no success (Atari): returns instead
+        masked = ", ".join(
+            f"{m}: return {v:.3f}" if by_return else f"{m}: {100 * v:.1f} ({chance})"
+            for m, v in r["masked_success"].items()
+        )
+        success = "-" if by_return else _pct(r["success"])
+        modes = (
+            "-"
+            if by_return
+            else f"{100 * r['greedy_success']['iqm']:.1f} / {100 * r['sampled_success']['iqm']:.1f}"
+        )
         s90 = "-" if r["steps_to_90"] is None else f"{r['steps_to_90'] / 1000:.0f}k"
         budgets = sorted(set(r.get("per_seed_steps") or [r["steps"]]))
         steps = (
@@ -275,9 +288,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         steps += f" + {r['demo_steps']:,} demo" if r.get("demo_steps") else ""
         lines.append(
             f"| {r['env_id']} | {r['variant']} | {len(r['seeds'])} | {steps} "
-            f"| {_pct(r['success'])} | {_num(r['return'])} | {r['actions']} "
-            f"| {100 * r['greedy_success']['iqm']:.1f} / {100 * r['sampled_success']['iqm']:.1f} "
-            f"| {masked or '-'} | {s90} "
+            f"| {success} | {_num(r['return'])} | {r['actions']} "
+            f"| {modes} | {masked or '-'} | {s90} "
             f"| {r['wall_time_s'] / 60:.1f} min |"
         )
     lines.append("")
@@ -297,6 +309,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "`bc-ppo` (and the `mask-X` runs of its games, cloned without X): behaviour "
         "cloning from noisy expert demonstrations (their env steps "
         "listed as `demo`), then PPO from the cloned policy; its wall time is PPO's. "
+        "Games without a success signal (Atari) are scored by return: their success "
+        "columns are `-` and their masked column gives the mean return. "
         "`no-<component>` variants (`--components`): the game's own recipe with that one "
         f"component ({', '.join(COMPONENTS)}) taken out, same budget."
     )
