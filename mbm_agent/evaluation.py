@@ -27,6 +27,7 @@ from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 from numpy.typing import NDArray
 
+from mbm_agent.encoding.values import emitted_shapes
 from mbm_agent.stats import normalized_score, success_interval, summarize
 from mbm_agent.training.envs import is_our_game, make_eval_env
 from mbm_agent.training.storage import atomic_write_text
@@ -560,11 +561,7 @@ def check_agent_fits(agent: Agent, venv: VectorEnv[Any, Any, Any], env_id: str) 
     else:
         pairs = [("observation", want, got)]
     for key, w, g in pairs:
-        shape = tuple(w.shape or ())
-        # SB3's own extractor keeps a frame's space channel-first (VecTransposeImage)
-        # and transposes the channel-last frames the env emits itself.
-        alike = {shape} | ({(shape[1], shape[2], shape[0])} if len(shape) == 3 else set())
-        if tuple(g.shape or ()) not in alike or w.dtype != g.dtype:
+        if tuple(g.shape or ()) not in emitted_shapes(tuple(w.shape or ())) or w.dtype != g.dtype:
             raise ValueError(
                 f"{env_id}'s {key!r} is {g} (shape {g.shape}, {g.dtype}), this agent takes "
                 f"{w} (shape {w.shape}, {w.dtype}): {fix}"
@@ -737,11 +734,7 @@ def evaluate_agent(
     )
     try:
         check_agent_fits(agent, venv, env_id)
-    except ValueError:
-        venv.close()
-        raise
-    actor = agent.actor(deterministic=deterministic)
-    try:
+        actor = agent.actor(deterministic=deterministic)
         # Sampled actions come from torch's generator, seeded here (and restored
         # after) so that a stochastic evaluation is as repeatable as a greedy one.
         with agent.dropped(tuple(drop_modalities)), torch.random.fork_rng(devices=[]):

@@ -103,6 +103,11 @@ of a GRU state carried over the fused features, as SB3's ``MultimodalPPO``; 0: n
 With memory, RLlib's own ``max_seq_len`` (default 20) is the length of the sequences
 the learner unrolls the GRU over."""
 
+#: Sequence length the learner unrolls a memory module over when nothing says (RLlib's).
+DEFAULT_MAX_SEQ_LEN = 20
+#: Activation of the heads' hidden layers when nothing says (SB3's PPO default).
+DEFAULT_ACTIVATION = "tanh"
+
 # RLlib merges its own model-config keys into every module's ``model_config``
 # (PPO adds ``vf_share_layers``; ``config.rl_module(model_config=DefaultModelConfig())``
 # adds them all). Those are RLlib's to set, not typos, so the module ignores them.
@@ -174,8 +179,8 @@ class ModuleSettings:
     hidden_sizes: tuple[int, ...]
     vf_share_layers: bool
     memory: int = 0
-    max_seq_len: int = 20
-    activation: str = "tanh"
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+    activation: str = DEFAULT_ACTIVATION
 
     @classmethod
     def from_model_config(
@@ -225,10 +230,10 @@ class ModuleSettings:
         if not isinstance(share, bool):
             raise ValueError(f"model_config['vf_share_layers'] must be a bool, got {share!r}.")
         memory = check_memory_config(config)
-        seq = config.get("max_seq_len", 20)
+        seq = config.get("max_seq_len", DEFAULT_MAX_SEQ_LEN)
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise ValueError(f"model_config['max_seq_len'] must be a positive int, got {seq!r}.")
-        activation = config.get("activation", "tanh")
+        activation = config.get("activation", DEFAULT_ACTIVATION)
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"model_config['activation'] must be one of {list(ACTIVATIONS)}, got {activation!r}."
@@ -522,15 +527,15 @@ def _yaml_defaults(env_id: str) -> YamlDefaults:
     n_steps = int(sb3.get("n_steps", 128))
     training["train_batch_size_per_learner"] = n_steps * cfg.n_envs
     net_arch = cfg.policy_kwargs.get("net_arch", [64])
-    activation = cfg.policy_kwargs.get("activation_fn", "tanh")
+    activation = cfg.policy_kwargs.get("activation_fn", DEFAULT_ACTIVATION)
     return YamlDefaults(
         encoder=cfg.encoder.to_dict(),
         training=training,
         hidden_sizes=list(net_arch) if isinstance(net_arch, list) else [64],
-        activation=activation if isinstance(activation, str) else "tanh",
+        activation=activation if isinstance(activation, str) else DEFAULT_ACTIVATION,
         n_envs=cfg.n_envs,
         memory=int(sb3.get("memory") or cfg.policy_kwargs.get("memory") or 0),
-        max_seq_len=int(sb3.get("sequence_length") or 20),
+        max_seq_len=int(sb3.get("sequence_length") or DEFAULT_MAX_SEQ_LEN),
     )
 
 

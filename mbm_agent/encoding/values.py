@@ -80,6 +80,15 @@ def check_values(
             )
 
 
+def emitted_shapes(shape: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """The shapes an env may emit for a policy's space of ``shape``.
+
+    SB3 policies may hold the channel-first space of a frame the env emits channel-last
+    (VecTransposeImage); they transpose it themselves, so a 3-D shape fits either way.
+    """
+    return {shape} | ({(shape[1], shape[2], shape[0])} if len(shape) == 3 else set())
+
+
 def check_space_observation(space: Any, obs: Any) -> None:
     """Check an observation (one, or a batch) against a ``gymnasium.spaces.Dict`` before acting.
 
@@ -114,9 +123,7 @@ def check_space_observation(space: Any, obs: Any) -> None:
                 "the env emits."
             )
         shape = tuple(sub.shape or ())
-        # SB3 policies may hold the channel-first space of a frame the env emits
-        # channel-last (VecTransposeImage); they transpose it themselves.
-        alike = {shape} | ({(shape[1], shape[2], shape[0])} if len(shape) == 3 else set())
+        alike = emitted_shapes(shape)
         if tuple(x.shape) in alike:
             batches.add(None)
         elif tuple(x.shape[1:]) in alike or (

@@ -98,32 +98,3 @@ def test_a_published_agent_holding_files_made_from_it_is_not_replaced(tmp_path: 
         assert publish_agents(ROWS, tmp_path) == {}
     assert (agent / "model.json").read_text() == '{"old": "model"}'
     assert (agent / "exports" / "onnx").is_dir()
-
-
-def test_a_game_scored_by_return_shows_no_success_and_its_masked_return() -> None:
-    """Atari reports no success: its row leaves the success columns empty (not 0.0) and
-    the run with the sound masked says its return."""
-    iqm = {"iqm": 0.0, "iqm_ci": [0.0, 0.0]}
-    row = {
-        "env_id": "mbm-atari/Seaquest-v0",
-        "variant": "concat",
-        "seeds": [0],
-        "steps": 250_000,
-        "success": iqm,
-        "return": {"iqm": 426.0, "iqm_ci": [426.0, 426.0]},
-        "actions": "sampled",
-        "greedy_success": iqm,
-        "sampled_success": iqm,
-        "masked_success": {"sound": 418.0},
-        "scored_by": "return",
-        "chance": None,
-        "steps_to_90": None,
-        "wall_time_s": 1950.0,
-    }
-    line = summary_markdown({"rows": [row]}).splitlines()[2]
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[4] == "-" and cells[7] == "-"  # success, greedy / sampled success
-    assert cells[5].startswith("426.0") and cells[8] == "sound: return 418.000"
-    success_row = {**row, "scored_by": "success", "masked_success": {"sound": 0.5}}
-    cells = summary_markdown({"rows": [success_row]}).splitlines()[2].strip("|").split("|")
-    assert cells[4].strip().startswith("0.0") and cells[8].strip() == "sound: 50.0 (-)"

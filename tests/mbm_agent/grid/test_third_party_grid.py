@@ -8,6 +8,7 @@ rows without a chance level are checked.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -69,9 +70,10 @@ def test_finished_third_party_runs_are_found_again(tmp_path) -> None:
     assert (found.game.env_id, found.variant, found.seed) == (SEAQUEST, "mask-sound", 2)
 
 
-def test_summary_rows_without_a_chance_level() -> None:
+def seaquest_row(**changes: Any) -> dict[str, Any]:
+    """A summary row of a third-party game (no chance level), with ``changes``."""
     stat = {"iqm": 0.5, "iqm_ci": [0.4, 0.6]}
-    row = {
+    return {
         "env_id": SEAQUEST,
         "variant": "concat",
         "seeds": [0, 1, 2],
@@ -85,10 +87,35 @@ def test_summary_rows_without_a_chance_level() -> None:
         "chance": None,
         "steps_to_90": None,
         "wall_time_s": 600.0,
+        **changes,
     }
-    md = summary_markdown({"rows": [row], "games": {}, "agents": {}})
+
+
+def test_summary_rows_without_a_chance_level() -> None:
+    md = summary_markdown({"rows": [seaquest_row()], "games": {}, "agents": {}})
     assert "| sound: 25.0 (-) |" in md
     assert "| mbm-atari/Seaquest-v0 | concat | 3 | 250,000 |" in md
+
+
+def test_a_game_scored_by_return_shows_no_success_and_its_masked_return() -> None:
+    """Atari reports no success: its row leaves the success columns empty (not 0.0) and
+    the run with the sound masked says its return."""
+    iqm = {"iqm": 0.0, "iqm_ci": [0.0, 0.0]}
+    zero = {"success": iqm, "greedy_success": iqm, "sampled_success": iqm}
+    row = seaquest_row(
+        **zero,
+        seeds=[0],
+        **{"return": {"iqm": 426.0, "iqm_ci": [426.0, 426.0]}},
+        masked_success={"sound": 418.0},
+        scored_by="return",
+    )
+    line = summary_markdown({"rows": [row]}).splitlines()[2]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[4] == "-" and cells[7] == "-"  # success, greedy / sampled success
+    assert cells[5].startswith("426.0") and cells[8] == "sound: return 418.000"
+    success_row = {**row, "scored_by": "success", "masked_success": {"sound": 0.5}}
+    cells = summary_markdown({"rows": [success_row]}).splitlines()[2].strip("|").split("|")
+    assert cells[4].strip().startswith("0.0") and cells[8].strip() == "sound: 50.0 (-)"
 
 
 @pytest.mark.parametrize("env_id", ["mbm/GoToObject-v0", "mbm/GoToObject-v1"])
