@@ -43,6 +43,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -67,9 +68,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 import envs
+from envs.core.text import Vocabulary
+from mbm_agent.deploy.network import PolicyNetwork, UnsupportedPolicyError
 from mbm_agent.encoding.config import EncoderConfig, check_memory, unknown_key_hint
 from mbm_agent.encoding.multimodal import MultimodalEncoder
+from mbm_agent.evaluation import check_agent_fits
 from mbm_agent.sb3.policy import ACTIVATIONS
+from mbm_agent.training.agent import Agent, load_agent, policy_source
 from mbm_agent.training.config import resolve_config
 from mbm_agent.training.wrappers import make_minigrid_env
 
@@ -79,6 +84,7 @@ __all__ = [
     "ModuleSettings",
     "MultimodalPPOModule",
     "check_memory_config",
+    "model_config_from_agent",
     "ppo_config",
     "register_rllib_env",
     "register_rllib_envs",
@@ -92,6 +98,7 @@ MODULE_KEYS: tuple[str, ...] = (
     "vf_share_layers",
     "memory",
     "activation",
+    "init_from",
 )
 """Keys :class:`MultimodalPPOModule` reads from ``model_config``: every
 :class:`~mbm_agent.encoding.config.EncoderConfig` field, ``modalities`` (per-key
@@ -101,7 +108,9 @@ heads' hidden layers, a name of SB3 policies' ``ACTIVATIONS``; default ``tanh``)
 ``memory`` (the size
 of a GRU state carried over the fused features, as SB3's ``MultimodalPPO``; 0: none).
 With memory, RLlib's own ``max_seq_len`` (default 20) is the length of the sequences
-the learner unrolls the GRU over."""
+the learner unrolls the GRU over. ``init_from`` (a policy folder of ``mbm-agent train``)
+loads that agent's weights into every copy of the module; :func:`model_config_from_agent`
+gives the whole ``model_config`` that fits it."""
 
 #: Sequence length the learner unrolls a memory module over when nothing says (RLlib's).
 DEFAULT_MAX_SEQ_LEN = 20
@@ -172,6 +181,8 @@ class ModuleSettings:
         memory: Size of the GRU state over the fused features (0: no memory).
         max_seq_len: With memory, the length of the sequences the learner unrolls over.
         activation: Activation of the heads' hidden layers (a name of ``ACTIVATIONS``).
+        init_from: A policy folder of ``mbm-agent train`` whose weights the module starts
+            from, or None (a fresh initialisation).
     """
 
     encoder: EncoderConfig
@@ -181,6 +192,7 @@ class ModuleSettings:
     memory: int = 0
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     activation: str = DEFAULT_ACTIVATION
+    init_from: str | None = None
 
     @classmethod
     def from_model_config(
@@ -238,7 +250,26 @@ class ModuleSettings:
             raise ValueError(
                 f"model_config['activation'] must be one of {list(ACTIVATIONS)}, got {activation!r}."
             )
-        return cls(encoder, dict(modalities), tuple(hidden), share, memory, seq, activation)
+        init_from = config.get("init_from")
+        if init_from is not None and not isinstance(init_from, str):
+            raise ValueError(
+                f"model_config['init_from'] must be the path of a policy folder (a str), got "
+                f"{init_from!r}; model_config_from_agent(RUN) gives one."
+            )
+        return cls(
+            encoder, dict(modalities), tuple(hidden), share, memory, seq, activation, init_from
+        )
+
+    def architecture(self) -> dict[str, Any]:
+        """What decides the module's weights' shapes (all but ``max_seq_len`` and ``init_from``)."""
+        return {
+            "encoder": self.encoder.to_dict(),
+            "modalities": self.modalities,
+            "hidden_sizes": list(self.hidden_sizes),
+            "vf_share_layers": self.vf_share_layers,
+            "memory": self.memory,
+            "activation": self.activation,
+        }
 
 
 def _head(
@@ -339,6 +370,60 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             if not s.vf_share_layers:
                 self.value_encoder = MultimodalEncoder(obs_space, s.encoder, s.modalities)
             self.value_head = _head(dim, s.hidden_sizes, 1, out_gain=1.0, activation=s.activation)
+        if s.init_from is not None:
+            self.load_agent_weights(s.init_from)
+
+    def load_agent_weights(self, path: str | Path) -> None:
+        """Copy a trained agent's weights (a run or policy folder of ``mbm-agent train``) in.
+
+        The encoder, the memory core, and the policy and value layers are copied as they
+        are; the agent's reward-prediction head has no counterpart here and is left out.
+
+        Raises:
+            ValueError: The agent cannot be expressed by this module (DQN, an LSTM policy,
+                SB3's own extractor, an observation adapter), or this module is built
+                differently (the message names each difference and
+                :func:`model_config_from_agent`, which builds it alike).
+            FileNotFoundError, ModelFileError: As :func:`~mbm_agent.training.agent.load_agent`.
+        """
+        source = policy_source(path)
+        agent = load_agent(source.model_dir)
+        net = _agent_network(agent, source.model_dir)
+        want = ModuleSettings.from_model_config(_agent_model_config(agent, source.model_dir, net))
+        ours, theirs = self.settings.architecture(), want.architecture()
+        diff = [f"{k}={ours[k]!r} (the agent: {theirs[k]!r})" for k in ours if ours[k] != theirs[k]]
+        if diff:
+            raise ValueError(
+                f"This MultimodalPPOModule is not built like the agent in {source.model_dir}: "
+                f"{'; '.join(diff)}. Build it with model_config_from_agent({str(path)!r}) (or "
+                "ppo_config(..., init_from=...)), which takes every setting from the agent."
+            )
+        pairs: list[tuple[str, nn.Module | None, nn.Module | None]] = [
+            ("encoder", self.encoder, net.encoder),
+            ("memory core", self.memory_core, net.memory_core),
+            ("value encoder", self.value_encoder, net.critic_encoder),
+        ]
+        heads = [("policy head", self.policy_head, [*_linears(net.actor), net.action_net])]
+        if self.value_head is not None:
+            assert net.value_net is not None  # an actor-critic network has one
+            heads.append(("value head", self.value_head, [*_linears(net.critic), net.value_net]))
+        for name, head, layers in heads:
+            pairs += [
+                (f"{name} layer {i}", a, b)
+                for i, (a, b) in enumerate(zip(_linears(head), layers, strict=True))
+            ]
+        with torch.no_grad():
+            for name, mine, src in pairs:
+                if mine is None or src is None:
+                    continue
+                try:
+                    mine.load_state_dict(src.state_dict())
+                except RuntimeError as exc:
+                    raise ValueError(
+                        f"The {name} of the agent in {source.model_dir} does not fit this "
+                        f"module's: the env's observation or action spaces differ from the "
+                        f"agent's ({exc})."
+                    ) from None
 
     def get_non_inference_attributes(self) -> list[str]:
         """Submodules that inference-only copies (on env runners) leave out."""
@@ -414,6 +499,74 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             encoder = self.encoder if self.value_encoder is None else self.value_encoder
             embeddings = self._features(encoder, batch)
         return self.value_head(embeddings).squeeze(-1)
+
+
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _agent_network(agent: Agent, model_dir: Path) -> PolicyNetwork:
+    """The agent's policy as one torch network, or a ValueError saying why this module cannot hold it."""
+    where = f"The agent in {model_dir}"
+    if not agent.adapter.is_identity:
+        raise ValueError(
+            f"{where} converts its env's raw observations first (raw text, waveforms or "
+            "renamed keys: model.json's observation_adapter), which RLlib's env runners do "
+            "not do; train with mbm-agent, or give RLlib an env that emits the converted Dict."
+        )
+    try:
+        return PolicyNetwork.from_agent(agent)
+    except UnsupportedPolicyError as exc:
+        raise ValueError(f"{where} cannot become a MultimodalPPOModule: {exc}") from None
+
+
+def _agent_model_config(
+    agent: Agent, model_dir: Path, net: PolicyNetwork | None = None
+) -> dict[str, Any]:
+    net = net if net is not None else _agent_network(agent, model_dir)
+    hidden = [layer.out_features for layer in _linears(net.actor)]
+    if hidden != [layer.out_features for layer in _linears(net.critic)]:
+        raise ValueError(
+            f"The agent in {model_dir} has policy and value layers of different widths "
+            "(net_arch {pi: ..., vf: ...}); MultimodalPPOModule's two heads share hidden_sizes."
+        )
+    activation_fn = getattr(agent.policy, "activation_fn", None)
+    activation = next((k for k, v in ACTIVATIONS.items() if v is activation_fn), None)
+    if activation is None:
+        raise ValueError(
+            f"The agent in {model_dir} uses the activation {activation_fn}, none of "
+            f"{list(ACTIVATIONS)} that MultimodalPPOModule builds."
+        )
+    return {
+        **EncoderConfig.from_dict(agent.spec["encoder"]).to_dict(),
+        "modalities": dict(agent.spec.get("modalities") or {}),
+        "hidden_sizes": hidden,
+        "vf_share_layers": net.critic_encoder is None,
+        "memory": net.memory,
+        "activation": activation,
+        "init_from": str(model_dir),
+    }
+
+
+def model_config_from_agent(path: str | Path, which: str = "best") -> dict[str, Any]:
+    """The ``model_config`` of a :class:`MultimodalPPOModule` that starts as a trained agent.
+
+    Every architecture setting is the agent's (encoder, modalities, head widths and
+    activation, memory, one shared encoder or two) and ``init_from`` names its policy
+    folder, so each copy of the module (learners and env runners) loads its weights.
+    The folder must be readable from every Ray worker (on one machine it is).
+
+    Args:
+        path: A run folder (``runs/NAME``) or a policy folder.
+        which: A run's ``"best"`` (falling back to ``final``) or ``"final"`` policy.
+
+    Raises:
+        ValueError: An agent this module cannot hold (DQN, sb3-contrib's LSTM, SB3's own
+            extractor, an observation adapter, unequal policy and value widths).
+        FileNotFoundError, ModelFileError: As :func:`~mbm_agent.training.agent.load_agent`.
+    """
+    source = policy_source(path, which)
+    return _agent_model_config(load_agent(source.model_dir), source.model_dir)
 
 
 # ---------------------------------------------------------------------- envs
@@ -539,6 +692,36 @@ def _yaml_defaults(env_id: str) -> YamlDefaults:
     )
 
 
+def _env_vocabulary(env: gym.Env[Any, Any]) -> Vocabulary | None:
+    """The instruction vocabulary of an env (ours, or MiniGrid's mission tokeniser), if any."""
+    layer: Any = env
+    while layer is not None:
+        vocabulary = getattr(layer, "vocabulary", None)
+        if isinstance(vocabulary, Vocabulary):
+            return vocabulary
+        layer = getattr(layer, "env", None)
+    vocabulary = getattr(env.unwrapped, "vocabulary", None)
+    return vocabulary if isinstance(vocabulary, Vocabulary) else None
+
+
+def _check_env_fits(agent: Agent, env_id: str, env_config: Mapping[str, Any]) -> None:
+    """Raise ValueError unless RLlib's ``env_id`` emits what ``agent`` takes, words included."""
+    env = EnvCreator(env_id)._make_one(env_config)
+    venv = gym.vector.SyncVectorEnv([lambda: env])
+    try:
+        check_agent_fits(agent, venv, env_id)
+        ours = _env_vocabulary(env)
+        if agent.vocabulary is not None and ours is not None and ours != agent.vocabulary:
+            raise ValueError(
+                f"{env_id}'s instructions are tokenised with another vocabulary than the "
+                f"agent's ({len(ours)} vs {len(agent.vocabulary)} words, max_len {ours.max_len} "
+                f"vs {agent.vocabulary.max_len}): the same token ids would mean other words. "
+                "Give RLlib an env that tokenises with the agent's vocabulary.json."
+            )
+    finally:
+        venv.close()
+
+
 def ppo_config(
     env_id: str,
     *,
@@ -546,9 +729,10 @@ def ppo_config(
     encoder: EncoderConfig | Mapping[str, Any] | None = None,
     modalities: Mapping[str, str] | None = None,
     hidden_sizes: Sequence[int] | None = None,
-    vf_share_layers: bool = True,
+    vf_share_layers: bool | None = None,
     memory: int | None = None,
     max_seq_len: int | None = None,
+    init_from: str | Path | None = None,
     env_config: Mapping[str, Any] | None = None,
     num_env_runners: int = 2,
     num_envs_per_env_runner: int | None = None,
@@ -572,13 +756,18 @@ def ppo_config(
             merged over the env's YAML defaults.
         modalities: Per-key modality declarations (see :class:`MultimodalEncoder`).
         hidden_sizes: Hidden widths of each head (default: the YAML's ``net_arch``).
-        vf_share_layers: One encoder for policy and value (as SB3's PPO) or two.
+        vf_share_layers: One encoder for policy and value (as SB3's PPO; the default) or two.
         memory: Size of the GRU state over the fused features (0: none). None takes
             the YAML's (``hyperparams.ppo.memory``: 128 for the games the from-scratch
             recipe trains), as SB3's ``MultimodalPPO`` would.
         max_seq_len: With memory, the length of the sequences the learner unrolls the
             GRU over (RLlib's ``max_seq_len``; the state itself carries on between them).
             None takes the YAML's ``sequence_length`` (16 in the from-scratch recipe), else 20.
+        init_from: A run folder (its best policy) or policy folder of ``mbm-agent train``:
+            the module is built as that agent was (:func:`model_config_from_agent`) and
+            starts from its weights, to fine-tune or serve it with RLlib. The architecture
+            arguments above must then be left out, and ``env_id`` must emit what the
+            agent takes (keys, shapes, dtypes, actions and instruction vocabulary).
         env_config: Keyword arguments of the env (e.g. ``{"cue": "text"}``).
         num_env_runners: Sampling processes (0: sample in the driver).
         num_envs_per_env_runner: Envs per runner (default: the YAML's ``n_envs``
@@ -592,22 +781,44 @@ def ppo_config(
         The config; build it with ``.build_algo()`` (after ``ray.init``).
 
     Raises:
-        ValueError: On an unknown training argument or encoder field, or a bad memory.
+        ValueError: On an unknown training argument or encoder field, or a bad memory;
+            with ``init_from``, an architecture argument, an agent this module cannot
+            hold, or an env the agent does not fit.
     """
     yaml = _yaml_defaults(env_id)
-    enc = encoder.to_dict() if isinstance(encoder, EncoderConfig) else dict(encoder or {})
-    enc = {**yaml.encoder, **enc}
-    if fusion is not None:
-        enc["fusion"] = fusion
-    model_config: dict[str, Any] = {
-        **EncoderConfig.from_dict(enc).to_dict(),
-        "modalities": dict(modalities or {}),
-        "hidden_sizes": list(yaml.hidden_sizes if hidden_sizes is None else hidden_sizes),
-        "vf_share_layers": vf_share_layers,
-        "memory": yaml.memory if memory is None else memory,
-        "max_seq_len": yaml.max_seq_len if max_seq_len is None else max_seq_len,
-        "activation": yaml.activation,
-    }
+    if init_from is not None:
+        arguments = {
+            "fusion": fusion,
+            "encoder": encoder,
+            "modalities": modalities,
+            "hidden_sizes": hidden_sizes,
+            "vf_share_layers": vf_share_layers,
+            "memory": memory,
+        }
+        given = [k for k, v in arguments.items() if v is not None]
+        if given:
+            raise ValueError(
+                f"ppo_config(init_from={str(init_from)!r}) builds the module as the agent was "
+                f"built; drop {given} (or train from scratch without init_from)."
+            )
+        source = policy_source(init_from)
+        agent = load_agent(source.model_dir)
+        model_config = _agent_model_config(agent, source.model_dir)
+        _check_env_fits(agent, env_id, env_config or {})
+    else:
+        enc = encoder.to_dict() if isinstance(encoder, EncoderConfig) else dict(encoder or {})
+        enc = {**yaml.encoder, **enc}
+        if fusion is not None:
+            enc["fusion"] = fusion
+        model_config = {
+            **EncoderConfig.from_dict(enc).to_dict(),
+            "modalities": dict(modalities or {}),
+            "hidden_sizes": list(yaml.hidden_sizes if hidden_sizes is None else hidden_sizes),
+            "vf_share_layers": True if vf_share_layers is None else vf_share_layers,
+            "memory": yaml.memory if memory is None else memory,
+            "activation": yaml.activation,
+        }
+    model_config["max_seq_len"] = yaml.max_seq_len if max_seq_len is None else max_seq_len
     ModuleSettings.from_model_config(model_config)  # fail here, not inside a Ray actor
     if num_envs_per_env_runner is None:
         num_envs_per_env_runner = max(1, -(-yaml.n_envs // max(1, num_env_runners)))

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "deploy": {"encoding", "sb3", "training", "beside"},
     "imitation": {"encoding", "sb3", "training", "beside", "deploy"},
     "grid": {"encoding", "sb3", "training", "beside", "deploy", "imitation"},
-    "rllib": {"encoding", "sb3", "training"},
+    "rllib": {"encoding", "sb3", "training", "beside", "deploy"},
     "view": {"encoding", "sb3", "training", "beside", "deploy"},
 }
 #: Modules every part may import: version, import-time fixes.

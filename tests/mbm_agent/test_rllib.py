@@ -33,21 +33,32 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from gymnasium import spaces  # noqa: E402
+from memory_helpers import (  # noqa: E402
+    GAME,
+    GAME_KWARGS,
+    MEMORY,
+    game_spaces,
+    play,
+    save_memory_run,
+)
 from ray.rllib.core.columns import Columns  # noqa: E402
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig  # noqa: E402
 from ray.rllib.core.rl_module.rl_module import RLModule  # noqa: E402
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner  # noqa: E402
 
 import envs  # noqa: E402
+from mbm_agent.deploy.network import PolicyNetwork  # noqa: E402
 from mbm_agent.encoding.multimodal import to_tensor_obs  # noqa: E402
 from mbm_agent.evaluation import EVAL_SEED_BASE  # noqa: E402
 from mbm_agent.rllib import (  # noqa: E402
     EnvCreator,
     ModuleSettings,
     MultimodalPPOModule,
+    model_config_from_agent,
     ppo_config,
     register_rllib_envs,
 )
+from mbm_agent.training.agent import load_agent  # noqa: E402
 from mbm_agent.training.config import resolve_config  # noqa: E402
 
 logging.getLogger("ray.rllib.utils.framework").setLevel(logging.ERROR)
@@ -541,3 +552,153 @@ def test_rllib_ppo_with_memory_learns_to_recall(local_ray: None) -> None:
     finally:
         algo.stop()
     assert success >= 0.95, f"{success:.3f} held-out greedy success"
+
+
+# ------------------------------------------------------- starting from a trained agent
+def agent_outputs(
+    net: PolicyNetwork, obs: dict[str, np.ndarray], starts: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The agent's logits and values over a played stream, its state reset at episode starts."""
+    state = net.initial_state(1)
+    logits, values = [], []
+    with torch.no_grad():
+        for t in range(len(starts)):
+            step = to_tensor_obs({k: v[t : t + 1] for k, v in obs.items()})
+            _, out, value, state = net(step, state * (1.0 - float(starts[t])))
+            logits.append(out)
+            values.append(value)
+    return torch.cat(logits), torch.cat(values)
+
+
+def module_outputs(
+    module: MultimodalPPOModule, obs: dict[str, np.ndarray], starts: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's logits and values over the same stream, stepped as RLlib steps it (T=1)."""
+    state = torch.as_tensor(module.get_initial_state()["h"])[None]
+    logits, values = [], []
+    with torch.no_grad():
+        for t in range(len(starts)):
+            batch = {
+                Columns.OBS: to_tensor_obs({k: v[t : t + 1, None] for k, v in obs.items()}),
+                Columns.STATE_IN: {"h": state * (1.0 - float(starts[t]))},
+            }
+            out = module.forward_train(batch)
+            logits.append(out[Columns.ACTION_DIST_INPUTS][:, 0])
+            values.append(module.compute_values(batch, out[Columns.EMBEDDINGS])[:, 0])
+            state = out[Columns.STATE_OUT]["h"]
+    return torch.cat(logits), torch.cat(values)
+
+
+def test_module_from_an_agent_acts_and_values_as_the_agent(tmp_path: Path) -> None:
+    """init_from copies encoder, GRU and both heads: same logits and values over 100 steps."""
+    run = save_memory_run(tmp_path / "run")
+    config = model_config_from_agent(run)
+    assert config["memory"] == MEMORY and config["hidden_sizes"] == [32]
+    assert config["init_from"] == str((run / "best").resolve())
+    obs_space, act_space, _ = game_spaces()
+    module = MultimodalPPOModule(
+        observation_space=obs_space,
+        action_space=act_space,
+        model_config=config,
+        inference_only=False,
+    )
+    net = PolicyNetwork.from_agent(load_agent(run))
+    obs, starts = play(lambda o, s: 2, steps=100)
+    assert starts[1:].sum() >= 1  # the stream crosses an episode's end
+    want_logits, want_values = agent_outputs(net, obs, starts)
+    got_logits, got_values = module_outputs(module, obs, starts)
+    torch.testing.assert_close(got_logits, want_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_values, want_values, atol=1e-5, rtol=1e-5)
+    # The agent's state matters here, so equal outputs mean the GRU was copied too.
+    fresh = MultimodalPPOModule(
+        observation_space=obs_space,
+        action_space=act_space,
+        model_config={**config, "init_from": None},
+        inference_only=False,
+    )
+    assert not torch.allclose(module_outputs(fresh, obs, starts)[0], want_logits, atol=1e-3)
+
+
+def test_module_built_otherwise_than_the_agent_is_refused(tmp_path: Path) -> None:
+    run = save_memory_run(tmp_path / "run")
+    config = model_config_from_agent(run)
+    obs_space, act_space, _ = game_spaces()
+    for change, named in (
+        ({"memory": 0}, "memory=0 (the agent: 16)"),
+        ({"hidden_sizes": [64]}, "hidden_sizes=[64] (the agent: [32])"),
+        ({"fusion": "concat"}, "encoder="),
+    ):
+        with pytest.raises(ValueError, match="model_config_from_agent") as info:
+            MultimodalPPOModule(
+                observation_space=obs_space,
+                action_space=act_space,
+                model_config={**config, **change},
+            )
+        assert named in str(info.value)
+    with pytest.raises(ValueError, match="must be the path of a policy folder"):
+        ModuleSettings.from_model_config({"init_from": 3})
+
+
+@pytest.mark.filterwarnings("ignore:.*belong to mbm-agent's SB3 trainer")
+def test_ppo_config_from_an_agent_refuses_architecture_arguments_and_other_games(
+    tmp_path: Path,
+) -> None:
+    run = save_memory_run(tmp_path / "run")
+    with pytest.raises(
+        ValueError, match=r"drop \['memory', 'fusion'\]|drop \['fusion', 'memory'\]"
+    ):
+        ppo_config(GAME, init_from=run, memory=8, fusion="film", register=False)
+    # FindSound's observations are not GoToObject's: named before any Ray actor starts.
+    with pytest.raises(ValueError, match="trained on mbm/GoToObject-v0"):
+        ppo_config("mbm/FindSound-v0", init_from=run, register=False)
+    # The same game at another frame size does not fit either (the frame's shape).
+    with pytest.raises(ValueError, match="'image'"):
+        ppo_config(GAME, init_from=run, env_config={"grid_size": 5}, register=False)
+    with pytest.raises(FileNotFoundError):
+        ppo_config(GAME, init_from=tmp_path / "nothing", register=False)
+
+
+@RUNNER_REREGISTERS
+@pytest.mark.filterwarnings("ignore:.*belong to mbm-agent's SB3 trainer")
+def test_ppo_config_from_an_agent_starts_runners_and_learner_from_its_weights(
+    tmp_path: Path,
+) -> None:
+    """RLlib's env runner and learner both build the module from the agent, and it trains on."""
+    run = save_memory_run(tmp_path / "run")
+    cfg = ppo_config(
+        GAME, init_from=run, env_config=GAME_KWARGS, num_env_runners=0, num_envs_per_env_runner=2
+    )
+    net = PolicyNetwork.from_agent(load_agent(run))
+    obs, starts = play(lambda o, s: 2, steps=20)
+    want_logits, want_values = agent_outputs(net, obs, starts)
+    runner = SingleAgentEnvRunner(config=cfg)
+    try:
+        assert isinstance(runner.module, MultimodalPPOModule)
+        state = torch.zeros(1, MEMORY)
+        with torch.no_grad():
+            for t in range(len(starts)):
+                batch = {
+                    Columns.OBS: to_tensor_obs({k: v[t : t + 1, None] for k, v in obs.items()}),
+                    Columns.STATE_IN: {"h": state * (1.0 - float(starts[t]))},
+                }
+                out = runner.module.forward_inference(batch)
+                torch.testing.assert_close(
+                    out[Columns.ACTION_DIST_INPUTS][:, 0], want_logits[t : t + 1], atol=1e-5, rtol=0
+                )
+                state = out[Columns.STATE_OUT]["h"]
+        episodes = runner.sample(num_timesteps=32, explore=True)
+        learner = cfg.build_learner(env=runner.env.unwrapped)
+        module = learner.module["default_policy"]
+        assert isinstance(module, MultimodalPPOModule)
+        _, values = module_outputs(module, obs, starts)
+        torch.testing.assert_close(values, want_values, atol=1e-5, rtol=1e-5)
+        before = {k: v.clone() for k, v in module.state_dict().items()}
+        learner.update(
+            episodes=episodes,
+            timesteps={"num_env_steps_sampled_lifetime": 32},
+            num_epochs=1,
+            minibatch_size=16,
+        )
+        assert any(not torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    finally:
+        runner.stop()
