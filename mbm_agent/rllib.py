@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -182,7 +183,8 @@ class ModuleSettings:
         max_seq_len: With memory, the length of the sequences the learner unrolls over.
         activation: Activation of the heads' hidden layers (a name of ``ACTIVATIONS``).
         init_from: A policy folder of ``mbm-agent train`` whose weights the module starts
-            from, or None (a fresh initialisation).
+            from, or None (a fresh initialisation). Every copy of the module (each Ray
+            worker) reads it, so it should be absolute.
     """
 
     encoder: EncoderConfig
@@ -251,9 +253,11 @@ class ModuleSettings:
                 f"model_config['activation'] must be one of {list(ACTIVATIONS)}, got {activation!r}."
             )
         init_from = config.get("init_from")
+        if isinstance(init_from, os.PathLike):
+            init_from = os.fspath(init_from)
         if init_from is not None and not isinstance(init_from, str):
             raise ValueError(
-                f"model_config['init_from'] must be the path of a policy folder (a str), got "
+                f"model_config['init_from'] must be the absolute path of a policy folder, got "
                 f"{init_from!r}; model_config_from_agent(RUN) gives one."
             )
         return cls(
@@ -515,9 +519,15 @@ def _agent_network(agent: Agent, model_dir: Path) -> PolicyNetwork:
             "not do; train with mbm-agent, or give RLlib an env that emits the converted Dict."
         )
     try:
-        return PolicyNetwork.from_agent(agent)
+        net = PolicyNetwork.from_agent(agent)
     except UnsupportedPolicyError as exc:
         raise ValueError(f"{where} cannot become a MultimodalPPOModule: {exc}") from None
+    if net.kind != "actor_critic":
+        raise ValueError(
+            f"{where} is a {agent.spec.get('algo', 'dqn')} Q-network; MultimodalPPOModule is "
+            "an actor-critic (policy and value heads). Start RLlib from a PPO or A2C agent."
+        )
+    return net
 
 
 def _agent_model_config(

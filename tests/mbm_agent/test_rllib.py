@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 from memory_helpers import (  # noqa: E402
+    ENCODER,
     GAME,
     GAME_KWARGS,
     MEMORY,
@@ -58,7 +59,9 @@ from mbm_agent.rllib import (  # noqa: E402
     ppo_config,
     register_rllib_envs,
 )
-from mbm_agent.training.agent import load_agent  # noqa: E402
+from mbm_agent.sb3 import policy_kwargs_for  # noqa: E402
+from mbm_agent.sb3.algorithms import policy_class  # noqa: E402
+from mbm_agent.training.agent import load_agent, policy_spec, save_policy  # noqa: E402
 from mbm_agent.training.config import resolve_config  # noqa: E402
 
 logging.getLogger("ray.rllib.utils.framework").setLevel(logging.ERROR)
@@ -635,7 +638,7 @@ def test_module_built_otherwise_than_the_agent_is_refused(tmp_path: Path) -> Non
                 model_config={**config, **change},
             )
         assert named in str(info.value)
-    with pytest.raises(ValueError, match="must be the path of a policy folder"):
+    with pytest.raises(ValueError, match="must be the absolute path of a policy folder"):
         ModuleSettings.from_model_config({"init_from": 3})
 
 
@@ -702,3 +705,67 @@ def test_ppo_config_from_an_agent_starts_runners_and_learner_from_its_weights(
         assert any(not torch.equal(v, before[k]) for k, v in module.state_dict().items())
     finally:
         runner.stop()
+
+
+def save_small_policy(folder: Path, algo: str, policy_kwargs: dict[str, Any]) -> Path:
+    """An untrained ``algo`` policy on the small GoToObject, saved as ``folder/best``."""
+    obs_space, act_space, vocab = game_spaces()
+    torch.manual_seed(3)
+    policy = policy_class(algo)(
+        obs_space, act_space, lambda _: 0.0, **policy_kwargs_for(ENCODER, {}, policy_kwargs)
+    )
+    spec = policy_spec(
+        policy,
+        algo=algo,
+        env_id=GAME,
+        env_kwargs=GAME_KWARGS,
+        encoder=ENCODER,
+        modalities={},
+        policy_kwargs=policy_kwargs,
+        vocabulary=vocab,
+    )
+    save_policy(policy, spec, folder / "best", vocab)
+    return folder
+
+
+def test_module_from_an_agent_with_its_own_value_encoder_matches_sb3(tmp_path: Path) -> None:
+    """No memory, separate critic encoder: the module's action probabilities and values
+    are the SB3 policy's own (not only the converter's)."""
+    kwargs = {"net_arch": [32, 16], "activation_fn": "relu", "share_features_extractor": False}
+    run = save_small_policy(tmp_path / "run", "ppo", kwargs)
+    config = model_config_from_agent(run)
+    assert config["vf_share_layers"] is False and config["memory"] == 0
+    assert config["hidden_sizes"] == [32, 16] and config["activation"] == "relu"
+    obs_space, act_space, _ = game_spaces()
+    module = MultimodalPPOModule(
+        observation_space=obs_space,
+        action_space=act_space,
+        model_config=config,
+        inference_only=False,
+    )
+    assert module.value_encoder is not None
+    obs, _ = play(lambda o, s: 2, steps=12)
+    policy = load_agent(run).policy
+    with torch.no_grad():
+        tensors, _ = policy.obs_to_tensor(obs)
+        want_probs = policy.get_distribution(tensors).distribution.probs
+        want_values = policy.predict_values(tensors)[:, 0]
+        batch = {Columns.OBS: to_tensor_obs(obs)}
+        out = module.forward_train(batch)
+        got_probs = torch.softmax(out[Columns.ACTION_DIST_INPUTS], dim=-1)
+        got_values = module.compute_values(batch, out[Columns.EMBEDDINGS])
+    torch.testing.assert_close(got_probs, want_probs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got_values, want_values, atol=1e-5, rtol=1e-5)
+
+
+def test_dqn_agent_is_refused_as_a_q_network(tmp_path: Path) -> None:
+    run = save_small_policy(tmp_path / "run", "dqn", {"net_arch": []})
+    with pytest.raises(ValueError, match=r"Q-network.*PPO or A2C agent"):
+        model_config_from_agent(run)
+    obs_space, act_space, _ = game_spaces()
+    with pytest.raises(ValueError, match="Q-network"):
+        MultimodalPPOModule(
+            observation_space=obs_space,
+            action_space=act_space,
+            model_config={"init_from": str((run / "best").resolve())},
+        )
