@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -69,7 +69,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 import envs
-from envs.core.text import Vocabulary
+from envs.core.env import GameEnv
 from mbm_agent.deploy.network import PolicyNetwork, UnsupportedPolicyError
 from mbm_agent.encoding.config import EncoderConfig, check_memory, unknown_key_hint
 from mbm_agent.encoding.multimodal import MultimodalEncoder
@@ -77,6 +77,7 @@ from mbm_agent.evaluation import check_agent_fits
 from mbm_agent.sb3.policy import ACTIVATIONS
 from mbm_agent.training.agent import Agent, load_agent, policy_source
 from mbm_agent.training.config import resolve_config
+from mbm_agent.training.envs import is_our_game, mission_vocabulary
 from mbm_agent.training.wrappers import make_minigrid_env
 
 __all__ = [
@@ -702,25 +703,17 @@ def _yaml_defaults(env_id: str) -> YamlDefaults:
     )
 
 
-def _env_vocabulary(env: gym.Env[Any, Any]) -> Vocabulary | None:
-    """The instruction vocabulary of an env (ours, or MiniGrid's mission tokeniser), if any."""
-    layer: Any = env
-    while layer is not None:
-        vocabulary = getattr(layer, "vocabulary", None)
-        if isinstance(vocabulary, Vocabulary):
-            return vocabulary
-        layer = getattr(layer, "env", None)
-    vocabulary = getattr(env.unwrapped, "vocabulary", None)
-    return vocabulary if isinstance(vocabulary, Vocabulary) else None
-
-
 def _check_env_fits(agent: Agent, env_id: str, env_config: Mapping[str, Any]) -> None:
     """Raise ValueError unless RLlib's ``env_id`` emits what ``agent`` takes, words included."""
     env = EnvCreator(env_id)._make_one(env_config)
     venv = gym.vector.SyncVectorEnv([lambda: env])
     try:
         check_agent_fits(agent, venv, env_id)
-        ours = _env_vocabulary(env)
+        ours = (
+            cast(GameEnv, env.unwrapped).vocabulary
+            if is_our_game(env_id)
+            else mission_vocabulary(env)
+        )
         if agent.vocabulary is not None and ours is not None and ours != agent.vocabulary:
             raise ValueError(
                 f"{env_id}'s instructions are tokenised with another vocabulary than the "

@@ -180,14 +180,17 @@ def make_base_env(
             f"Unknown env id {env_id!r}: {exc}. Our games are: {', '.join(envs.LATEST)}; "
             "a third-party env can be given as 'module:EnvId-v0' (the module registers it)."
         ) from exc
-    vocab = None
+    return env, mission_vocabulary(env)
+
+
+def mission_vocabulary(env: gym.Env[Any, Any]) -> Vocabulary | None:
+    """The vocabulary a :class:`TokenizeMission` layer of ``env`` tokenises with (None: no layer)."""
     layer: Any = env
     while layer is not None:
         if isinstance(layer, TokenizeMission):
-            vocab = layer.vocabulary
-            break
+            return layer.vocabulary
         layer = getattr(layer, "env", None)
-    return env, vocab
+    return None
 
 
 def _adapter_for(

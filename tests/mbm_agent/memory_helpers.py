@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 import envs
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.sb3 import MultimodalActorCriticPolicy, policy_kwargs_for
+from mbm_agent.sb3.algorithms import policy_class
 from mbm_agent.training.agent import policy_spec, save_policy
 
 GAME = "mbm/GoToObject-v0"
@@ -45,18 +46,22 @@ def memory_policy(
     policy_kwargs: dict[str, Any] | None = None,
     encoder: EncoderConfig = ENCODER,
     env_kwargs: dict[str, Any] | None = None,
+    algo: str = "ppo",
 ) -> tuple[MultimodalActorCriticPolicy, dict[str, Any], Any]:
-    """A random-init policy with memory on the small game, its ``model.json`` and vocabulary."""
+    """A random-init policy with memory on the small game, its ``model.json`` and vocabulary.
+
+    Another ``algo`` (e.g. ``"dqn"``) gives that algorithm's policy with ``policy_kwargs``.
+    """
     obs_space, act_space, vocab = game_spaces(env_kwargs)
     kwargs = POLICY_KWARGS if policy_kwargs is None else policy_kwargs
     torch.manual_seed(seed)
-    policy = MultimodalActorCriticPolicy(
+    policy = policy_class(algo)(
         obs_space, act_space, lambda _: 0.0, **policy_kwargs_for(encoder, {}, kwargs)
     )
     policy.set_training_mode(False)
     spec = policy_spec(
         policy,
-        algo="ppo",
+        algo=algo,
         env_id=GAME,
         env_kwargs=GAME_KWARGS if env_kwargs is None else env_kwargs,
         encoder=encoder,

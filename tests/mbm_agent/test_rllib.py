@@ -34,11 +34,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 from memory_helpers import (  # noqa: E402
-    ENCODER,
     GAME,
     GAME_KWARGS,
     MEMORY,
     game_spaces,
+    memory_policy,
     play,
     save_memory_run,
 )
@@ -59,9 +59,7 @@ from mbm_agent.rllib import (  # noqa: E402
     ppo_config,
     register_rllib_envs,
 )
-from mbm_agent.sb3 import policy_kwargs_for  # noqa: E402
-from mbm_agent.sb3.algorithms import policy_class  # noqa: E402
-from mbm_agent.training.agent import load_agent, policy_spec, save_policy  # noqa: E402
+from mbm_agent.training.agent import load_agent, save_policy  # noqa: E402
 from mbm_agent.training.config import resolve_config  # noqa: E402
 
 logging.getLogger("ray.rllib.utils.framework").setLevel(logging.ERROR)
@@ -709,21 +707,7 @@ def test_ppo_config_from_an_agent_starts_runners_and_learner_from_its_weights(
 
 def save_small_policy(folder: Path, algo: str, policy_kwargs: dict[str, Any]) -> Path:
     """An untrained ``algo`` policy on the small GoToObject, saved as ``folder/best``."""
-    obs_space, act_space, vocab = game_spaces()
-    torch.manual_seed(3)
-    policy = policy_class(algo)(
-        obs_space, act_space, lambda _: 0.0, **policy_kwargs_for(ENCODER, {}, policy_kwargs)
-    )
-    spec = policy_spec(
-        policy,
-        algo=algo,
-        env_id=GAME,
-        env_kwargs=GAME_KWARGS,
-        encoder=ENCODER,
-        modalities={},
-        policy_kwargs=policy_kwargs,
-        vocabulary=vocab,
-    )
+    policy, spec, vocab = memory_policy(3, policy_kwargs, algo=algo)
     save_policy(policy, spec, folder / "best", vocab)
     return folder
 
