@@ -76,7 +76,7 @@ from mbm_agent.encoding.multimodal import MultimodalEncoder
 from mbm_agent.evaluation import check_agent_fits
 from mbm_agent.sb3.policy import ACTIVATIONS
 from mbm_agent.training.agent import Agent, load_agent, policy_source
-from mbm_agent.training.config import resolve_config
+from mbm_agent.training.config import linear_start, resolve_config
 from mbm_agent.training.envs import is_our_game, mission_vocabulary
 from mbm_agent.training.wrappers import make_minigrid_env
 
@@ -688,6 +688,17 @@ def _yaml_defaults(env_id: str) -> YamlDefaults:
             stacklevel=3,
         )
     training = {_SB3_TO_RLLIB[k]: v for k, v in sb3.items() if k in _SB3_TO_RLLIB}
+    lr_start = linear_start(training.get("lr"))
+    if lr_start is not None:  # RLlib's schedule: [timestep, value] pairs, interpolated
+        training["lr"] = [[0, lr_start], [cfg.steps, 0.0]]
+    clip_start = linear_start(training.get("clip_param"))
+    if clip_start is not None:
+        training["clip_param"] = clip_start
+        warnings.warn(
+            f"{env_id}'s config decays clip_range ({sb3['clip_range']}); RLlib's PPO has no "
+            f"clip schedule, so it stays at {clip_start}.",
+            stacklevel=3,
+        )
     n_steps = int(sb3.get("n_steps", 128))
     training["train_batch_size_per_learner"] = n_steps * cfg.n_envs
     net_arch = cfg.policy_kwargs.get("net_arch", [64])

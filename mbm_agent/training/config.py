@@ -88,6 +88,23 @@ ALGO_KWARGS_CHECKS: dict[str, tuple[str, float | None, float | None]] = {
 }
 
 
+#: Hyperparameters that also take RL Zoo's linear schedule, ``"lin_<start>"`` (e.g.
+#: ``lin_2.5e-4``): ``start`` at the first step, falling linearly to 0 at the run's last
+#: (SB3's ``progress_remaining``; a resume with a larger ``steps`` stretches what is left).
+SCHEDULABLE: tuple[str, ...] = ("learning_rate", "clip_range", "clip_range_vf")
+
+
+def linear_start(value: Any) -> float | None:
+    """The start of RL Zoo's ``"lin_<start>"`` schedule; None if ``value`` is not one."""
+    if not isinstance(value, str) or not value.startswith("lin_"):
+        return None
+    try:
+        start = float(value.removeprefix("lin_"))
+    except ValueError:
+        return None
+    return start if is_finite_number(start) else None
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and the fix."""
 
@@ -177,9 +194,15 @@ def check_algo_kwargs(algo_kwargs: Mapping[str, Any]) -> None:
         if kind == "int":
             ok = isinstance(value, int) and not isinstance(value, bool)
             wanted = "an integer"
+        elif name in SCHEDULABLE and isinstance(value, str):
+            start = linear_start(value)
+            ok, value = start is not None, start if start is not None else value
+            wanted = "a number or 'lin_<number>' (RL Zoo's linear decay to 0)"
         else:
             ok = is_finite_number(value)
             wanted = "a number"
+            if name in SCHEDULABLE:
+                wanted += " or 'lin_<number>' (RL Zoo's linear decay to 0)"
         if ok and low is not None and value < low:
             ok = False
         if ok and high is not None and value > high:

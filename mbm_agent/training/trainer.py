@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.core.text import Vocabulary
@@ -74,8 +75,10 @@ from mbm_agent.training.checkpoints import (
 )
 from mbm_agent.training.config import (
     RESUME_LOCATION,
+    SCHEDULABLE,
     ConfigError,
     TrainConfig,
+    linear_start,
     load_run_config,
     resume_config,
     save_config,
@@ -91,6 +94,16 @@ from mbm_agent.training.storage import (
     replace_dir,
 )
 from mbm_agent.training.threads import torch_threads_for
+
+
+def sb3_algo_kwargs(algo_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``algo_kwargs`` as SB3 takes them: each ``"lin_<start>"`` an SB3 ``LinearSchedule``."""
+    out = dict(algo_kwargs)
+    for name in SCHEDULABLE:
+        start = linear_start(out.get(name))
+        if start is not None:
+            out[name] = LinearSchedule(start, 0.0, 1.0)
+    return out
 
 
 def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None) -> BaseAlgorithm:
@@ -109,7 +122,7 @@ def build_algorithm(cfg: TrainConfig, venv: VecEnv, tensorboard_dir: Path | None
     policy = policy_class(cfg.algo, cfg.extractor)
     common.update(algorithm_kwargs(cfg.algo, venv.observation_space))
     try:
-        return algo(policy, venv, **common, **cfg.algo_kwargs)
+        return algo(policy, venv, **common, **sb3_algo_kwargs(cfg.algo_kwargs))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"algo_kwargs for {cfg.algo}: {exc}") from exc
 

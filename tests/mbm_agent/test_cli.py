@@ -682,6 +682,9 @@ def test_eval_writes_only_inside_its_folder(
         (["--set", "algo_kwargs.n_steps=0"], "algo_kwargs.n_steps"),
         (["--set", "algo_kwargs.learning_rate=abc"], "algo_kwargs.learning_rate"),
         (["--set", "algo_kwargs.gamma=abc"], "algo_kwargs.gamma"),
+        (["--set", "algo_kwargs.learning_rate=lin_abc"], "lin_<number>"),
+        (["--set", "algo_kwargs.clip_range=lin_-0.1"], "algo_kwargs.clip_range"),
+        (["--set", "algo_kwargs.learning_rate=exp_0.001"], "lin_<number>"),
         (["--set", "algo_kwargs.batch_size=1"], "algo_kwargs.batch_size"),
     ],
 )

@@ -314,6 +314,19 @@ def test_ppo_config_takes_the_env_yaml_defaults() -> None:
         ppo_config(PROBE, encoder={"fusoin": "film"})
 
 
+def test_ppo_config_turns_rl_zoo_schedules_into_rllibs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lin_<start>``: the learning rate as RLlib's [timestep, value] schedule to 0 at the
+    run's steps; the clip range, which RLlib does not schedule, at its start with a warning."""
+    scheduled = resolve_config(
+        PROBE, overrides={"algo_kwargs": {"learning_rate": "lin_0.001", "clip_range": "lin_0.2"}}
+    )
+    monkeypatch.setattr("mbm_agent.rllib.resolve_config", lambda env_id: scheduled)
+    with pytest.warns(UserWarning, match=r"clip_range \(lin_0\.2\).*stays at 0\.2"):
+        cfg = ppo_config(PROBE, num_env_runners=0)
+    assert cfg.lr == [[0, pytest.approx(1e-3)], [scheduled.steps, 0.0]]
+    assert cfg.clip_param == pytest.approx(0.2)
+
+
 @RUNNER_REREGISTERS
 def test_rllib_data_path_keeps_raw_dtypes_and_updates(monkeypatch: pytest.MonkeyPatch) -> None:
     """RLlib's default connectors (sampling and learning) hand the module raw dtypes."""

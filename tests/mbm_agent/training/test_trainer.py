@@ -22,6 +22,8 @@ from runs_helpers import (
     step_dir,
 )
 from safetensors.torch import load_file
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 
 from mbm_agent.evaluation import evaluate_agent
 from mbm_agent.sb3 import policy_class
@@ -162,6 +164,48 @@ def test_babyai_trains_with_a_tokenised_mission(tmp_path: Path) -> None:
     report = evaluate_agent(agent, BABYAI, episodes=2, n_envs=2)
     assert report["meta"]["episodes"] == 2
     assert len(report["episodes"]["lengths"]) == 2
+
+
+def test_rl_zoo_linear_schedules_decay_to_zero_over_the_run(
+    tmp_path: Path, sb3_logger: Logger
+) -> None:
+    """``lin_<start>`` (RL Zoo's spelling) decays the learning rate and the clip range to 0."""
+    cfg = resolve_config(
+        ENV,
+        overrides=_overrides(
+            tmp_path,
+            algo_kwargs={
+                "n_steps": 32,
+                "batch_size": 64,
+                "n_epochs": 1,
+                "learning_rate": "lin_0.001",
+                "clip_range": "lin_0.2",
+            },
+        ),
+    )
+    assert cfg.algo_kwargs["learning_rate"] == "lin_0.001"  # saved as written
+    venv, _ = make_train_env(cfg, cfg.seed)
+    model = build_algorithm(cfg, venv, None)
+    model.set_logger(sb3_logger)
+    assert model.clip_range(0.5) == pytest.approx(0.1)  # type: ignore[operator]
+    seen: list[tuple[int, float]] = []
+
+    class Rates(BaseCallback):
+        def _on_rollout_start(self) -> None:
+            seen.append(
+                (self.model.num_timesteps, self.model.policy.optimizer.param_groups[0]["lr"])
+            )
+
+        def _on_step(self) -> bool:
+            return True
+
+    model.learn(total_timesteps=3 * ROLLOUT, callback=Rates())
+    venv.close()
+    # Before each rollout the optimizer has the rate of the update that just ran.
+    expected = [(0, 1e-3), (ROLLOUT, 1e-3 * 2 / 3), (2 * ROLLOUT, 1e-3 / 3)]
+    assert [step for step, _ in seen] == [step for step, _ in expected]
+    assert [lr for _, lr in seen] == pytest.approx([lr for _, lr in expected])
+    assert model.policy.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
 
 
 @pytest.mark.slow
