@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from numpy.typing import NDArray
+from stable_baselines3.common.policies import BasePolicy
 
 import envs
 from mbm_agent.encoding.config import EncoderConfig
@@ -47,10 +48,11 @@ def memory_policy(
     encoder: EncoderConfig = ENCODER,
     env_kwargs: dict[str, Any] | None = None,
     algo: str = "ppo",
-) -> tuple[MultimodalActorCriticPolicy, dict[str, Any], Any]:
+) -> tuple[BasePolicy, dict[str, Any], Any]:
     """A random-init policy with memory on the small game, its ``model.json`` and vocabulary.
 
-    Another ``algo`` (e.g. ``"dqn"``) gives that algorithm's policy with ``policy_kwargs``.
+    ``algo="ppo"`` gives a :class:`MultimodalActorCriticPolicy`; another ``algo`` (e.g.
+    ``"dqn"``) gives that algorithm's SB3 policy with ``policy_kwargs``.
     """
     obs_space, act_space, vocab = game_spaces(env_kwargs)
     kwargs = POLICY_KWARGS if policy_kwargs is None else policy_kwargs
@@ -72,13 +74,14 @@ def memory_policy(
     return policy, spec, vocab
 
 
-def make_memory_matter(policy: MultimodalActorCriticPolicy, seed: int = 1) -> None:
+def make_memory_matter(policy: BasePolicy, seed: int = 1) -> None:
     """Redraw the memory core and heads at a larger scale, so the state changes greedy actions.
 
     SB3's initialisation (action logits scaled by 0.01) and a few hundred PPO steps
     both leave a policy whose greedy action is the same with or without its state;
     a test of carrying the state needs one where it differs.
     """
+    assert isinstance(policy, MultimodalActorCriticPolicy), type(policy)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in (policy.memory_core, policy.mlp_extractor, policy.action_net):
