@@ -42,7 +42,7 @@ from torch import Tensor, nn
 import envs as games
 from mbm_agent import EncoderConfig, MultimodalEncoder
 from mbm_agent.evaluation import EVAL_SEED_BASE, EpisodeResults, eval_seeds, evaluate_episodes
-from mbm_agent.training.config import resolve_config
+from mbm_agent.training.config import linear_start, resolve_config
 
 #: The game ``train()`` plays unless told otherwise, and its arguments there.
 PROBE_ID = "mbm/ModalityProbe-v0"
@@ -67,6 +67,15 @@ def make_probe_vec_env(num_envs: int, seed: int = 0, cue: str = "text") -> gym.v
     return make_game_vec_env(PROBE_ID, num_envs, seed, cue=cue)
 
 
+def _start(value: Any) -> float:
+    """A hyperparameter's value, or the start of RL Zoo's ``lin_<start>`` schedule.
+
+    This loop anneals its learning rate to 0 anyway; its clip stays at the start.
+    """
+    start = linear_start(value)
+    return float(value) if start is None else start
+
+
 def game_settings(env_id: str) -> dict[str, Any]:
     """``train()`` arguments matching what ``mbm-agent train ENV_ID`` uses by default.
 
@@ -87,10 +96,10 @@ def game_settings(env_id: str) -> dict[str, Any]:
         "num_steps": num_steps,
         "num_minibatches": max(1, batch // int(hp.get("batch_size", 64))),
         "update_epochs": int(hp.get("n_epochs", 10)),
-        "learning_rate": float(hp.get("learning_rate", 3e-4)),
+        "learning_rate": _start(hp.get("learning_rate", 3e-4)),
         "gamma": float(hp.get("gamma", 0.99)),
         "gae_lambda": float(hp.get("gae_lambda", 0.95)),
-        "clip_coef": float(hp.get("clip_range", 0.2)),
+        "clip_coef": _start(hp.get("clip_range", 0.2)),
         "ent_coef": float(hp.get("ent_coef", 0.0)),
         "vf_coef": float(hp.get("vf_coef", 0.5)),
         "max_grad_norm": float(hp.get("max_grad_norm", 0.5)),

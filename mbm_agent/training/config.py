@@ -78,6 +78,8 @@ ALGO_KWARGS_CHECKS: dict[str, tuple[str, float | None, float | None]] = {
     "vf_coef": ("number", 0.0, None),
     "max_grad_norm": ("number", 0.0, None),
     "clip_range": ("number", 0.0, None),
+    # > 0 (SB3 asserts it only for a plain number), or null: the value is not clipped.
+    "clip_range_vf": ("number", 0.0, None),
     "exploration_fraction": ("number", 0.0, 1.0),
     "exploration_initial_eps": ("number", 0.0, 1.0),
     "exploration_final_eps": ("number", 0.0, 1.0),
@@ -90,7 +92,8 @@ ALGO_KWARGS_CHECKS: dict[str, tuple[str, float | None, float | None]] = {
 
 #: Hyperparameters that also take RL Zoo's linear schedule, ``"lin_<start>"`` (e.g.
 #: ``lin_2.5e-4``): ``start`` at the first step, falling linearly to 0 at the run's last
-#: (SB3's ``progress_remaining``; a resume with a larger ``steps`` stretches what is left).
+#: (SB3's ``progress_remaining``; a resume with a larger ``steps`` recomputes it over the
+#: new total, as RL Zoo does).
 SCHEDULABLE: tuple[str, ...] = ("learning_rate", "clip_range", "clip_range_vf")
 
 
@@ -187,30 +190,37 @@ def check_algo_kwargs(algo_kwargs: Mapping[str, Any]) -> None:
             continue
         kind, low, high = check
         where = f"algo_kwargs.{name}"
+        if name == "clip_range_vf" and value is None:
+            continue
         if kind == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false, got {value!r}.")
             continue
+        number = value  # a lin_ schedule is checked by its start
         if kind == "int":
             ok = isinstance(value, int) and not isinstance(value, bool)
             wanted = "an integer"
         elif name in SCHEDULABLE and isinstance(value, str):
-            start = linear_start(value)
-            ok, value = start is not None, start if start is not None else value
+            number = linear_start(value)
+            ok = number is not None
             wanted = "a number or 'lin_<number>' (RL Zoo's linear decay to 0)"
         else:
             ok = is_finite_number(value)
             wanted = "a number"
             if name in SCHEDULABLE:
                 wanted += " or 'lin_<number>' (RL Zoo's linear decay to 0)"
-        if ok and low is not None and value < low:
+        if ok and low is not None and number < low:
             ok = False
-        if ok and high is not None and value > high:
+        if ok and high is not None and number > high:
+            ok = False
+        if ok and name == "clip_range_vf" and number <= 0:
             ok = False
         if not ok:
             bounds = (
                 f" in [{low}, {high}]"
                 if low is not None and high is not None
+                else " > 0 (or null: no value clipping)"
+                if name == "clip_range_vf"
                 else f" >= {low}"
                 if low is not None
                 else ""

@@ -685,6 +685,9 @@ def test_eval_writes_only_inside_its_folder(
         (["--set", "algo_kwargs.learning_rate=lin_abc"], "lin_<number>"),
         (["--set", "algo_kwargs.clip_range=lin_-0.1"], "algo_kwargs.clip_range"),
         (["--set", "algo_kwargs.learning_rate=exp_0.001"], "lin_<number>"),
+        (["--set", "algo_kwargs.clip_range_vf=lin_abc"], "algo_kwargs.clip_range_vf"),
+        (["--set", "algo_kwargs.clip_range_vf=lin_-0.1"], "> 0 (or null"),
+        (["--set", "algo_kwargs.clip_range_vf=0"], "> 0 (or null"),
         (["--set", "algo_kwargs.batch_size=1"], "algo_kwargs.batch_size"),
     ],
 )

@@ -72,3 +72,16 @@ def test_trains_any_game_and_reports_held_out_success(example):
     assert 0.0 < points[0].train_seconds < points[1].train_seconds <= result["train_seconds"]
     assert result["greedy_success"] == points[-1].greedy
     assert result["sampled_success"] == points[-1].sampled
+
+
+def test_game_settings_read_rl_zoo_schedules_by_their_start(example, monkeypatch):
+    from mbm_agent.training.config import resolve_config
+
+    scheduled = resolve_config(
+        "mbm/FindSound-v0",
+        overrides={"algo_kwargs": {"learning_rate": "lin_0.002", "clip_range": "lin_0.3"}},
+    )
+    monkeypatch.setattr(example, "resolve_config", lambda env_id: scheduled)
+    settings = example.game_settings("mbm/FindSound-v0")
+    assert settings["learning_rate"] == pytest.approx(0.002)
+    assert settings["clip_coef"] == pytest.approx(0.3)

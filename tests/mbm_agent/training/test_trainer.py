@@ -180,6 +180,7 @@ def test_rl_zoo_linear_schedules_decay_to_zero_over_the_run(
                 "n_epochs": 1,
                 "learning_rate": "lin_0.001",
                 "clip_range": "lin_0.2",
+                "clip_range_vf": None,  # null: the value is not clipped
             },
         ),
     )
