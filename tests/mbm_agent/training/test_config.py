@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import pytest
 import yaml
 
@@ -164,6 +165,29 @@ def test_the_from_scratch_recipe_is_decided_once_for_every_game_that_uses_it(
     # The probe and third-party games do not build on it.
     for env_id in ("mbm/ModalityProbe-v0", "MiniHack-Eat-v0", "MiniGrid-Empty-5x5-v0"):
         assert resolve_config(env_id).algo_kwargs.get("memory", 0) == 0, env_id
+
+
+def test_gotoobjmaze_adds_a_curriculum_and_long_sequences_to_the_family_recipe() -> None:
+    """configs/BabyAI-GoToObjMaze-v0.yaml: its own curriculum and 128-step sequences on
+    top of the BabyAI family file, whose recipe (FiLM, memory, reward prediction) it keeps."""
+    pytest.importorskip("minigrid")
+    maze = resolve_config("BabyAI-GoToObjMaze-v0")
+    sibling = resolve_config("BabyAI-GoToObj-v0")  # same family, no level file
+    assert maze.fusion == sibling.fusion == "film"
+    for name in ("memory", "aux_reward_coef", "learning_rate"):
+        assert maze.algo_kwargs[name] == sibling.algo_kwargs[name], name
+    assert maze.algo_kwargs["sequence_length"] == maze.algo_kwargs["n_steps"] == 128
+    assert maze.algo_kwargs["sequence_length"] > sibling.algo_kwargs["sequence_length"]
+    assert maze.algo_kwargs["batch_size"] % maze.algo_kwargs["sequence_length"] == 0
+    assert sibling.curriculum == {} and maze.steps > sibling.steps
+    levels = maze.curriculum["levels"]
+    assert levels[0] == {"num_rows": 1, "num_cols": 1}
+    assert levels[-1] == {"num_rows": 2, "num_cols": 3}  # then the level's own 3x3 maze
+    for level in levels:  # each is an argument set the level takes
+        env = gym.make("BabyAI-GoToObjMaze-v0", **level)
+        env.reset(seed=0)
+        assert (env.unwrapped.num_rows, env.unwrapped.num_cols) == tuple(level.values())
+        env.close()
 
 
 def test_a_users_config_extends_a_recipe_or_a_file(
