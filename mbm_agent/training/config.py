@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -60,33 +60,51 @@ RESUME_HONOURED = ("steps", "device", "torch_threads", "vec_env")
 #: Fields that say where a run folder is, not what it trains (``--resume`` names it).
 RESUME_LOCATION = ("runs_dir", "run_name")
 
-#: Checks of the SB3 hyperparameters we know: ``(kind, low, high)``; kind ``int``,
-#: ``number`` or ``bool``; ``low``/``high`` inclusive bounds (None: unbounded). SB3
-#: would otherwise fail on a bad value with an assertion, or only once training runs.
-ALGO_KWARGS_CHECKS: dict[str, tuple[str, float | None, float | None]] = {
-    "n_steps": ("int", 1, None),
-    "batch_size": ("int", 2, None),
-    "n_epochs": ("int", 1, None),
-    "buffer_size": ("int", 1, None),
-    "learning_starts": ("int", 0, None),
-    "target_update_interval": ("int", 1, None),
-    "stats_window_size": ("int", 1, None),
-    "learning_rate": ("number", 0.0, None),
-    "gamma": ("number", 0.0, 1.0),
-    "gae_lambda": ("number", 0.0, 1.0),
-    "ent_coef": ("number", 0.0, None),
-    "vf_coef": ("number", 0.0, None),
-    "max_grad_norm": ("number", 0.0, None),
-    "clip_range": ("number", 0.0, None),
-    # > 0 (SB3 asserts it only for a plain number), or null: the value is not clipped.
-    "clip_range_vf": ("number", 0.0, None),
-    "exploration_fraction": ("number", 0.0, 1.0),
-    "exploration_initial_eps": ("number", 0.0, 1.0),
-    "exploration_final_eps": ("number", 0.0, 1.0),
-    "tau": ("number", 0.0, 1.0),
-    "rms_prop_eps": ("number", 0.0, None),
-    "normalize_advantage": ("bool", None, None),
-    "use_rms_prop": ("bool", None, None),
+
+class Check(NamedTuple):
+    """How :func:`check_algo_kwargs` checks one SB3 hyperparameter.
+
+    Attributes:
+        kind: ``int``, ``number`` or ``bool``.
+        low: Lower bound (None: unbounded), inclusive unless ``low_open``.
+        high: Inclusive upper bound (None: unbounded).
+        low_open: Whether ``low`` itself is refused.
+        null: What ``null`` (None) means, where it is allowed.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    null: str | None = None
+
+
+#: Checks of the SB3 hyperparameters we know. SB3 would otherwise fail on a bad value
+#: with an assertion, or only once training runs (or not at all: a ``lin_`` clip_range_vf
+#: below 0 would silently reverse the value clamp).
+ALGO_KWARGS_CHECKS: dict[str, Check] = {
+    "n_steps": Check("int", 1, None),
+    "batch_size": Check("int", 2, None),
+    "n_epochs": Check("int", 1, None),
+    "buffer_size": Check("int", 1, None),
+    "learning_starts": Check("int", 0, None),
+    "target_update_interval": Check("int", 1, None),
+    "stats_window_size": Check("int", 1, None),
+    "learning_rate": Check("number", 0.0, None),
+    "gamma": Check("number", 0.0, 1.0),
+    "gae_lambda": Check("number", 0.0, 1.0),
+    "ent_coef": Check("number", 0.0, None),
+    "vf_coef": Check("number", 0.0, None),
+    "max_grad_norm": Check("number", 0.0, None),
+    "clip_range": Check("number", 0.0, None),
+    "clip_range_vf": Check("number", 0, None, low_open=True, null="no value clipping"),
+    "exploration_fraction": Check("number", 0.0, 1.0),
+    "exploration_initial_eps": Check("number", 0.0, 1.0),
+    "exploration_final_eps": Check("number", 0.0, 1.0),
+    "tau": Check("number", 0.0, 1.0),
+    "rms_prop_eps": Check("number", 0.0, None),
+    "normalize_advantage": Check("bool"),
+    "use_rms_prop": Check("bool"),
 }
 
 
@@ -183,52 +201,49 @@ def check_name(name: object, what: str) -> str:
 
 
 def check_algo_kwargs(algo_kwargs: Mapping[str, Any]) -> None:
-    """Check the hyperparameters of :data:`ALGO_KWARGS_CHECKS`; others are left to SB3."""
+    """Check the hyperparameters of :data:`ALGO_KWARGS_CHECKS`; others are left to SB3.
+
+    A :data:`SCHEDULABLE` one may be ``"lin_<start>"``, checked by its start.
+    """
     for name, value in algo_kwargs.items():
         check = ALGO_KWARGS_CHECKS.get(str(name))
-        if check is None:
+        if check is None or (value is None and check.null is not None):
             continue
-        kind, low, high = check
         where = f"algo_kwargs.{name}"
-        if name == "clip_range_vf" and value is None:
-            continue
-        if kind == "bool":
+        if check.kind == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false, got {value!r}.")
             continue
-        number = value  # a lin_ schedule is checked by its start
-        if kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            wanted = "an integer"
-        elif name in SCHEDULABLE and isinstance(value, str):
-            number = linear_start(value)
-            ok = number is not None
-            wanted = "a number or 'lin_<number>' (RL Zoo's linear decay to 0)"
+        schedulable = name in SCHEDULABLE
+        number: Any = linear_start(value) if schedulable and isinstance(value, str) else value
+        if check.kind == "int":
+            ok = isinstance(number, int) and not isinstance(number, bool)
         else:
-            ok = is_finite_number(value)
-            wanted = "a number"
-            if name in SCHEDULABLE:
-                wanted += " or 'lin_<number>' (RL Zoo's linear decay to 0)"
-        if ok and low is not None and number < low:
-            ok = False
-        if ok and high is not None and number > high:
-            ok = False
-        if ok and name == "clip_range_vf" and number <= 0:
-            ok = False
+            ok = is_finite_number(number)
+        if ok and check.low is not None:
+            ok = number > check.low if check.low_open else number >= check.low
+        if ok and check.high is not None:
+            ok = number <= check.high
         if not ok:
-            bounds = (
-                f" in [{low}, {high}]"
-                if low is not None and high is not None
-                else " > 0 (or null: no value clipping)"
-                if name == "clip_range_vf"
-                else f" >= {low}"
-                if low is not None
-                else ""
-            )
             raise ConfigError(
-                f"{where} must be {wanted}{bounds}, got {value!r}; fix it in the config file "
-                f"or with --set {where}=VALUE."
+                f"{where} must be {_wanted(check, schedulable)}, got {value!r}; fix it in the "
+                f"config file or with --set {where}=VALUE."
             )
+
+
+def _wanted(check: Check, schedulable: bool) -> str:
+    """What a value of ``check`` must be, in words, for an error message."""
+    wanted = "an integer" if check.kind == "int" else "a number"
+    if schedulable:
+        wanted += " or 'lin_<number>' (RL Zoo's linear decay to 0)"
+    low, high = check.low, check.high
+    if low is not None and high is not None:
+        wanted += f" in [{low}, {high}]"
+    elif low is not None:
+        wanted += f" {'>' if check.low_open else '>='} {low}"
+    if check.null is not None:
+        wanted += f" (or null: {check.null})"
+    return wanted
 
 
 @dataclass
