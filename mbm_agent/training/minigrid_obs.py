@@ -11,8 +11,11 @@ observation, cell for cell (tests compare it with MiniGrid's own over random
 episodes of many levels), so a run's trajectories and results do not change.
 
 Only envs that keep MiniGrid's own ``gen_obs``, ``gen_obs_grid``, ``get_view_exts``
-and ``Grid`` are changed; any env that overrides one of them keeps its own.
-``gen_obs_grid`` itself (used for rendering the agent's view) is left as it is.
+and ``Grid`` are changed; any env that overrides one of them (in its class or on the
+instance) keeps its own. ``gen_obs_grid`` itself (used for rendering the agent's view
+and by MiniGrid's wrappers and bot) is left as it is. The visibility rules are
+MiniGrid 3's (``pyproject.toml`` asks for ``minigrid>=3.0,<4``; the tests compare the
+two views on the installed version).
 """
 
 from __future__ import annotations
@@ -114,6 +117,10 @@ def fast_gen_obs(env: Any) -> dict[str, Any]:
     return {"image": image, "direction": env.agent_dir, "mission": env.mission}
 
 
+_VIEW_METHODS = ("gen_obs", "gen_obs_grid", "get_view_exts")
+"""The MiniGridEnv methods that make the view: an env overriding any of them keeps its own."""
+
+
 def can_use_fast_observations(env: gym.Env[Any, Any]) -> bool:
     """Whether ``env`` is a MiniGrid env that computes its view with MiniGrid's own methods."""
     try:
@@ -121,12 +128,12 @@ def can_use_fast_observations(env: gym.Env[Any, Any]) -> bool:
     except ImportError:  # pragma: no cover - depends on the environment
         return False
     base = env.unwrapped
-    if not isinstance(base, MiniGridEnv) or "gen_obs" in vars(base):
+    if not isinstance(base, MiniGridEnv):
         return False
     cls = type(base)
     return all(
-        getattr(cls, name) is getattr(MiniGridEnv, name)
-        for name in ("gen_obs", "gen_obs_grid", "get_view_exts")
+        name not in vars(base) and getattr(cls, name) is getattr(MiniGridEnv, name)
+        for name in _VIEW_METHODS
     )
 
 
@@ -156,7 +163,9 @@ class FastGenObs:
     """An env's ``gen_obs`` under :func:`use_fast_observations`.
 
     :func:`fast_gen_obs` on a plain ``Grid``, else MiniGrid's own. A plain object
-    rather than a bound function, so the env still copies and pickles.
+    rather than a bound function, so the env still deep-copies and pickles (each copy
+    gets its own). A shallow ``copy.copy`` of the unwrapped env shares it with the
+    original and would observe the original: deep-copy instead.
     """
 
     def __init__(self, env: Any) -> None:

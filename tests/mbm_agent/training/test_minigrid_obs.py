@@ -130,11 +130,45 @@ class OwnViewEnv(MiniGridEnv):
         return obs
 
 
-def test_envs_that_make_their_own_view_keep_it():
-    env = OwnViewEnv()
+class OwnExtentsEnv(OwnViewEnv):
+    """Looks one cell further left than MiniGrid would: its own ``get_view_exts``."""
+
+    gen_obs = MiniGridEnv.gen_obs
+
+    def get_view_exts(self, agent_view_size: int | None = None) -> tuple[int, int, int, int]:
+        top_x, top_y, bot_x, bot_y = super().get_view_exts(agent_view_size)
+        return top_x - 1, top_y, bot_x - 1, bot_y
+
+
+class OwnGridViewEnv(OwnViewEnv):
+    """Makes the view grid its own way (everything hidden but the agent's cell)."""
+
+    gen_obs = MiniGridEnv.gen_obs
+
+    def gen_obs_grid(self, agent_view_size: int | None = None) -> tuple[Grid, np.ndarray]:
+        grid, visible = super().gen_obs_grid(agent_view_size)
+        visible[:] = False
+        visible[grid.width // 2, grid.height - 1] = True
+        return grid, visible
+
+
+@pytest.mark.parametrize("env_class", [OwnViewEnv, OwnExtentsEnv, OwnGridViewEnv])
+def test_envs_that_make_their_own_view_keep_it(env_class):
+    env = env_class()
     assert not use_fast_observations(env)
-    obs, _ = env.reset(seed=0)
-    assert (obs["image"] == 7).all()
+    assert "gen_obs" not in vars(env)
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(1)
+        np.testing.assert_array_equal(env.gen_obs()["image"], env_class.gen_obs(env)["image"])
+    if env_class is OwnGridViewEnv:  # the fast view would not be its view
+        assert not np.array_equal(env.gen_obs()["image"], fast_gen_obs(env)["image"])
+
+
+def test_an_env_patched_on_the_instance_keeps_its_patch():
+    env = gym.make("BabyAI-GoToRedBall-v0").unwrapped
+    env.get_view_exts = lambda size=None: (0, 0, 7, 7)  # always the world's corner
+    assert not use_fast_observations(env)
     assert not use_fast_observations(gym.make("CartPole-v1"))
 
 
@@ -152,8 +186,7 @@ def test_a_grid_of_another_kind_falls_back_to_minigrids_view():
     assert use_fast_observations(env)  # a second call is harmless
     env.reset(seed=0)
     base = env.unwrapped
-    lava = 9  # OBJECT_TO_IDX["lava"]
-    assert (base.gen_obs()["image"][..., 0] != lava).all()
+    lava = 9  # OBJECT_TO_IDX["lava"]; GoToRedBall has none
     marked = MarkedGrid(base.grid.width, base.grid.height)
     marked.grid = list(base.grid.grid)
     base.grid = marked
