@@ -290,7 +290,7 @@ def make_minigrid_env(
     (Discrete(4)) is kept as a vector key unless ``keep_direction`` is False.
     BabyAI's level-generation messages are silenced (:class:`QuietLevelGeneration`).
     The agent's view is computed by :func:`~mbm_agent.training.minigrid_obs.fast_gen_obs`
-    (the same observation as MiniGrid's, cell for cell, in about a third of the time)
+    (the same observation as MiniGrid's, cell for cell, in about half the time)
     unless the env makes its view its own way or ``fast_observations`` is False.
 
     Args:
