@@ -169,7 +169,8 @@ def test_the_from_scratch_recipe_is_decided_once_for_every_game_that_uses_it(
 
 def test_gotoobjmaze_adds_a_curriculum_and_long_sequences_to_the_family_recipe() -> None:
     """configs/BabyAI-GoToObjMaze-v0.yaml: its own curriculum, 64 envs and 128-step
-    sequences on top of the BabyAI family file, whose recipe (FiLM, memory, reward prediction) it keeps."""
+    sequences on top of the BabyAI family file, whose recipe (FiLM, memory, reward
+    prediction) it keeps."""
     pytest.importorskip("minigrid")
     maze = resolve_config("BabyAI-GoToObjMaze-v0")
     sibling = resolve_config("BabyAI-GoToObj-v0")  # same family, no level file
@@ -182,8 +183,7 @@ def test_gotoobjmaze_adds_a_curriculum_and_long_sequences_to_the_family_recipe()
     # 64 envs, twice the family's: 32 whole-rollout sequences per minibatch, two
     # minibatches per epoch.
     assert maze.n_envs == 2 * sibling.n_envs == 64
-    rollout = maze.n_envs * maze.algo_kwargs["n_steps"]
-    assert rollout // maze.algo_kwargs["batch_size"] == 2
+    assert maze.n_envs * maze.algo_kwargs["n_steps"] == 2 * maze.algo_kwargs["batch_size"]
     assert sibling.curriculum == {} and maze.steps > sibling.steps
     levels = maze.curriculum["levels"]
     assert levels[0] == {"num_rows": 1, "num_cols": 1}
