@@ -70,21 +70,28 @@ class EpisodeResults:
         lengths: Steps in each episode.
         successes: Whether each episode succeeded.
         seeds: The reset seed of each episode.
+        timed_out: Whether each episode was cut off by its step limit (truncated, not
+            terminated); ``None`` where not recorded (reports from earlier versions).
+            A failure that timed out usually means a policy that loops or wanders;
+            one that did not ended the episode in a wrong way.
     """
 
     returns: NDArray[np.float64]
     lengths: NDArray[np.int64]
     successes: NDArray[np.bool_]
     seeds: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    timed_out: NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         self.returns = np.asarray(self.returns, dtype=np.float64)
         self.lengths = np.asarray(self.lengths, dtype=np.int64)
         self.successes = np.asarray(self.successes, dtype=bool)
         self.seeds = np.asarray(self.seeds, dtype=np.int64)
-        sizes = {
-            name: getattr(self, name).shape for name in ("returns", "lengths", "successes", "seeds")
-        }
+        if self.timed_out is not None:
+            self.timed_out = np.asarray(self.timed_out, dtype=bool)
+        names: tuple[str, ...] = ("returns", "lengths", "successes", "seeds")
+        names += ("timed_out",) if self.timed_out is not None else ()
+        sizes = {name: getattr(self, name).shape for name in names}
         if len(set(sizes.values())) != 1 or self.returns.ndim != 1:
             raise ValueError(f"EpisodeResults needs 1-D arrays of one length each, got {sizes}.")
 
@@ -101,14 +108,23 @@ class EpisodeResults:
         """Mean episode return."""
         return float(self.returns.mean()) if len(self) else 0.0
 
+    def failures_timed_out(self) -> int | None:
+        """How many failed episodes were cut off by the step limit (None: not recorded)."""
+        if self.timed_out is None:
+            return None
+        return int((self.timed_out & ~self.successes).sum())
+
     def to_dict(self) -> dict[str, list[Any]]:
-        """Plain lists, ready for JSON."""
-        return {
+        """Plain lists, ready for JSON (``timed_out`` only where recorded)."""
+        out: dict[str, list[Any]] = {
             "seeds": [int(s) for s in self.seeds],
             "returns": [float(r) for r in self.returns],
             "lengths": [int(n) for n in self.lengths],
             "successes": [bool(s) for s in self.successes],
         }
+        if self.timed_out is not None:
+            out["timed_out"] = [bool(t) for t in self.timed_out]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Sequence[Any]]) -> EpisodeResults:
@@ -121,6 +137,7 @@ class EpisodeResults:
             lengths=np.asarray(data["lengths"]),
             successes=np.asarray(data["successes"]),
             seeds=np.asarray(data["seeds"]),
+            timed_out=np.asarray(data["timed_out"]) if "timed_out" in data else None,
         )
 
 
@@ -197,7 +214,8 @@ def evaluate_episodes(
         on_reset: Called after each batch reset (recurrent policies clear their state).
 
     Returns:
-        The episodes' returns, lengths, successes and seeds, in seed order.
+        The episodes' returns, lengths, successes, seeds and whether each was cut
+        off by its step limit (``truncated`` without ``terminated``), in seed order.
         Success is read from ``info["success"]`` or ``info["is_success"]``
         (``info["final_info"]`` with same-step autoreset); envs that report
         neither count a positive return as success.
@@ -211,6 +229,7 @@ def evaluate_episodes(
     returns = np.zeros(episodes, dtype=np.float64)
     lengths = np.zeros(episodes, dtype=np.int64)
     successes = np.zeros(episodes, dtype=bool)
+    timed_out = np.zeros(episodes, dtype=bool)
     for start in range(0, episodes, n):
         batch = seed_list[start : start + n]
         k = len(batch)
@@ -228,10 +247,12 @@ def evaluate_episodes(
             obs, reward, terminated, truncated, info = venv.step(actions)
             ret[running] += np.asarray(reward, dtype=np.float64)[running]
             steps[running] += 1
-            finished = running & (np.asarray(terminated) | np.asarray(truncated))
+            ended, cut = np.asarray(terminated), np.asarray(truncated)
+            finished = running & (ended | cut)
             for i in np.flatnonzero(finished):
                 success = episode_success(info, int(i))
                 successes[start + i] = ret[i] > 0 if success is None else success
+                timed_out[start + i] = bool(cut[i]) and not bool(ended[i])
             running &= ~finished
             if running.any() and steps.max() >= STEP_LIMIT:
                 raise RuntimeError(
@@ -240,7 +261,9 @@ def evaluate_episodes(
                 )
         returns[start : start + k] = ret[:k]
         lengths[start : start + k] = steps[:k]
-    return EpisodeResults(returns, lengths, successes, np.asarray(seed_list, dtype=np.int64))
+    return EpisodeResults(
+        returns, lengths, successes, np.asarray(seed_list, dtype=np.int64), timed_out
+    )
 
 
 def _game_venv(env_id: str, num_envs: int, env_kwargs: dict[str, Any]) -> Any:
@@ -347,7 +370,9 @@ def build_report(
     Returns:
         ``meta`` (with ``episodes``), ``episodes`` (per-episode lists),
         ``returns`` and ``lengths`` (see :func:`~mbm_agent.stats.summarize`),
-        ``success`` (rate with a Wilson interval), ``baselines`` and
+        ``success`` (rate with a Wilson interval; with ``failures`` and
+        ``failures_timed_out``, the failed episodes cut off by the step limit,
+        where the results record it), ``baselines`` and
         ``normalized`` (mean/IQM of ``(return - random) / (expert - random)``
         per episode, with intervals; ``None`` without both baselines, or with
         the reason in ``normalized_note`` when the scale is undefined).
@@ -363,7 +388,10 @@ def build_report(
         "episodes": results.to_dict(),
         "returns": summarize(results.returns, **stats_kw),
         "lengths": summarize(results.lengths, **stats_kw),
-        "success": success_interval(results.successes, confidence),
+        "success": {
+            **success_interval(results.successes, confidence),
+            **_failure_counts(results),
+        },
         "baselines": {},
         "normalized": None,
     }
@@ -383,6 +411,14 @@ def build_report(
                 k: summary[k] for k in ("mean", "mean_ci", "iqm", "iqm_ci", "median", "confidence")
             }
     return _jsonable(report)
+
+
+def _failure_counts(results: EpisodeResults) -> dict[str, int]:
+    """``failures`` and ``failures_timed_out`` of a report's success block (empty if unrecorded)."""
+    timed_out = results.failures_timed_out()
+    if timed_out is None:
+        return {}
+    return {"failures": int((~results.successes).sum()), "failures_timed_out": timed_out}
 
 
 def _jsonable(value: Any) -> Any:
@@ -444,6 +480,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"| std of return | {_fmt(returns['std'])} | |",
         f"| mean length | {_fmt(lengths['mean'], 1)} | {_fmt_ci(lengths['mean_ci'], 1)} |",
     ]
+    if success.get("failures_timed_out") is not None:
+        lines.append(
+            f"| failures cut off by the step limit | "
+            f"{success['failures_timed_out']}/{success['failures']} | |"
+        )
     normalized = report.get("normalized")
     if normalized:
         lines += [

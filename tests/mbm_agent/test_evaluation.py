@@ -168,6 +168,44 @@ def test_report_normalized_score_and_files(
     assert "normalised score, IQM" in md
 
 
+def test_failures_cut_off_by_the_step_limit_are_counted_apart(
+    expert: EpisodeResults, seeds: list[int]
+) -> None:
+    # A policy that only turns never reaches an object: every episode runs to the limit.
+    venv = envs.make_vec(GAME, 8)
+    limit = envs.make(GAME).spec.max_episode_steps
+    spinning = evaluate_episodes(
+        lambda obs: np.zeros(8, dtype=np.int64), venv, episodes=EPISODES, seeds=seeds
+    )
+    assert spinning.timed_out is not None and spinning.timed_out.all()
+    assert (spinning.lengths == limit).all() and not spinning.successes.any()
+    assert spinning.failures_timed_out() == EPISODES
+    # The expert ends every episode at the object: nothing is cut off.
+    assert expert.timed_out is not None and not expert.timed_out.any()
+
+    report = build_report(spinning, meta={"env_id": GAME})
+    assert report["success"]["failures"] == EPISODES
+    assert report["success"]["failures_timed_out"] == EPISODES
+    assert f"| failures cut off by the step limit | {EPISODES}/{EPISODES} | |" in (
+        report_markdown(report)
+    )
+    back = EpisodeResults.from_dict(json.loads(json.dumps(report["episodes"])))
+    np.testing.assert_array_equal(back.timed_out, spinning.timed_out)
+
+
+def test_reports_without_the_step_limit_record_still_load() -> None:
+    # eval.json files written before ``timed_out`` was recorded have no such list.
+    old = {"seeds": [1, 2], "returns": [0.0, 1.0], "lengths": [5, 3], "successes": [False, True]}
+    results = EpisodeResults.from_dict(old)
+    assert results.timed_out is None and results.failures_timed_out() is None
+    assert results.to_dict() == old
+    report = build_report(results, meta={})
+    assert "failures_timed_out" not in report["success"]
+    assert "step limit" not in report_markdown(report)
+    with pytest.raises(ValueError, match="one length"):
+        EpisodeResults(np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(3))
+
+
 def test_report_without_or_with_bad_baselines(
     expert: EpisodeResults, random: EpisodeResults
 ) -> None:
