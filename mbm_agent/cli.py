@@ -268,6 +268,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     from mbm_agent.training.agent import load_agent, policy_source
     from mbm_agent.training.config import check_name
+    from mbm_agent.training.envs import evaluation_env_kwargs
     from mbm_agent.training.threads import torch_threads_for
 
     if args.episodes < 1:
@@ -298,10 +299,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # Another env starts from its own defaults: the training env's arguments may mean
     # nothing to it. --set changes either.
     env_args = _eval_env_args(args.set)
-    env_kwargs = {**({} if other_env else agent.spec.get("env_kwargs", {})), **env_args}
+    target = other_env or trained_on
+    trained_args = {} if other_env else agent.spec.get("env_kwargs", {})
+    env_kwargs = {**evaluation_env_kwargs(target, trained_args), **env_args}
     report = evaluate_agent(
         agent,
-        other_env or trained_on,
+        target,
         env_kwargs,
         episodes=args.episodes,
         n_envs=max(1, min(args.n_envs, args.episodes)),

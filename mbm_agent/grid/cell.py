@@ -26,6 +26,7 @@ from mbm_agent.imitation.bc import BCConfig, bc_run
 from mbm_agent.imitation.demos import load_demos, record_demos, save_demos
 from mbm_agent.training.agent import load_agent, source_architecture
 from mbm_agent.training.config import load_run_config, merge, resolve_config
+from mbm_agent.training.envs import evaluation_env_kwargs
 from mbm_agent.training.trainer import train
 
 
@@ -149,7 +150,7 @@ def _grid_evals(cell: Cell, run_dir: Path, episodes: int) -> None:
         report = evaluate_agent(
             agent,
             cell.game.env_id,
-            {**agent.spec.get("env_kwargs", {}), **cell.game.eval_env_kwargs},
+            evaluation_env_kwargs(cell.game.env_id, agent.spec.get("env_kwargs", {})),
             episodes=episodes,
             n_envs=min(episodes, 64),
             deterministic=greedy,

@@ -14,7 +14,6 @@ import envs
 from mbm_agent.encoding.config import EncoderConfig
 from mbm_agent.encoding.fusion import FUSION_MODES
 from mbm_agent.evaluation import report_name
-from mbm_agent.training.atari import FULL_GAMES
 from mbm_agent.training.config import resolve_config
 
 #: Report of a run's policy with sampled actions (the trainer's ``eval.json`` is greedy).
@@ -66,9 +65,6 @@ class GameSpec:
             Jaakkola & Jordan, 1994), and the argmax of an imperfect one can cycle
             (turn left, turn right, ...) until time-out. Both modes are evaluated
             and summarised either way.
-        eval_env_kwargs: Env arguments of the grid's evaluations on top of the
-            run's (Atari: full games with raw points, :data:`FULL_GAMES`, where
-            training ends an episode at each lost life and clips rewards).
         extra: The pip extra the game needs (None: installed with mbm-agent).
         scored_by: ``"success"`` (the default: the game reports ``is_success``) or
             ``"return"`` for games without a success (Atari: points); the summary then
@@ -82,7 +78,6 @@ class GameSpec:
     note: str = ""
     bc: BCRecipe | None = None
     sampled: bool = False
-    eval_env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     extra: str | None = None
     scored_by: str = "success"
 
@@ -183,7 +178,6 @@ THIRD_PARTY_GAMES: dict[str, GameSpec] = {
         "the sound carries the low-oxygen alarm (the frame: a thin bar); scored on full "
         "games with raw points, as RL Zoo's",
         sampled=True,
-        eval_env_kwargs=FULL_GAMES,
         extra="atari",
         scored_by="return",
     ),

@@ -76,6 +76,16 @@ MAX_FRAMES = 108_000
 FULL_GAMES: dict[str, Any] = {"terminal_on_life_loss": False, "clip_reward": False}
 
 
+def scoring_kwargs(env_id: str) -> dict[str, Any]:
+    """The env arguments every evaluation of ``env_id`` applies on top of training's.
+
+    Our Atari ids (``mbm-atari/<Game>-v0``) are scored as RL Zoo scores them: full games
+    with raw points (:data:`FULL_GAMES`), where training ends an episode at each lost
+    life and clips rewards. Any other id: none.
+    """
+    return dict(FULL_GAMES) if env_id.startswith(f"{NAMESPACE}/") else {}
+
+
 def ale_game_name(game: str) -> str:
     """ALE's ROM name of a game: ``"MsPacman"`` -> ``"ms_pacman"``."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", game).lower()
@@ -317,4 +327,5 @@ __all__ = [
     "env_id",
     "make_atari_sound_env",
     "register",
+    "scoring_kwargs",
 ]

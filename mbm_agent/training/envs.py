@@ -40,6 +40,7 @@ from mbm_agent.encoding.config import DEFAULT_MODALITIES
 from mbm_agent.sb3.novelty import EpisodicNoveltyBonus
 from mbm_agent.sb3.vec_env import KeepChannelsLast, RaiseWorkerErrors, ReportErrors
 from mbm_agent.training.adapter import ObservationAdapter, ObservationCheck
+from mbm_agent.training.atari import scoring_kwargs
 from mbm_agent.training.config import ConfigError, TrainConfig
 from mbm_agent.training.minihack import is_minihack, make_minihack_env
 from mbm_agent.training.wrappers import (
@@ -355,6 +356,17 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
         return monitored, vocab
     # Our extractor reads channel-last frames: spare SB3's per-step transpose copy.
     return KeepChannelsLast(monitored), vocab
+
+
+def evaluation_env_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The env arguments a run's evaluations use: its training ones and the game's scoring.
+
+    The one place that decides them for the trainer's periodic and final evaluations,
+    its GIF, ``mbm-agent eval`` and ``mbm-agent bench``: Atari games are scored on full
+    games with raw points (:func:`~mbm_agent.training.atari.scoring_kwargs`), whatever
+    the training episodes were; ``mbm-agent eval --set`` still overrides any of them.
+    """
+    return {**env_kwargs, **scoring_kwargs(env_id)}
 
 
 def make_eval_env(

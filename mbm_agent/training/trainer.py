@@ -83,7 +83,12 @@ from mbm_agent.training.config import (
     resume_config,
     save_config,
 )
-from mbm_agent.training.envs import make_single_env, make_train_env, observation_adapter
+from mbm_agent.training.envs import (
+    evaluation_env_kwargs,
+    make_single_env,
+    make_train_env,
+    observation_adapter,
+)
 from mbm_agent.training.lock import RunLock
 from mbm_agent.training.storage import (
     ModelFileError,
@@ -371,7 +376,11 @@ def _learn(
 
     def periodic(agent: Agent, episodes: int) -> dict[str, Any]:
         return evaluate_agent(
-            agent, cfg.env_id, cfg.env_kwargs, episodes=episodes, n_envs=min(episodes, 32)
+            agent,
+            cfg.env_id,
+            evaluation_env_kwargs(cfg.env_id, cfg.env_kwargs),
+            episodes=episodes,
+            n_envs=min(episodes, 32),
         )
 
     callback = TrainerCallback(cfg, run_dir, vocab, state, periodic, progress)
@@ -461,7 +470,7 @@ def finalize_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     report = evaluate_agent(
         agent,
         cfg.env_id,
-        cfg.env_kwargs,
+        evaluation_env_kwargs(cfg.env_id, cfg.env_kwargs),
         episodes=cfg.final_eval_episodes,
         n_envs=min(cfg.final_eval_episodes, 64),
         meta=policy_meta(run_dir.name, "best", run_dir / "best"),
@@ -482,7 +491,11 @@ def record_gif(agent: Agent, cfg: TrainConfig, path: Path, episodes: int) -> Pat
     A recurrent policy's state is carried through each episode and reset at its start.
     """
     env, _ = make_single_env(
-        cfg.env_id, cfg.env_kwargs, agent.vocabulary, render_mode="rgb_array", adapter=agent.adapter
+        cfg.env_id,
+        evaluation_env_kwargs(cfg.env_id, cfg.env_kwargs),
+        agent.vocabulary,
+        render_mode="rgb_array",
+        adapter=agent.adapter,
     )
     actor = agent.actor()
     frames = []

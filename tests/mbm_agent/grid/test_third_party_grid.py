@@ -24,6 +24,7 @@ from mbm_agent.grid.spec import (
 )
 from mbm_agent.grid.summary import summary_markdown
 from mbm_agent.training.atari import FULL_GAMES
+from mbm_agent.training.envs import evaluation_env_kwargs
 from mbm_agent.training.config import resolve_config
 
 SEAQUEST = "mbm-atari/Seaquest-v0"
@@ -39,8 +40,16 @@ def test_third_party_games_are_named_never_defaulted() -> None:
     for game in THIRD_PARTY_GAMES.values():
         assert game.chance is None and game.sampled and game.bc is None
         assert game.extra in ("atari", "minihack")
-    assert THIRD_PARTY_GAMES[SEAQUEST].eval_env_kwargs == FULL_GAMES
     assert FULL_GAMES == {"terminal_on_life_loss": False, "clip_reward": False}
+
+
+def test_atari_is_evaluated_on_full_games_whatever_it_trained_on() -> None:
+    trained = {"terminal_on_life_loss": True, "clip_reward": True, "max_frames": 800}
+    assert evaluation_env_kwargs(SEAQUEST, trained) == {"max_frames": 800, **FULL_GAMES}
+    assert evaluation_env_kwargs("mbm-atari/Pong-v0", {}) == FULL_GAMES
+    # Other games keep their training arguments as they are.
+    assert evaluation_env_kwargs(EAT, {"max_episode_steps": 50}) == {"max_episode_steps": 50}
+    assert evaluation_env_kwargs("mbm/FindSound-v0", {}) == {}
 
 
 @pytest.mark.parametrize(("env_id", "key"), [(SEAQUEST, "sound"), (EAT, "message")])

@@ -26,6 +26,7 @@ from mbm_agent.training.atari import (
     ale_game_name,
     grey_resize,
 )
+from mbm_agent.cli import main
 from mbm_agent.training.config import resolve_config
 from mbm_agent.training.envs import make_single_env, observation_adapter
 from mbm_agent.training.trainer import train
@@ -166,8 +167,19 @@ def test_trains_with_frame_and_sound(tmp_path: Path) -> None:
         },
     )
     result = train(cfg, progress=False)
-    report = json.loads((Path(result.run_dir) / "eval.json").read_text())
+    run_dir = Path(result.run_dir)
+    report = json.loads((run_dir / "eval.json").read_text())
     assert report["lengths"]["max"] <= 200  # 800 emulator frames, 4 a step
+    # Trained on lives with clipped rewards, scored on full games with raw points, as
+    # RL Zoo scores; `mbm-agent eval` of the run too, unless --set says otherwise.
+    assert report["meta"]["env_kwargs"] == {"max_frames": 800, **FULL_GAMES}
+    assert main(["eval", str(run_dir), "--episodes", "1", "--stochastic"]) == 0
+    sampled = json.loads((run_dir / "eval-sampled.json").read_text())
+    assert sampled["meta"]["env_kwargs"] == {"max_frames": 800, **FULL_GAMES}
+    cli = ["eval", str(run_dir), "--episodes", "1", "--set", "clip_reward=true", "--name", "clip"]
+    assert main(cli) == 0
+    clipped = json.loads((run_dir / "clip.json").read_text())
+    assert clipped["meta"]["env_kwargs"]["clip_reward"] is True
     spec = json.loads((Path(result.run_dir) / "best" / "model.json").read_text())
     assert spec["modalities"] == {"sound": "audio"}
     sound = spec["observation_adapter"]["transforms"]["sound"]
