@@ -24,8 +24,8 @@ from mbm_agent.grid.spec import (
 )
 from mbm_agent.grid.summary import summary_markdown
 from mbm_agent.training.atari import FULL_GAMES
-from mbm_agent.training.envs import evaluation_env_kwargs
 from mbm_agent.training.config import resolve_config
+from mbm_agent.training.envs import evaluation_env_kwargs
 
 SEAQUEST = "mbm-atari/Seaquest-v0"
 EAT = "MiniHack-Eat-v0"

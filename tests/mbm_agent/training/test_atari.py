@@ -19,6 +19,7 @@ pytest.importorskip("ale_py", reason="needs ale-py >= 0.10.2 (the atari extra)")
 from ale_py.env import AtariEnv
 
 from envs.core.audio import LOG_EPS
+from mbm_agent.cli import main
 from mbm_agent.training.atari import (
     FULL_GAMES,
     SAMPLE_RATE,
@@ -26,7 +27,6 @@ from mbm_agent.training.atari import (
     ale_game_name,
     grey_resize,
 )
-from mbm_agent.cli import main
 from mbm_agent.training.config import resolve_config
 from mbm_agent.training.envs import make_single_env, observation_adapter
 from mbm_agent.training.trainer import train
