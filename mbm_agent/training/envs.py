@@ -362,7 +362,7 @@ def evaluation_env_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> dict[st
     """The env arguments a run's evaluations use: its training ones and the game's scoring.
 
     The one place that decides them for the trainer's periodic and final evaluations,
-    its GIF, ``mbm-agent eval`` and ``mbm-agent bench``: Atari games are scored on full
+    its GIF, ``mbm-agent eval``, ``mbm-agent bench`` and the viewer: Atari games are scored on full
     games with raw points (:func:`~mbm_agent.training.atari.scoring_kwargs`), whatever
     the training episodes were; ``mbm-agent eval --set`` still overrides any of them.
     """

@@ -42,7 +42,7 @@ from mbm_agent.encoding.fusion import AttentionFusion, GatedFusion
 from mbm_agent.training.adapter import ObservationAdapter, TextTransform, WaveformTransform
 from mbm_agent.training.agent import Agent, load_agent
 from mbm_agent.training.config import ConfigError
-from mbm_agent.training.envs import make_single_env
+from mbm_agent.training.envs import evaluation_env_kwargs, make_single_env
 from mbm_agent.training.storage import ModelFileError
 from mbm_agent.view.sound import PLAYBACK_SECONDS, Sound, features_sound, game_sound, loop
 
@@ -119,7 +119,7 @@ class LoadedRun:
         agent: The loaded agent.
         network: Its :class:`PolicyNetwork` (the forward pass the panels use).
         env_id: The env it was trained on.
-        env_kwargs: The env's arguments.
+        env_kwargs: The env's arguments, as its evaluations use them (Atari: full games).
     """
 
     name: str
@@ -149,13 +149,14 @@ class LoadedRun:
             network = PolicyNetwork.from_agent(agent)
         except UnsupportedPolicyError as exc:
             raise ViewError(f"{p}: the viewer cannot show this policy: {exc}") from exc
+        env_id = str(agent.spec["env_id"])
         run = cls(
             name=p.resolve().name,
             path=p.resolve(),
             agent=agent,
             network=network,
-            env_id=str(agent.spec["env_id"]),
-            env_kwargs=dict(agent.spec.get("env_kwargs", {})),
+            env_id=env_id,
+            env_kwargs=evaluation_env_kwargs(env_id, agent.spec.get("env_kwargs", {})),
         )
         env = run.make_env()  # fail now, not in the page, when the env cannot be made
         try:

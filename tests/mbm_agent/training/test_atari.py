@@ -30,6 +30,7 @@ from mbm_agent.training.atari import (
 from mbm_agent.training.config import resolve_config
 from mbm_agent.training.envs import make_single_env, observation_adapter
 from mbm_agent.training.trainer import train
+from mbm_agent.view.session import LoadedRun
 
 SEAQUEST = "mbm-atari/Seaquest-v0"
 
@@ -180,6 +181,8 @@ def test_trains_with_frame_and_sound(tmp_path: Path) -> None:
     assert main(cli) == 0
     clipped = json.loads((run_dir / "clip.json").read_text())
     assert clipped["meta"]["env_kwargs"]["clip_reward"] is True
+    # The viewer plays the games the evaluations score.
+    assert LoadedRun.load(run_dir).env_kwargs == {"max_frames": 800, **FULL_GAMES}
     spec = json.loads((Path(result.run_dir) / "best" / "model.json").read_text())
     assert spec["modalities"] == {"sound": "audio"}
     sound = spec["observation_adapter"]["transforms"]["sound"]
