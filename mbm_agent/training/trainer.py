@@ -373,14 +373,11 @@ def _learn(
     finalize: bool,
 ) -> TrainResult:
     """Train from ``state`` to ``cfg.steps``, save checkpoint, final and best, finalize."""
+    eval_kwargs = evaluation_env_kwargs(cfg.env_id, cfg.env_kwargs)
 
     def periodic(agent: Agent, episodes: int) -> dict[str, Any]:
         return evaluate_agent(
-            agent,
-            cfg.env_id,
-            evaluation_env_kwargs(cfg.env_id, cfg.env_kwargs),
-            episodes=episodes,
-            n_envs=min(episodes, 32),
+            agent, cfg.env_id, eval_kwargs, episodes=episodes, n_envs=min(episodes, 32)
         )
 
     callback = TrainerCallback(cfg, run_dir, vocab, state, periodic, progress)
