@@ -183,7 +183,7 @@ def test_trains_with_frame_and_sound(tmp_path: Path) -> None:
     assert clipped["meta"]["env_kwargs"]["clip_reward"] is True
     # The viewer plays the games the evaluations score.
     assert LoadedRun.load(run_dir).env_kwargs == {"max_frames": 800, **FULL_GAMES}
-    spec = json.loads((Path(result.run_dir) / "best" / "model.json").read_text())
+    spec = json.loads((run_dir / "best" / "model.json").read_text())
     assert spec["modalities"] == {"sound": "audio"}
     sound = spec["observation_adapter"]["transforms"]["sound"]
     assert sound["dtype"] == "uint8" and sound["sample_rate"] == SAMPLE_RATE
