@@ -72,6 +72,7 @@ import envs
 from envs.core.env import GameEnv
 from mbm_agent.deploy.network import PolicyNetwork, UnsupportedPolicyError
 from mbm_agent.encoding.config import EncoderConfig, check_memory, unknown_key_hint
+from mbm_agent.encoding.memory import unroll_memory
 from mbm_agent.encoding.multimodal import MultimodalEncoder
 from mbm_agent.evaluation import check_agent_fits
 from mbm_agent.sb3.policy import ACTIVATIONS
@@ -467,11 +468,7 @@ class MultimodalPPOModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         lead = next(iter(obs.values())).shape[:2]
         flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items()}
         features = encoder(flat).reshape(*lead, -1)
-        states = []
-        for t in range(features.shape[1]):
-            state = self.memory_core(features[:, t], state)
-            states.append(state)
-        return torch.stack(states, dim=1)
+        return unroll_memory(self.memory_core, features, state, features.new_ones(lead))
 
     def _state_out(self, states: Tensor) -> dict[str, Any]:
         return {Columns.STATE_OUT: {"h": states[:, -1]}} if self.memory_core is not None else {}

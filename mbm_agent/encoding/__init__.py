@@ -8,6 +8,8 @@
 - :mod:`~mbm_agent.encoding.config`: :class:`EncoderConfig` and the modality names.
 - :mod:`~mbm_agent.encoding.multimodal`: :class:`MultimodalEncoder`, the per-key encoders
   and a fusion mode as one ``torch.nn.Module``.
+- :mod:`~mbm_agent.encoding.memory`: :func:`unroll_memory`, a policy's GRU memory over
+  training sequences that hold episode starts.
 
 Nothing here knows about an RL framework; :mod:`mbm_agent.sb3` adapts it to
 Stable-Baselines3.
@@ -24,6 +26,7 @@ from mbm_agent.encoding.config import (
 )
 from mbm_agent.encoding.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, FilmParams
 from mbm_agent.encoding.fusion import FUSION_MODES, Fusion, FusionMode, make_fusion
+from mbm_agent.encoding.memory import unroll_memory
 from mbm_agent.encoding.multimodal import KeyPlan, MultimodalEncoder, to_tensor_obs
 from mbm_agent.encoding.spec import CheckedObservation, InputSpec, check_observation
 
@@ -46,4 +49,5 @@ __all__ = [
     "make_fusion",
     "to_tensor_obs",
     "unknown_key_hint",
+    "unroll_memory",
 ]

@@ -22,6 +22,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
 from mbm_agent.encoding.config import MAX_MEMORY, EncoderConfig, check_memory
+from mbm_agent.encoding.memory import unroll_memory
 from mbm_agent.sb3.extractor import MultimodalExtractor
 
 __all__ = ["MAX_MEMORY", "MultimodalActorCriticPolicy", "check_memory"]
@@ -149,12 +150,7 @@ class MultimodalActorCriticPolicy(MultiInputActorCriticPolicy):
         length = features.shape[0] // n
         seq = features.reshape(n, length, -1)
         keep = (1.0 - episode_starts.to(seq.dtype)).reshape(n, length)
-        state = states
-        outputs = []
-        for t in range(length):
-            state = self.memory_core(seq[:, t], state * keep[:, t, None])
-            outputs.append(state)
-        latent = torch.stack(outputs, dim=1).reshape(n * length, -1)
+        latent = unroll_memory(self.memory_core, seq, states, keep).reshape(n * length, -1)
         log_probs, values = self._log_probs_values(latent)
         index = actions.long().reshape(-1, 1)
         taken = log_probs.gather(-1, index).squeeze(-1)
