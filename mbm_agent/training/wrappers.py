@@ -33,6 +33,7 @@ from typing import Any, cast
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from numpy.typing import NDArray
 
 from envs.core.text import Vocabulary, tokenize
 from mbm_agent.encoding.config import is_string_space
@@ -209,6 +210,8 @@ class TokenizeMission(gym.ObservationWrapper):
         self.mission_key = mission_key
         self.text_key = text_key
         self._warned_long = False
+        # A mission stays the same for a whole episode: encode it once, copy after.
+        self._last: tuple[str, NDArray[np.int64]] | None = None
         others = {k: v for k, v in space.spaces.items() if k != mission_key}
         others[text_key] = spaces.Box(0, len(vocabulary) - 1, (vocabulary.max_len,), dtype=np.int64)
         self.observation_space = spaces.Dict(others)
@@ -217,6 +220,9 @@ class TokenizeMission(gym.ObservationWrapper):
         """Encode the mission string into token ids."""
         out = {k: v for k, v in observation.items() if k != self.mission_key}
         mission = observation[self.mission_key]
+        if self._last is not None and self._last[0] == mission:
+            out[self.text_key] = self._last[1].copy()
+            return out
         if not self._warned_long and len(tokenize(mission)) > self.vocabulary.max_len:
             self._warned_long = True
             warnings.warn(
@@ -224,7 +230,9 @@ class TokenizeMission(gym.ObservationWrapper):
                 "and is cut (warned once). Pass a larger max_len to TokenizeMission.",
                 stacklevel=2,
             )
-        out[self.text_key] = self.vocabulary.encode(mission, warn=False)
+        ids = self.vocabulary.encode(mission, warn=False)
+        self._last = (mission, ids)
+        out[self.text_key] = ids.copy()
         return out
 
 

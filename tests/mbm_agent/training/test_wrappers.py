@@ -68,6 +68,19 @@ def test_unknown_words_become_unk_and_other_keys_are_untouched():
     assert env.observation_space["pos"] == TextEnv().observation_space["pos"]
 
 
+def test_a_changed_mission_is_encoded_again_and_each_step_gets_its_own_ids():
+    source = TextEnv("go to the red ball")
+    env = TokenizeMission(source, max_len=8)
+    first, _ = env.reset()
+    again, *_ = env.step(0)
+    assert again["text"] is not first["text"]
+    first["text"][:] = 0  # a caller writing into one observation changes no later one
+    np.testing.assert_array_equal(env.step(0)[0]["text"], again["text"])
+    assert env.vocabulary.decode(again["text"]) == "go to the red ball"
+    source.mission = "go to the blue key"
+    assert env.vocabulary.decode(env.reset()[0]["text"]) == "go to the blue key"
+
+
 def test_vocabulary_travels_as_json(tmp_path):
     env = TokenizeMission(TextEnv(), max_len=8)
     env.vocabulary.save(tmp_path / "vocab.json")
