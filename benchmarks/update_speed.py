@@ -20,6 +20,7 @@ channel of each of a minibatch's 49 cells. Measured in this process, interleaved
 Usage::
 
     python benchmarks/update_speed.py
+    python benchmarks/update_speed.py --init-from runs/<a GoToObjMaze run>   # trained policy
     python benchmarks/update_speed.py --env mbm/SoundMaze-v0 --iterations 6
 """
 
@@ -112,17 +113,21 @@ def _use(unroll: bool, fast_embedding: bool) -> None:
     encoders.summed_embedding = FAST_EMBEDDING if fast_embedding else _plain_embedding
 
 
-def time_training(env_id: str, iterations: int, rounds: int) -> None:
+def time_training(env_id: str, iterations: int, rounds: int, init_from: str | None) -> None:
     """Part 3: env-steps/s of whole PPO iterations, old paths against new."""
     from mbm_agent.training.config import resolve_config
     from mbm_agent.training.envs import make_train_env
-    from mbm_agent.training.trainer import build_algorithm
+    from mbm_agent.training.trainer import build_algorithm, init_policy_from
 
-    cfg = resolve_config(env_id, overrides={"curriculum": None})
+    cfg = resolve_config(env_id, overrides={"curriculum": None, "init_from": init_from})
     if not cfg.algo_kwargs.get("memory"):
         raise SystemExit(f"{env_id}'s config has no memory: nothing to compare.")
-    venv, _ = make_train_env(cfg, cfg.seed)
+    venv, vocab = make_train_env(cfg, cfg.seed)
     model = build_algorithm(cfg, venv, None)
+    if init_from is not None:
+        # A trained policy ends episodes as training would by then: a realistic share
+        # of episode starts in the sequences (an untrained one mostly runs out of time).
+        init_policy_from(model, cfg, vocab)
     chunk = iterations * cfg.n_envs * int(cfg.algo_kwargs["n_steps"])
     peers = {
         "old (cell steps, lookup)": (False, False),
@@ -144,7 +149,8 @@ def time_training(env_id: str, iterations: int, rounds: int) -> None:
     rates = {name: chunk * rounds / s for name, s in seconds.items()}
     kwargs = cfg.algo_kwargs
     print(
-        f"\n3. PPO iterations of `mbm-agent train {env_id}` (no curriculum): {cfg.n_envs} envs, "
+        f"\n3. PPO iterations of `mbm-agent train {env_id}` (no curriculum"
+        f"{', from ' + init_from if init_from else ''}): {cfg.n_envs} envs, "
         f"n_steps {kwargs['n_steps']}, sequences of {kwargs['sequence_length']}, "
         f"{chunk * rounds:,} steps per peer in {rounds} interleaved rounds"
     )
@@ -169,13 +175,19 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip-training", action="store_true", help="parts 1 and 2 only")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="part 3 starts from this run's policy (e.g. one trained on ENV)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     time_unrolls(args.sequences, args.length, args.features, args.units, args.rounds * 3)
     time_embeddings(args.sequences * args.length, args.rounds * 3)
     if not args.skip_training:
-        time_training(args.env, args.iterations, args.rounds)
+        time_training(args.env, args.iterations, args.rounds, args.init_from)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,21 @@ overlap. A cheap env (e.g. ``--env BabyAI-GoToObj-v0``) shows the other side:
 there passing observations between processes costs more than it saves, and
 ``dummy`` stays the right choice.
 
+With ``--workers K`` a third peer runs ``async`` with the envs split among ``K``
+worker processes (``vec_env_workers``, :class:`~mbm_agent.sb3.vec_env.WorkerGroupVecEnv`):
+one message per worker per step instead of one per env, K processes importing torch.
+
 Usage::
 
     python benchmarks/vec_env_speed.py                      # SlowEnv, 5 ms a step, 4 envs
     python benchmarks/vec_env_speed.py --env BabyAI-GoToObj-v0 --sleep-ms 0
+    python benchmarks/vec_env_speed.py --env BabyAI-GoToObjMaze-v0 --n-envs 64 --workers 2 --no-per-env
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -83,7 +89,9 @@ if "SlowEnv-v0" not in gym.registry:
     gym.register("SlowEnv-v0", entry_point=SlowEnv)
 
 
-def measure(env_id: str, vec_env: str, args: argparse.Namespace) -> tuple[float, float, float]:
+def measure(
+    env_id: str, vec_env: str, workers: int, args: argparse.Namespace
+) -> tuple[float, float, float]:
     """``(start-up s, stepping steps/s, PPO steps/s)`` of one vector env."""
     kwargs = {"sleep_ms": args.sleep_ms} if env_id == SLOW_ID else {}
     cfg = resolve_config(
@@ -91,10 +99,13 @@ def measure(env_id: str, vec_env: str, args: argparse.Namespace) -> tuple[float,
         overrides={
             "n_envs": args.n_envs,
             "vec_env": vec_env,
+            "vec_env_workers": workers,
             "env_kwargs": kwargs,
             "algo_kwargs": {"n_steps": 64, "batch_size": 128, "n_epochs": 2},
         },
     )
+    if cfg.algo_kwargs.get("sequence_length", 0) > 64:  # a memory trained on long sequences
+        cfg = dataclasses.replace(cfg, algo_kwargs={**cfg.algo_kwargs, "sequence_length": 64})
     start = time.perf_counter()
     venv, _ = make_train_env(cfg, seed=0)
     venv.reset()
@@ -124,18 +135,37 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="stepping time per vec env")
     parser.add_argument("--ppo-steps", type=int, default=1024, help="timed PPO env steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also measure async with the envs split among this many worker processes "
+        "(vec_env_workers; WorkerGroupVecEnv)",
+    )
+    parser.add_argument(
+        "--no-per-env",
+        action="store_true",
+        help="skip async with one process per env (64 envs: 64 processes importing torch)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = {v: measure(args.env, v, args) for v in ("dummy", "async")}
+    peers = {"dummy": ("dummy", 0)}
+    if not args.no_per_env:
+        peers["async"] = ("async", 0)
+    if args.workers:
+        peers[f"async/{args.workers}"] = ("async", args.workers)
+    results = {name: measure(args.env, v, k, args) for name, (v, k) in peers.items()}
     print(
         f"{args.env}, {args.n_envs} envs"
         + (f", {args.sleep_ms} ms/step" if args.env == SLOW_ID else "")
     )
-    print(f"{'vec_env':8} {'start-up s':>10} {'step/s':>10} {'PPO step/s':>11}")
+    print(f"{'vec_env':10} {'start-up s':>10} {'step/s':>10} {'PPO step/s':>11}")
     for name, (startup, stepping, training) in results.items():
-        print(f"{name:8} {startup:10.1f} {stepping:10.0f} {training:11.0f}")
-    (_, d_step, d_ppo), (_, a_step, a_ppo) = results["dummy"], results["async"]
-    print(f"async / dummy: stepping {a_step / d_step:.2f}x, PPO {a_ppo / d_ppo:.2f}x")
+        print(f"{name:10} {startup:10.1f} {stepping:10.0f} {training:11.0f}")
+    _, d_step, d_ppo = results["dummy"]
+    for name in list(peers)[1:]:
+        _, step, ppo = results[name]
+        print(f"{name} / dummy: stepping {step / d_step:.2f}x, PPO {ppo / d_ppo:.2f}x")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--eval-episodes", type=int, help=helps["eval_episodes"])
     p.add_argument("--checkpoint-every", type=int, help=helps["checkpoint_every"])
     p.add_argument("--vec-env", choices=VEC_ENVS, help=helps["vec_env"])
+    p.add_argument("--vec-env-workers", type=int, metavar="K", help=helps["vec_env_workers"])
     p.add_argument("--torch-threads", type=int, metavar="N", help=helps["torch_threads"])
     p.add_argument(
         "--config", type=Path, help="YAML file of config fields (overrides the per-env defaults)"
@@ -149,6 +150,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "eval_episodes": args.eval_episodes,
         "checkpoint_every": args.checkpoint_every,
         "vec_env": args.vec_env,
+        "vec_env_workers": args.vec_env_workers,
         "torch_threads": args.torch_threads,
         "sb3_zip": args.sb3_zip,
         "init_from": args.init_from,

@@ -1,19 +1,35 @@
-"""Vector-env wrappers: no frame transpose, and an env's error out of its worker process.
+"""Vector envs: no frame transpose, envs in worker processes, their errors brought back.
 
-:class:`KeepChannelsLast` spares SB3's frame transpose; :class:`ReportErrors` (in the
-worker) and :class:`RaiseWorkerErrors` (above SB3's ``SubprocVecEnv``) bring an env's
-error out of its worker process.
+:class:`KeepChannelsLast` spares SB3's frame transpose; :class:`WorkerGroupVecEnv` steps
+envs in a few worker processes, several envs each; :class:`ReportErrors` (in the
+worker) and :class:`RaiseWorkerErrors` (above SB3's ``SubprocVecEnv`` or a
+:class:`WorkerGroupVecEnv`) bring an env's error out of its worker process.
 """
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing as mp
 import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.vector.utils import batch_space, create_empty_array, iterate
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecTransposeImage
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    VecEnv,
+    VecEnvWrapper,
+    VecTransposeImage,
+)
+from stable_baselines3.common.vec_env.base_vec_env import (
+    CloudpickleWrapper,
+    VecEnvIndices,
+    VecEnvObs,
+    VecEnvStepReturn,
+)
 
 #: The ``info`` key under which a worker's env reports the error it raised.
 WORKER_ERROR = "mbm_worker_error"
@@ -153,3 +169,193 @@ class KeepChannelsLast(VecTransposeImage):
     def reset(self) -> VecEnvObs:  # type: ignore[override]  # as transpose_observations
         """The wrapped env's first observations unchanged."""
         return self.venv.reset()
+
+
+def _group_worker(remote: Connection, parent: Connection, fns: CloudpickleWrapper) -> None:
+    """A worker process of :class:`WorkerGroupVecEnv`: its envs as one ``DummyVecEnv``."""
+    parent.close()
+    venv = DummyVecEnv(fns.var)
+    while True:
+        try:
+            cmd, data = remote.recv()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if cmd == "step":
+            obs, rewards, dones, infos = venv.step(data)
+            remote.send((obs, rewards, dones, infos, list(venv.reset_infos)))
+        elif cmd == "reset":
+            venv._seeds, venv._options = list(data[0]), list(data[1])
+            obs = venv.reset()
+            remote.send((obs, list(venv.reset_infos)))
+        elif cmd == "get_spaces":
+            remote.send((venv.observation_space, venv.action_space))
+        elif cmd == "get_attr":
+            remote.send(venv.get_attr(data[0], data[1]))
+        elif cmd == "set_attr":
+            venv.set_attr(data[0], data[1], data[2])
+            remote.send(None)
+        elif cmd == "env_method":
+            name, args, kwargs, indices = data
+            remote.send(venv.env_method(name, *args, indices=indices, **kwargs))
+        elif cmd == "is_wrapped":
+            remote.send(venv.env_is_wrapped(data[0], data[1]))
+        elif cmd == "get_images":
+            remote.send(list(venv.get_images()))
+        elif cmd == "close":
+            venv.close()
+            remote.close()
+            break
+
+
+def _concatenate(parts: Sequence[Any]) -> Any:
+    """Worker batches of observations (arrays, or dicts / tuples of them) as one batch."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {key: np.concatenate([p[key] for p in parts]) for key in first}
+    if isinstance(first, tuple):
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(first)))
+    return np.concatenate(parts)
+
+
+class WorkerGroupVecEnv(VecEnv):
+    """Envs stepped in ``n_workers`` worker processes, a contiguous group of envs in each.
+
+    SB3's ``SubprocVecEnv`` starts one process per env: with many cheap envs (64
+    BabyAI levels) the pipes and the processes' turns cost more than the steps, and
+    each process imports torch. Here each worker holds its group as a
+    ``DummyVecEnv`` (auto-reset, ``terminal_observation``, ``reset_infos`` as SB3
+    does them) and answers one message per step for all of them; env ``i`` gets the
+    same seed and options, so the same episodes, as in a ``DummyVecEnv`` of all the
+    envs (tests compare them step by step).
+
+    Args:
+        env_fns: One factory per env (picklable; sent to the workers with cloudpickle).
+        n_workers: Worker processes (at most one per env).
+        start_method: ``multiprocessing`` start method (``forkserver`` or ``spawn``:
+            forking a process that runs torch's threads can deadlock).
+    """
+
+    def __init__(
+        self, env_fns: Sequence[Callable[[], gym.Env]], n_workers: int, start_method: str
+    ) -> None:
+        n_envs = len(env_fns)
+        if not 1 <= n_workers <= n_envs:
+            raise ValueError(f"n_workers must be between 1 and the {n_envs} envs, got {n_workers}.")
+        bounds = np.linspace(0, n_envs, n_workers + 1).round().astype(int)
+        self.groups = [range(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        self.waiting = False
+        self.closed = False
+        ctx = mp.get_context(start_method)
+        self.remotes: list[Connection] = []
+        self.processes = []
+        for group in self.groups:
+            remote, work_remote = ctx.Pipe()
+            fns = CloudpickleWrapper([env_fns[i] for i in group])
+            process = ctx.Process(  # type: ignore[attr-defined]
+                target=_group_worker, args=(work_remote, remote, fns), daemon=True
+            )
+            process.start()
+            work_remote.close()
+            self.remotes.append(remote)
+            self.processes.append(process)
+        self.remotes[0].send(("get_spaces", None))
+        observation_space, action_space = self.remotes[0].recv()
+        super().__init__(n_envs, observation_space, action_space)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Send each worker its envs' actions."""
+        for remote, group in zip(self.remotes, self.groups, strict=True):
+            remote.send(("step", actions[group.start : group.stop]))
+        self.waiting = True
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """Every env's step results, in env order."""
+        results = [remote.recv() for remote in self.remotes]
+        self.waiting = False
+        obs, rewards, dones, infos, resets = zip(*results, strict=True)
+        self.reset_infos = [info for part in resets for info in part]
+        return (
+            _concatenate(obs),
+            np.concatenate(rewards),
+            np.concatenate(dones),
+            [info for part in infos for info in part],
+        )
+
+    def reset(self) -> VecEnvObs:
+        """Reset every env with its pending seed and options."""
+        for remote, group in zip(self.remotes, self.groups, strict=True):
+            remote.send(
+                ("reset", ([self._seeds[i] for i in group], [self._options[i] for i in group]))
+            )
+        results = [remote.recv() for remote in self.remotes]
+        obs, resets = zip(*results, strict=True)
+        self.reset_infos = [info for part in resets for info in part]
+        self._reset_seeds()
+        self._reset_options()
+        return _concatenate(obs)
+
+    def close(self) -> None:
+        """Close the envs and end the workers."""
+        if self.closed:
+            return
+        if self.waiting:
+            for remote in self.remotes:
+                remote.recv()
+        for remote in self.remotes:
+            remote.send(("close", None))
+        for process in self.processes:
+            process.join()
+        for remote in self.remotes:
+            remote.close()
+        self.closed = True
+
+    def _ask(self, cmd: str, indices: VecEnvIndices, *data: Any) -> list[Any]:
+        """Send ``cmd`` to the workers holding ``indices``, each with its local indices."""
+        wanted = list(self._get_indices(indices))
+        asked = []
+        for remote, group in zip(self.remotes, self.groups, strict=True):
+            local = [i - group.start for i in wanted if i in group]
+            if local:
+                remote.send((cmd, (*data, local)))
+                asked.append((remote, group.start, local))
+        by_env: dict[int, Any] = {}
+        for remote, start, local in asked:
+            by_env.update(
+                {start + i: answer for i, answer in zip(local, remote.recv(), strict=True)}
+            )
+        return [by_env[i] for i in wanted]
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """An attribute of each env (see SB3's ``VecEnv``)."""
+        return self._ask("get_attr", indices, attr_name)
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """Set an attribute of each env (see SB3's ``VecEnv``)."""
+        wanted = list(self._get_indices(indices))
+        for remote, group in zip(self.remotes, self.groups, strict=True):
+            local = [i - group.start for i in wanted if i in group]
+            if local:
+                remote.send(("set_attr", (attr_name, value, local)))
+                remote.recv()
+
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
+        """Call a method of each env (see SB3's ``VecEnv``)."""
+        return self._ask("env_method", indices, method_name, method_args, method_kwargs)
+
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
+        """Whether each env is wrapped in ``wrapper_class``."""
+        return self._ask("is_wrapped", indices, wrapper_class)
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        """Each env's ``render()`` frame."""
+        for remote in self.remotes:
+            remote.send(("get_images", None))
+        return [image for remote in self.remotes for image in remote.recv()]

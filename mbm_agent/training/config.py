@@ -56,7 +56,7 @@ MAX_NAME_BYTES = 200
 #: Fields a resumed run may change: a new total budget and where it runs. Every
 #: other difference from the saved config is refused (it would no longer be the
 #: run its checkpoints come from).
-RESUME_HONOURED = ("steps", "device", "torch_threads", "vec_env")
+RESUME_HONOURED = ("steps", "device", "torch_threads", "vec_env", "vec_env_workers")
 #: Fields that say where a run folder is, not what it trains (``--resume`` names it).
 RESUME_LOCATION = ("runs_dir", "run_name")
 
@@ -264,7 +264,13 @@ class TrainConfig:
     vec_env: str = field(
         default="dummy",
         metadata={
-            "help": "Vector env of third-party envs: dummy (all in this process) or async (one worker process per env, for slow envs); our games always step as one batched numpy env."
+            "help": "Vector env of third-party envs: dummy (all in this process) or async (worker processes, for slow envs); our games always step as one batched numpy env."
+        },
+    )
+    vec_env_workers: int = field(
+        default=0,
+        metadata={
+            "help": "Worker processes of vec_env=async (0: one per env, SB3's SubprocVecEnv; K: the envs split among K processes, for many envs on few cores: e.g. the core count)."
         },
     )
     run_name: str | None = field(
@@ -403,10 +409,22 @@ class TrainConfig:
             ("gif_episodes", 0),
             ("seed", 0),
             ("torch_threads", 0),
+            ("vec_env_workers", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
+        if self.vec_env_workers and self.vec_env != "async":
+            raise ConfigError(
+                f"vec_env_workers={self.vec_env_workers} sets the worker processes of "
+                f"vec_env=async, but vec_env is {self.vec_env!r}: add --vec-env async, or drop "
+                "vec_env_workers."
+            )
+        if self.vec_env_workers > self.n_envs:
+            raise ConfigError(
+                f"vec_env_workers={self.vec_env_workers} is more than the {self.n_envs} envs "
+                f"(n_envs): use at most {self.n_envs} (0: one per env)."
+            )
         bonus = self.novelty_bonus
         if not is_finite_number(bonus) or bonus < 0:
             raise ConfigError(f"novelty_bonus must be a number >= 0 (0: none), got {bonus!r}.")
@@ -669,6 +687,7 @@ _CLI_FLAGS = frozenset(
         "eval_episodes",
         "checkpoint_every",
         "vec_env",
+        "vec_env_workers",
         "torch_threads",
         "sb3_zip",
         "init_from",

@@ -38,7 +38,12 @@ from envs.core.text import Vocabulary
 from envs.sb3 import SB3VecEnv
 from mbm_agent.encoding.config import DEFAULT_MODALITIES
 from mbm_agent.sb3.novelty import EpisodicNoveltyBonus
-from mbm_agent.sb3.vec_env import KeepChannelsLast, RaiseWorkerErrors, ReportErrors
+from mbm_agent.sb3.vec_env import (
+    KeepChannelsLast,
+    RaiseWorkerErrors,
+    ReportErrors,
+    WorkerGroupVecEnv,
+)
 from mbm_agent.training.adapter import ObservationAdapter, ObservationCheck
 from mbm_agent.training.atari import scoring_kwargs
 from mbm_agent.training.config import ConfigError, TrainConfig
@@ -339,9 +344,12 @@ def make_train_env(cfg: TrainConfig, seed: int) -> tuple[VecEnv, Vocabulary | No
         if cfg.vec_env == "async":
             factory = functools.partial(_worker_env, cfg.env_id, cfg.env_kwargs, vocab, adapter)
             fns: list[Callable[[], gym.Env]] = [factory] * cfg.n_envs
-            venv = RaiseWorkerErrors(
-                SubprocVecEnv(fns, start_method=async_start_method()), cfg.env_id
+            workers: VecEnv = (
+                WorkerGroupVecEnv(fns, cfg.vec_env_workers, async_start_method())
+                if cfg.vec_env_workers
+                else SubprocVecEnv(fns, start_method=async_start_method())
             )
+            venv = RaiseWorkerErrors(workers, cfg.env_id)
         else:
             factory = functools.partial(_single_env, cfg.env_id, cfg.env_kwargs, vocab, adapter)
             venv = DummyVecEnv([factory] * cfg.n_envs)

@@ -70,6 +70,8 @@ def _train(runs: Path) -> None:
         "0",
         "--vec-env",
         "async",
+        "--vec-env-workers",
+        "1",
         "--runs-dir",
         runs,
         "--no-progress",
@@ -87,8 +89,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_trains_from_the_command_line_with_its_raw_senses(run: Path) -> None:
     assert run.name.startswith("ThirdPartyEnv-ppo-")  # no ':' or '/' in the folder name
-    # Its envs stepped in worker processes (SubprocVecEnv), each converting its own obs.
-    assert json.loads((run / "config.json").read_text())["vec_env"] == "async"
+    # Its envs stepped in a worker process (both in one: WorkerGroupVecEnv), converting
+    # their own obs; test_worker_errors trains through SubprocVecEnv (one per env).
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["vec_env"] == "async" and saved["vec_env_workers"] == 1
     for name in ("eval.json", "episodes.gif", "best/model.json", "final/model.safetensors"):
         assert (run / name).is_file(), name
     spec = json.loads((run / "best" / "model.json").read_text())
@@ -283,6 +287,12 @@ def test_module_ids_give_plain_run_names_and_bad_settings_are_config_errors() ->
     assert cfg.default_run_name().startswith("My_Env-ppo-")
     with pytest.raises(ConfigError, match=r"vec_env='threads'.*\['dummy', 'async'\]"):
         TrainConfig(env_id="x", vec_env="threads")
+    with pytest.raises(ConfigError, match=r"vec_env_workers=2 .* vec_env is 'dummy': add --vec-env"):
+        TrainConfig(env_id="x", vec_env_workers=2)
+    with pytest.raises(ConfigError, match=r"vec_env_workers=5 is more than the 4 envs"):
+        TrainConfig(env_id="x", vec_env="async", vec_env_workers=5, n_envs=4)
+    with pytest.raises(ConfigError, match=r"vec_env_workers must be an integer >= 0"):
+        TrainConfig(env_id="x", vec_env="async", vec_env_workers=-1)
     with pytest.raises(ConfigError, match=r"modalities.mic: unknown modality 'wave'"):
         TrainConfig(env_id="x", modalities={"mic": "wave"})
     with warnings.catch_warnings():
