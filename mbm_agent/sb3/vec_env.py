@@ -13,7 +13,7 @@ import multiprocessing as mp
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any, SupportsFloat
+from typing import Any, NoReturn, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -259,18 +259,51 @@ class WorkerGroupVecEnv(VecEnv):
             self.remotes.append(remote)
             self.processes.append(process)
         self.remotes[0].send(("get_spaces", None))
-        observation_space, action_space = self.remotes[0].recv()
+        observation_space, action_space = self._recv(self.remotes[0])
         super().__init__(n_envs, observation_space, action_space)
+
+    def _send(self, remote: Connection, message: tuple[str, Any]) -> None:
+        try:
+            remote.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            self._worker_died(remote)
+
+    def _recv(self, remote: Connection) -> Any:
+        try:
+            return remote.recv()
+        except (EOFError, ConnectionResetError):
+            self._worker_died(remote)
+
+    def _worker_died(self, remote: Connection) -> NoReturn:
+        """End every worker and name the one that died, with its envs and exit code."""
+        k = self.remotes.index(remote)
+        process, group = self.processes[k], self.groups[k]
+        process.join(timeout=5)
+        code = process.exitcode
+        for other in self.processes:
+            if other.is_alive():
+                other.terminate()
+            other.join(timeout=5)
+        for pipe in self.remotes:
+            pipe.close()
+        self.waiting = False
+        self.closed = True
+        raise EnvWorkerError(
+            f"Worker process {k} (envs {group.start}-{group.stop - 1}) ended with exit code "
+            f"{code} without answering: an env crashed the process (e.g. a segfault in native "
+            "code) or it was killed; the other workers are stopped. --vec-env dummy runs the "
+            "envs in this process, where the crash shows."
+        )
 
     def step_async(self, actions: np.ndarray) -> None:
         """Send each worker its envs' actions."""
         for remote, group in zip(self.remotes, self.groups, strict=True):
-            remote.send(("step", actions[group.start : group.stop]))
+            self._send(remote, ("step", actions[group.start : group.stop]))
         self.waiting = True
 
     def step_wait(self) -> VecEnvStepReturn:
         """Every env's step results, in env order."""
-        results = [remote.recv() for remote in self.remotes]
+        results = [self._recv(remote) for remote in self.remotes]
         self.waiting = False
         obs, rewards, dones, infos, resets = zip(*results, strict=True)
         self.reset_infos = [info for part in resets for info in part]
@@ -284,10 +317,11 @@ class WorkerGroupVecEnv(VecEnv):
     def reset(self) -> VecEnvObs:
         """Reset every env with its pending seed and options."""
         for remote, group in zip(self.remotes, self.groups, strict=True):
-            remote.send(
-                ("reset", ([self._seeds[i] for i in group], [self._options[i] for i in group]))
+            self._send(
+                remote,
+                ("reset", ([self._seeds[i] for i in group], [self._options[i] for i in group])),
             )
-        results = [remote.recv() for remote in self.remotes]
+        results = [self._recv(remote) for remote in self.remotes]
         obs, resets = zip(*results, strict=True)
         self.reset_infos = [info for part in resets for info in part]
         self._reset_seeds()
@@ -298,15 +332,21 @@ class WorkerGroupVecEnv(VecEnv):
         """Close the envs and end the workers."""
         if self.closed:
             return
-        if self.waiting:
-            for remote in self.remotes:
-                remote.recv()
         for remote in self.remotes:
-            remote.send(("close", None))
+            try:
+                if self.waiting:
+                    remote.recv()
+                remote.send(("close", None))
+            except (EOFError, BrokenPipeError, ConnectionResetError):
+                pass  # a worker already gone: nothing to close there
         for process in self.processes:
-            process.join()
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join()
         for remote in self.remotes:
             remote.close()
+        self.waiting = False
         self.closed = True
 
     def _ask(self, cmd: str, indices: VecEnvIndices, *data: Any) -> list[Any]:
@@ -316,12 +356,12 @@ class WorkerGroupVecEnv(VecEnv):
         for remote, group in zip(self.remotes, self.groups, strict=True):
             local = [i - group.start for i in wanted if i in group]
             if local:
-                remote.send((cmd, (*data, local)))
+                self._send(remote, (cmd, (*data, local)))
                 asked.append((remote, group.start, local))
         by_env: dict[int, Any] = {}
         for remote, start, local in asked:
             by_env.update(
-                {start + i: answer for i, answer in zip(local, remote.recv(), strict=True)}
+                {start + i: answer for i, answer in zip(local, self._recv(remote), strict=True)}
             )
         return [by_env[i] for i in wanted]
 
@@ -335,8 +375,8 @@ class WorkerGroupVecEnv(VecEnv):
         for remote, group in zip(self.remotes, self.groups, strict=True):
             local = [i - group.start for i in wanted if i in group]
             if local:
-                remote.send(("set_attr", (attr_name, value, local)))
-                remote.recv()
+                self._send(remote, ("set_attr", (attr_name, value, local)))
+                self._recv(remote)
 
     def env_method(
         self,
@@ -357,5 +397,5 @@ class WorkerGroupVecEnv(VecEnv):
     def get_images(self) -> Sequence[np.ndarray | None]:
         """Each env's ``render()`` frame."""
         for remote in self.remotes:
-            remote.send(("get_images", None))
-        return [image for remote in self.remotes for image in remote.recv()]
+            self._send(remote, ("get_images", None))
+        return [image for remote in self.remotes for image in self._recv(remote)]

@@ -147,3 +147,16 @@ def test_worker_counts_outside_one_to_n_envs_are_refused():
     for workers in (0, N_ENVS + 1):
         with pytest.raises(ValueError, match="n_workers must be between 1 and the 5 envs"):
             WorkerGroupVecEnv(_walks(), workers, async_start_method())
+
+
+def test_a_worker_that_dies_is_named_and_the_others_are_stopped():
+    venv = WorkerGroupVecEnv(_walks(), 2, async_start_method())
+    venv.reset()
+    venv.processes[1].kill()  # as a segfault in an env's native code would end it
+    venv.processes[1].join()
+    with pytest.raises(
+        EnvWorkerError, match=r"Worker process 1 \(envs 2-4\) ended with exit code -9"
+    ):
+        venv.step(np.zeros(N_ENVS, dtype=np.int64))
+    assert venv.closed and not any(p.is_alive() for p in venv.processes)
+    venv.close()  # closing again is harmless
