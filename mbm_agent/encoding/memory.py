@@ -7,7 +7,9 @@ from Python costs two autograd nodes per step and a weight-gradient product per 
 in the backward pass. :func:`unroll_memory` runs the cell's own weights through
 ``torch.gru`` (the fused loop of ``nn.GRU``) over each stretch of steps in which no
 sequence of the batch starts an episode, and resets the state between stretches:
-the same numbers as the step-by-step loop (same ATen kernels, same order), at
+the same function as the step-by-step loop (equal up to float rounding: the input
+projection is one product over all steps, and gradients are summed in another
+order), at
 2.5x its forward + backward speed without resets, 2.0x with one start per 576 steps
 and 1.45x with one per 128 (``benchmarks/update_speed.py``; 1.16x env steps/s on a
 whole PPO iteration of BabyAI-GoToObjMaze-v0). When starts are so
@@ -39,9 +41,14 @@ def unroll_memory(core: nn.GRUCell, inputs: Tensor, state: Tensor, keep: Tensor)
 
     Returns:
         ``(n, L, hidden_size)``: the state after each step, as
-        ``state = core(inputs[:, t], state * keep[:, t, None])`` step by step gives it.
+        ``state = core(inputs[:, t], state * keep[:, t, None])`` step by step gives it
+        (on CPU by stretches through ``torch.gru``; elsewhere step by step).
     """
     length = inputs.shape[1]
+    if not inputs.is_cpu:
+        # torch.gru is cuDNN's RNN there: its backward refuses eval mode and re-packs
+        # the cell's separate weights on every call. Measured on CPU only.
+        return _step_by_step(core, inputs, state, keep)
     cuts = torch.nonzero((keep[:, 1:] == 0).any(dim=0)).flatten().add(1).tolist()
     if len(cuts) + 1 > LOOP_SHARE * length:
         return _step_by_step(core, inputs, state, keep)

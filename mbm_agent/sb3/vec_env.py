@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import pickle
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn, SupportsFloat
@@ -171,40 +173,68 @@ class KeepChannelsLast(VecTransposeImage):
         return self.venv.reset()
 
 
+def _answer(venv: DummyVecEnv, cmd: str, data: Any) -> Any:
+    """What a :class:`WorkerGroupVecEnv` worker answers to one command."""
+    if cmd == "step":
+        obs, rewards, dones, infos = venv.step(data)
+        return obs, rewards, dones, infos, list(venv.reset_infos)
+    if cmd == "reset":
+        venv._seeds, venv._options = list(data[0]), list(data[1])
+        obs = venv.reset()
+        return obs, list(venv.reset_infos)
+    if cmd == "get_spaces":
+        return venv.observation_space, venv.action_space
+    if cmd == "get_attr":
+        return venv.get_attr(data[0], data[1])
+    if cmd == "set_attr":
+        return venv.set_attr(data[0], data[1], data[2])
+    if cmd == "env_method":
+        name, args, kwargs, indices = data
+        return venv.env_method(name, *args, indices=indices, **kwargs)
+    if cmd == "is_wrapped":
+        return venv.env_is_wrapped(data[0], data[1])
+    if cmd == "get_images":
+        return list(venv.get_images())
+    raise NotImplementedError(f"WorkerGroupVecEnv workers do not know the command {cmd!r}.")
+
+
+def _failure(exc: Exception) -> tuple[str, tuple[BaseException, str]]:
+    """An exception to send back: itself if it pickles, else its text as a RuntimeError."""
+    text = traceback.format_exc()
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        return "error", (RuntimeError(f"{type(exc).__name__}: {exc}"), text)
+    return "error", (exc, text)
+
+
 def _group_worker(remote: Connection, parent: Connection, fns: CloudpickleWrapper) -> None:
-    """A worker process of :class:`WorkerGroupVecEnv`: its envs as one ``DummyVecEnv``."""
+    """A worker process of :class:`WorkerGroupVecEnv`: its envs as one ``DummyVecEnv``.
+
+    Every answer is ``("ok", result)`` or ``("error", (exception, traceback))``: an
+    exception in a command (a missing attribute, a method that raises, envs that cannot
+    be made) goes back to the main process, and the worker stays up.
+    """
     parent.close()
-    venv = DummyVecEnv(fns.var)
+    try:
+        venv = DummyVecEnv(fns.var)
+    except Exception as exc:  # every error goes back to the main process
+        remote.send(_failure(exc))
+        remote.close()
+        return
     while True:
         try:
             cmd, data = remote.recv()
         except (EOFError, KeyboardInterrupt):
             break
-        if cmd == "step":
-            obs, rewards, dones, infos = venv.step(data)
-            remote.send((obs, rewards, dones, infos, list(venv.reset_infos)))
-        elif cmd == "reset":
-            venv._seeds, venv._options = list(data[0]), list(data[1])
-            obs = venv.reset()
-            remote.send((obs, list(venv.reset_infos)))
-        elif cmd == "get_spaces":
-            remote.send((venv.observation_space, venv.action_space))
-        elif cmd == "get_attr":
-            remote.send(venv.get_attr(data[0], data[1]))
-        elif cmd == "set_attr":
-            venv.set_attr(data[0], data[1], data[2])
-            remote.send(None)
-        elif cmd == "env_method":
-            name, args, kwargs, indices = data
-            remote.send(venv.env_method(name, *args, indices=indices, **kwargs))
-        elif cmd == "is_wrapped":
-            remote.send(venv.env_is_wrapped(data[0], data[1]))
-        elif cmd == "get_images":
-            remote.send(list(venv.get_images()))
-        elif cmd == "close":
+        if cmd == "close":
             venv.close()
             remote.close()
             break
+        try:
+            remote.send(("ok", _answer(venv, cmd, data)))
+        except Exception as exc:
+            remote.send(_failure(exc))
 
 
 def _concatenate(parts: Sequence[Any]) -> Any:
@@ -258,8 +288,14 @@ class WorkerGroupVecEnv(VecEnv):
             work_remote.close()
             self.remotes.append(remote)
             self.processes.append(process)
-        self.remotes[0].send(("get_spaces", None))
-        observation_space, action_space = self._recv(self.remotes[0])
+        try:  # every worker answers once, so an env that cannot be made fails here
+            for remote in self.remotes:
+                self._send(remote, ("get_spaces", None))
+            spaces_of = self._gather(self.remotes)
+            observation_space, action_space = spaces_of[0]
+        except Exception:
+            self._stop()
+            raise
         super().__init__(n_envs, observation_space, action_space)
 
     def _send(self, remote: Connection, message: tuple[str, Any]) -> None:
@@ -268,11 +304,28 @@ class WorkerGroupVecEnv(VecEnv):
         except (BrokenPipeError, ConnectionResetError):
             self._worker_died(remote)
 
-    def _recv(self, remote: Connection) -> Any:
-        try:
-            return remote.recv()
-        except (EOFError, ConnectionResetError):
-            self._worker_died(remote)
+    def _gather(self, remotes: Sequence[Connection]) -> list[Any]:
+        """Every asked worker's answer, in order; then the first error among them, raised.
+
+        All answers are read before raising, so no answer is left in a pipe to be taken
+        for the next command's.
+        """
+        answers = []
+        for remote in remotes:
+            try:
+                answers.append((remote, *remote.recv()))
+            except (EOFError, ConnectionResetError):
+                self._worker_died(remote)
+        for remote, tag, payload in answers:
+            if tag == "error":
+                exc, text = payload
+                if hasattr(exc, "add_note"):  # Python >= 3.11
+                    exc.add_note(
+                        f"Raised in worker process {self.remotes.index(remote)} "
+                        f"(vec_env=async); its traceback there:\n{text.rstrip()}"
+                    )
+                raise exc
+        return [payload for _, _, payload in answers]
 
     def _worker_died(self, remote: Connection) -> NoReturn:
         """End every worker and name the one that died, with its envs and exit code."""
@@ -280,20 +333,24 @@ class WorkerGroupVecEnv(VecEnv):
         process, group = self.processes[k], self.groups[k]
         process.join(timeout=5)
         code = process.exitcode
-        for other in self.processes:
-            if other.is_alive():
-                other.terminate()
-            other.join(timeout=5)
-        for pipe in self.remotes:
-            pipe.close()
-        self.waiting = False
-        self.closed = True
+        self._stop()
         raise EnvWorkerError(
             f"Worker process {k} (envs {group.start}-{group.stop - 1}) ended with exit code "
             f"{code} without answering: an env crashed the process (e.g. a segfault in native "
             "code) or it was killed; the other workers are stopped. --vec-env dummy runs the "
             "envs in this process, where the crash shows."
         )
+
+    def _stop(self) -> None:
+        """End every worker without asking (one died, or the envs could not be made)."""
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+        for pipe in self.remotes:
+            pipe.close()
+        self.waiting = False
+        self.closed = True
 
     def step_async(self, actions: np.ndarray) -> None:
         """Send each worker its envs' actions."""
@@ -303,8 +360,8 @@ class WorkerGroupVecEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Every env's step results, in env order."""
-        results = [self._recv(remote) for remote in self.remotes]
-        self.waiting = False
+        self.waiting = False  # every answer is read, even when one of them is an error
+        results = self._gather(self.remotes)
         obs, rewards, dones, infos, resets = zip(*results, strict=True)
         self.reset_infos = [info for part in resets for info in part]
         return (
@@ -321,7 +378,7 @@ class WorkerGroupVecEnv(VecEnv):
                 remote,
                 ("reset", ([self._seeds[i] for i in group], [self._options[i] for i in group])),
             )
-        results = [self._recv(remote) for remote in self.remotes]
+        results = self._gather(self.remotes)
         obs, resets = zip(*results, strict=True)
         self.reset_infos = [info for part in resets for info in part]
         self._reset_seeds()
@@ -349,9 +406,19 @@ class WorkerGroupVecEnv(VecEnv):
         self.waiting = False
         self.closed = True
 
+    def _wanted(self, indices: VecEnvIndices) -> list[int]:
+        """Env indices as SB3's vector envs read them (negative from the end)."""
+        envs = range(self.num_envs)
+        try:
+            return [envs[i] for i in self._get_indices(indices)]
+        except IndexError:
+            raise IndexError(
+                f"env indices {indices!r} out of range for {self.num_envs} envs"
+            ) from None
+
     def _ask(self, cmd: str, indices: VecEnvIndices, *data: Any) -> list[Any]:
         """Send ``cmd`` to the workers holding ``indices``, each with its local indices."""
-        wanted = list(self._get_indices(indices))
+        wanted = self._wanted(indices)
         asked = []
         for remote, group in zip(self.remotes, self.groups, strict=True):
             local = [i - group.start for i in wanted if i in group]
@@ -359,10 +426,9 @@ class WorkerGroupVecEnv(VecEnv):
                 self._send(remote, (cmd, (*data, local)))
                 asked.append((remote, group.start, local))
         by_env: dict[int, Any] = {}
-        for remote, start, local in asked:
-            by_env.update(
-                {start + i: answer for i, answer in zip(local, self._recv(remote), strict=True)}
-            )
+        answers = self._gather([remote for remote, _, _ in asked])
+        for (_, start, local), answer in zip(asked, answers, strict=True):
+            by_env.update({start + i: value for i, value in zip(local, answer, strict=True)})
         return [by_env[i] for i in wanted]
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
@@ -371,12 +437,12 @@ class WorkerGroupVecEnv(VecEnv):
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         """Set an attribute of each env (see SB3's ``VecEnv``)."""
-        wanted = list(self._get_indices(indices))
+        wanted = self._wanted(indices)
         for remote, group in zip(self.remotes, self.groups, strict=True):
             local = [i - group.start for i in wanted if i in group]
             if local:
                 self._send(remote, ("set_attr", (attr_name, value, local)))
-                self._recv(remote)
+                self._gather([remote])
 
     def env_method(
         self,
@@ -395,7 +461,13 @@ class WorkerGroupVecEnv(VecEnv):
         return self._ask("is_wrapped", indices, wrapper_class)
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        """Each env's ``render()`` frame."""
+        """Each env's ``render()`` frame (None each unless the envs render ``rgb_array``)."""
+        if self.render_mode != "rgb_array":
+            warnings.warn(
+                f"The render mode is {self.render_mode}, but get_images needs 'rgb_array'.",
+                stacklevel=2,
+            )
+            return [None] * self.num_envs
         for remote in self.remotes:
             self._send(remote, ("get_images", None))
-        return [image for remote in self.remotes for image in self._recv(remote)]
+        return [image for part in self._gather(self.remotes) for image in part]

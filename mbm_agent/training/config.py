@@ -710,7 +710,9 @@ def resume_config(run_dir: str | Path, flags: Mapping[str, Any] | None = None) -
 
     - ``steps`` is the run's new *total* budget (not steps to add); the saved config
       is updated with it, so a later ``--resume`` keeps it.
-    - ``device`` and ``torch_threads`` (where it runs) are honoured.
+    - ``device``, ``torch_threads``, ``vec_env`` and ``vec_env_workers`` (where and how
+      it runs) are honoured; ``--vec-env dummy`` alone also drops the saved
+      ``vec_env_workers`` (they belong to ``async``).
     - ``runs_dir`` and ``run_name`` must not be given: the run folder is ``run_dir``.
     - Anything else (``--fusion``, ``--seed``, ``--n-envs``, ``--set``, ``--config``,
       ...) would make it another run than the one its checkpoints come from, and is
@@ -751,4 +753,6 @@ def resume_config(run_dir: str | Path, flags: Mapping[str, Any] | None = None) -
             f"{', '.join(_flag(n) for n in RESUME_HONOURED)} may change; --steps is the new "
             "total budget."
         )
+    if changes.get("vec_env") == "dummy" and "vec_env_workers" not in changes:
+        changes["vec_env_workers"] = 0
     return dataclasses.replace(cfg, **changes) if changes else cfg

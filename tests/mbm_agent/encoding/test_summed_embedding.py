@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from mbm_agent.encoding import encoders
 from mbm_agent.encoding.encoders import SymbolicGridEncoder, summed_embedding
 
 
@@ -42,13 +43,22 @@ def test_tracing_and_no_grad_see_the_plain_lookup():
     torch.testing.assert_close(traced(grids), encoder(grids))
 
 
-def test_grid_encoder_trains_through_the_fast_path():
+def test_grid_encoder_trains_through_the_fast_path(monkeypatch):
+    calls = []
+    original = encoders._SummedEmbedding.apply
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(encoders._SummedEmbedding, "apply", spy)
     torch.manual_seed(0)
     encoder = SymbolicGridEncoder((7, 7, 3), True, [11, 6, 3])
     grids = torch.stack(
         [_ids((8, 7, 7), 11, 1), _ids((8, 7, 7), 6, 2), _ids((8, 7, 7), 3, 3)], dim=-1
     )
     encoder(grids).square().sum().backward()
+    assert calls == [1]
     fast = encoder.embedding.weight.grad.clone()
     encoder.zero_grad()
     # The same encoder with the lookup done the plain way.

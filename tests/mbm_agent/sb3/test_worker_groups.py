@@ -127,8 +127,23 @@ def test_attributes_and_methods_reach_the_envs_they_name(pair):
     assert grouped.get_attr("tag") == ["walk", "seen", "walk", "seen", "walk"]
     assert grouped.get_attr("tag", indices=[4, 1]) == ["walk", "seen"]
     assert grouped.env_method("double", 21, indices=[2, 4]) == [42, 42]
+    assert grouped.get_attr("tag", indices=-1) == grouped.get_attr("tag", indices=4)
+    with pytest.raises(IndexError, match="out of range for 5 envs"):
+        grouped.get_attr("tag", indices=[5])
     assert grouped.env_is_wrapped(ReportErrors) == [False] * N_ENVS
-    assert grouped.get_images() == [None] * N_ENVS  # no render mode given
+    with pytest.warns(UserWarning, match="render mode is None"):
+        assert grouped.get_images() == [None] * N_ENVS  # no render mode given
+
+
+def test_an_error_in_a_command_comes_back_as_itself_and_the_workers_stay_up(pair):
+    grouped, _ = pair
+    assert not grouped.has_attr("no_such_attribute")  # SB3's has_attr catches AttributeError
+    with pytest.raises(AttributeError, match="no_such_attribute") as info:
+        grouped.get_attr("no_such_attribute", indices=[3])
+    assert any("worker process 1" in note for note in getattr(info.value, "__notes__", []))
+    with pytest.raises(TypeError):
+        grouped.env_method("double", indices=[0])  # a missing argument
+    assert grouped.env_method("double", 1) == [2] * N_ENVS  # every worker still answers
 
 
 def test_an_env_error_in_a_later_worker_names_that_env():
@@ -141,6 +156,15 @@ def test_an_env_error_in_a_later_worker_names_that_env():
             venv.step(np.zeros(4, dtype=np.int64))
     finally:
         venv.close()
+
+
+def _unmakeable() -> gym.Env[Any, Any]:
+    raise FileNotFoundError("no ROM for this game")
+
+
+def test_envs_that_cannot_be_made_fail_at_construction_with_their_own_error():
+    with pytest.raises(FileNotFoundError, match="no ROM for this game"):
+        WorkerGroupVecEnv([Walk, Walk, _unmakeable], 2, async_start_method())
 
 
 def test_worker_counts_outside_one_to_n_envs_are_refused():

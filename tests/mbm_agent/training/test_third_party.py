@@ -28,7 +28,13 @@ from mbm_agent.deploy.network import PolicyNetwork
 from mbm_agent.deploy.runtime import load_exported
 from mbm_agent.encoding.multimodal import to_tensor_obs
 from mbm_agent.training.agent import load_agent
-from mbm_agent.training.config import ConfigError, TrainConfig, resolve_config
+from mbm_agent.training.config import (
+    ConfigError,
+    TrainConfig,
+    resolve_config,
+    resume_config,
+    save_config,
+)
 from mbm_agent.training.envs import make_single_env, make_train_env
 from mbm_agent.training.trainer import train
 
@@ -282,12 +288,25 @@ def test_plain_box_env_trains_and_acts_on_raw_arrays(tmp_path: Path) -> None:
     assert load_exported(out).act(raw).shape == ()
 
 
+def test_resume_moves_an_async_run_to_dummy_or_to_other_workers(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(TrainConfig(env_id="x", vec_env="async", vec_env_workers=2, n_envs=4), run)
+    moved = resume_config(run, {"vec_env": "dummy"})  # the saved workers belong to async
+    assert (moved.vec_env, moved.vec_env_workers) == ("dummy", 0)
+    assert resume_config(run, {"vec_env_workers": 4}).vec_env_workers == 4
+    with pytest.raises(ConfigError, match="vec_env_workers=5 is more than the 4 envs"):
+        resume_config(run, {"vec_env_workers": 5})
+
+
 def test_module_ids_give_plain_run_names_and_bad_settings_are_config_errors() -> None:
     cfg = TrainConfig(env_id="pkg.mod:ns/My Env-v1")
     assert cfg.default_run_name().startswith("My_Env-ppo-")
     with pytest.raises(ConfigError, match=r"vec_env='threads'.*\['dummy', 'async'\]"):
         TrainConfig(env_id="x", vec_env="threads")
-    with pytest.raises(ConfigError, match=r"vec_env_workers=2 .* vec_env is 'dummy': add --vec-env"):
+    with pytest.raises(
+        ConfigError, match=r"vec_env_workers=2 .* vec_env is 'dummy': add --vec-env"
+    ):
         TrainConfig(env_id="x", vec_env_workers=2)
     with pytest.raises(ConfigError, match=r"vec_env_workers=5 is more than the 4 envs"):
         TrainConfig(env_id="x", vec_env="async", vec_env_workers=5, n_envs=4)
