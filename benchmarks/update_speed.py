@@ -47,11 +47,12 @@ def _plain_embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _step_by_step(core: nn.GRUCell, x: torch.Tensor, h: torch.Tensor, keep: torch.Tensor):
-    outputs = []
-    for t in range(x.shape[1]):
-        h = core(x[:, t], h * keep[:, t, None])
-        outputs.append(h)
-    return torch.stack(outputs, dim=1)
+    """The cell stepped once per step: ``unroll_memory`` told to always take that path."""
+    memory.LOOP_SHARE = -1.0
+    try:
+        return unroll_memory(core, x, h, keep)
+    finally:
+        memory.LOOP_SHARE = DEFAULT_LOOP_SHARE
 
 
 def time_unrolls(n: int, length: int, features: int, units: int, rounds: int) -> None:

@@ -187,7 +187,8 @@ def _answer(venv: DummyVecEnv, cmd: str, data: Any) -> Any:
     if cmd == "get_attr":
         return venv.get_attr(data[0], data[1])
     if cmd == "set_attr":
-        return venv.set_attr(data[0], data[1], data[2])
+        venv.set_attr(data[0], data[1], data[2])
+        return [None] * len(data[2])  # one answer per env, as the other per-env commands
     if cmd == "env_method":
         name, args, kwargs, indices = data
         return venv.env_method(name, *args, indices=indices, **kwargs)
@@ -342,7 +343,7 @@ class WorkerGroupVecEnv(VecEnv):
         )
 
     def _stop(self) -> None:
-        """End every worker without asking (one died, or the envs could not be made)."""
+        """End every worker still up and close the pipes (``close``, a dead worker, bad envs)."""
         for process in self.processes:
             if process.is_alive():
                 process.terminate()
@@ -398,13 +399,7 @@ class WorkerGroupVecEnv(VecEnv):
                 pass  # a worker already gone: nothing to close there
         for process in self.processes:
             process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-                process.join()
-        for remote in self.remotes:
-            remote.close()
-        self.waiting = False
-        self.closed = True
+        self._stop()  # any worker still up after that is ended
 
     def _wanted(self, indices: VecEnvIndices) -> list[int]:
         """Env indices as SB3's vector envs read them (negative from the end)."""
@@ -437,12 +432,7 @@ class WorkerGroupVecEnv(VecEnv):
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         """Set an attribute of each env (see SB3's ``VecEnv``)."""
-        wanted = self._wanted(indices)
-        for remote, group in zip(self.remotes, self.groups, strict=True):
-            local = [i - group.start for i in wanted if i in group]
-            if local:
-                self._send(remote, ("set_attr", (attr_name, value, local)))
-                self._gather([remote])
+        self._ask("set_attr", indices, attr_name, value)
 
     def env_method(
         self,
