@@ -562,7 +562,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--components",
         action="store_true",
         help="add the recipe's ablation: one no-<component> run per component the game's "
-        "config turns on (memory, reward-prediction, curriculum, cells, novelty), each taken out in "
+        "config turns on (memory, reward-prediction, curriculum, cells, novelty, final-phase), each taken out in "
         "turn at the same budget",
     )
     p.add_argument(

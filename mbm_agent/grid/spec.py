@@ -108,6 +108,7 @@ class GameSpec:
             "curriculum": bool(cfg.curriculum),
             "cells": cfg.encoder.image_encoder == "cells",
             "novelty": cfg.novelty_bonus > 0,
+            "final-phase": bool(cfg.final_phase),
         }
         return {f"no-{name}": copy.deepcopy(COMPONENTS[name]) for name in COMPONENTS if on[name]}
 
@@ -206,6 +207,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "curriculum": {"curriculum": None},
     "cells": {"encoder": {"image_encoder": EncoderConfig().image_encoder}},
     "novelty": {"novelty_bonus": 0.0},
+    "final-phase": {"final_phase": None},
 }
 
 #: The variant that clones the game's expert, then fine-tunes with PPO (:class:`BCRecipe`).

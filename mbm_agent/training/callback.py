@@ -1,4 +1,4 @@
-"""The SB3 callback of a training run: progress, ``metrics.csv``, periodic evaluation, checkpoints, the curriculum."""
+"""The SB3 callback of a training run: progress, ``metrics.csv``, periodic evaluation, checkpoints, the curriculum, the final phase."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.utils import ConstantSchedule
 from stable_baselines3.common.vec_env import unwrap_vec_wrapper
 
 from envs.core.text import Vocabulary
@@ -24,6 +27,7 @@ from mbm_agent.training.checkpoints import TrainState, save_checkpoint
 from mbm_agent.training.config import ConfigError, TrainConfig
 from mbm_agent.training.curriculum import Curriculum
 from mbm_agent.training.envs import make_train_env
+from mbm_agent.training.final_phase import FinalPhase
 from mbm_agent.training.storage import append_text
 
 METRIC_FIELDS = (
@@ -45,7 +49,9 @@ class TrainerCallback(BaseCallback):
     With a curriculum (``cfg.curriculum``, :mod:`~mbm_agent.training.curriculum`) it
     also moves training to the next level between rollouts: the training envs are
     rebuilt with the level's arguments (same spaces, same count), every slot starts a
-    new episode, and ``curriculum.csv`` gets a row (step, level, env arguments).
+    new episode, and ``curriculum.jsonl`` gets a row (step, level, env arguments).
+    With a final phase (``cfg.final_phase``, :mod:`~mbm_agent.training.final_phase`)
+    it sets the discount of each rollout before the rollout starts.
     """
 
     def __init__(
@@ -83,6 +89,9 @@ class TrainerCallback(BaseCallback):
                     "train on env_kwargs alone with --set curriculum=null.",
                     stacklevel=2,
                 )
+        self.final_phase = FinalPhase.from_config(cfg.final_phase)
+        self._own: dict[str, Any] | None = None  # the run's own values, read at training start
+        self._inside: bool | None = None  # whether the last rollout was in the final phase
         self._promote = False
         self._env_kwargs = dict(cfg.env_kwargs)  # those of the envs being trained on
         self._warned_success = False
@@ -95,6 +104,8 @@ class TrainerCallback(BaseCallback):
         return (done // every + 1) * every
 
     def _on_training_start(self) -> None:
+        if self.final_phase is not None:
+            self._own = self._own_settings(self.final_phase)
         if not self._metrics_path.exists():
             self._append_csv(METRIC_FIELDS)
         if self.curriculum is not None:
@@ -144,6 +155,56 @@ class TrainerCallback(BaseCallback):
         if self._next_ckpt is not None and n >= self._next_ckpt:
             self._next_ckpt = self._next_multiple(self.cfg.checkpoint_every)
             self.checkpoint()
+        self._apply_final_phase()
+
+    def _algorithm(self) -> OnPolicyAlgorithm | OffPolicyAlgorithm:
+        """The algorithm being trained (every one of ours has a discount ``gamma``)."""
+        assert isinstance(self.model, OnPolicyAlgorithm | OffPolicyAlgorithm)
+        return self.model
+
+    def _own_settings(self, phase: FinalPhase) -> dict[str, Any]:
+        """The run's own values of what ``phase`` changes (restored outside the phase)."""
+        model = self._algorithm()
+        own: dict[str, Any] = {"gamma": model.gamma, "lr_schedule": model.lr_schedule}
+        if phase.ent_coef is not None and isinstance(model, OnPolicyAlgorithm):
+            own["ent_coef"] = model.ent_coef  # the config refuses ent_coef for Q-learning
+        return own
+
+    def _apply_final_phase(self) -> None:
+        """The final phase's hyperparameters for the rollout about to start, or the run's own.
+
+        Set before any step of the rollout: the discount on the algorithm (truncated
+        episodes' bootstrap) and its rollout buffer (returns and advantages), the
+        entropy coefficient and the learning rate on the algorithm (its update).
+        """
+        if self.final_phase is None or self._own is None:
+            return
+        model = self._algorithm()
+        inside = self.final_phase.active(model.num_timesteps, self.cfg.steps)
+        if inside == self._inside:
+            return
+        self._inside = inside
+        values: dict[str, Any] = dict(self._own)
+        if inside:
+            phase = self.final_phase.settings()
+            learning_rate = phase.pop("learning_rate", None)
+            values.update(phase)
+            if learning_rate is not None:
+                values["lr_schedule"] = ConstantSchedule(learning_rate)
+        model.gamma = values["gamma"]
+        buffer = getattr(model, "rollout_buffer", None)
+        if buffer is not None:
+            buffer.gamma = values["gamma"]
+        if "ent_coef" in values and isinstance(model, OnPolicyAlgorithm):
+            model.ent_coef = values["ent_coef"]
+        model.lr_schedule = values["lr_schedule"]
+        if inside:
+            what = ", ".join(f"{k} {v}" for k, v in self.final_phase.settings().items())
+            print(
+                f"final phase: {what} from step {model.num_timesteps}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _recent(self) -> tuple[float, float, float]:
         buf: Sequence[dict[str, Any]] = self.model.ep_info_buffer or []
@@ -200,6 +261,8 @@ class TrainerCallback(BaseCallback):
         mean_bonus = bonus.pop_mean_bonus() if bonus is not None else None
         if mean_bonus is not None:
             self.logger.record("rollout/novelty_bonus", mean_bonus)
+        if self.final_phase is not None:
+            self.logger.record("train/gamma", float(self._algorithm().gamma))
         self._write_row()
         if self.curriculum is not None and self._promote:
             # Between rollouts: the buffer just filled holds only the old level's steps.

@@ -36,6 +36,7 @@ from mbm_agent.encoding.values import is_finite_number
 from mbm_agent.sb3.algorithms import ALGORITHMS
 from mbm_agent.training.adapter import parse_declarations
 from mbm_agent.training.curriculum import Curriculum
+from mbm_agent.training.final_phase import FinalPhase
 from mbm_agent.training.storage import atomic_write_text
 
 #: The YAML defaults: ``default.yaml`` and one file per environment id.
@@ -350,6 +351,12 @@ class TrainConfig:
             "help": "Easier versions of the game trained first: {levels: [{grid_size: 5}, ...], promote_at: 0.8, window: 100} (env_kwargs overrides, easiest first; null for none)."
         },
     )
+    final_phase: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "The run's last env steps trained with a longer horizon: {steps: 1000000, gamma: 0.999} (null for none; mbm_agent/training/final_phase.py)."
+        },
+    )
     novelty_bonus: float = field(
         default=0.0,
         metadata={
@@ -362,6 +369,8 @@ class TrainConfig:
             self.encoder = encoder_from_dict(self.encoder)
         if self.curriculum is None:  # `--set curriculum=null` turns a game's curriculum off
             self.curriculum = {}
+        if self.final_phase is None:  # `--set final_phase=null` turns a game's off
+            self.final_phase = {}
         self.validate()
 
     @property
@@ -446,8 +455,14 @@ class TrainConfig:
             raise ConfigError(f"curriculum must be a mapping, got {self.curriculum!r}.")
         try:
             Curriculum.from_config(self.curriculum)
+            phase = FinalPhase.from_config(self.final_phase)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if phase is not None and phase.ent_coef is not None and ALGORITHMS[self.algo].family == "q":
+            raise ConfigError(
+                f"final_phase.ent_coef: {self.algo} has no entropy coefficient to change; drop "
+                "ent_coef from final_phase."
+            )
         try:
             parse_declarations(self.modalities)
         except ValueError as exc:

@@ -757,23 +757,32 @@ def test_bench_variants_filter(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- the recipe's ablation: --components ------------------------------------------------------
-def test_a_config_with_the_novelty_bonus_gets_a_no_novelty_variant(
+@pytest.mark.parametrize(
+    ("override", "variant", "field", "removed"),
+    [
+        ({"novelty_bonus": 0.01}, "no-novelty", "novelty_bonus", 0.0),
+        ({"final_phase": {"steps": 1000, "gamma": 0.999}}, "no-final-phase", "final_phase", {}),
+    ],
+)
+def test_a_config_with_an_opt_in_component_gets_its_removal(
     monkeypatch: pytest.MonkeyPatch,
+    override: dict[str, Any],
+    variant: str,
+    field: str,
+    removed: Any,
 ) -> None:
-    """No shipped game turns the bonus on yet; a config that does gets its removal."""
+    """A component no shipped reference game turns on: a config that does gets its removal."""
     import mbm_agent.grid.spec as spec_module
 
     game = ALL_GAMES["mbm/FindSound-v0"]
 
-    def with_bonus(env_id: str, **kwargs: Any) -> Any:
-        return resolve_config(
-            env_id, overrides={"novelty_bonus": 0.01, **kwargs.get("overrides", {})}
-        )
+    def with_component(env_id: str, **kwargs: Any) -> Any:
+        return resolve_config(env_id, overrides={**override, **kwargs.get("overrides", {})})
 
-    monkeypatch.setattr(spec_module, "resolve_config", with_bonus)
+    monkeypatch.setattr(spec_module, "resolve_config", with_component)
     components = game.components()
-    assert list(components)[-1] == "no-novelty"
-    assert resolve_config(game.env_id, overrides=components["no-novelty"]).novelty_bonus == 0.0
+    assert list(components)[-1] == variant
+    assert getattr(resolve_config(game.env_id, overrides=components[variant]), field) == removed
 
 
 @pytest.mark.parametrize("env_id", list(ALL_GAMES))
@@ -794,6 +803,10 @@ def test_components_take_out_one_part_of_the_games_own_recipe_each(env_id: str) 
         expected.append("no-curriculum")
     if own.encoder.image_encoder == "cells":
         expected.append("no-cells")
+    if own.novelty_bonus > 0:
+        expected.append("no-novelty")
+    if own.final_phase:
+        expected.append("no-final-phase")
     assert variants[1:] == expected == list(game.components())
     if env_id in ("mbm/FindSound-v0", "mbm/GoToObject-v1", "mbm/SoundMaze-v1"):
         # the from-scratch recipe: all four are on in these games' configs
