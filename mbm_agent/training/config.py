@@ -201,21 +201,30 @@ def check_name(name: object, what: str) -> str:
     return name
 
 
-def check_algo_kwargs(algo_kwargs: Mapping[str, Any]) -> None:
+def check_algo_kwargs(
+    algo_kwargs: Mapping[str, Any], section: str = "algo_kwargs", schedules: bool = True
+) -> None:
     """Check the hyperparameters of :data:`ALGO_KWARGS_CHECKS`; others are left to SB3.
 
-    A :data:`SCHEDULABLE` one may be ``"lin_<start>"``, checked by its start.
+    A :data:`SCHEDULABLE` one may be ``"lin_<start>"``, checked by its start, where
+    ``schedules`` allows them.
+
+    Args:
+        algo_kwargs: The hyperparameters.
+        section: The config section that holds them, for the message (``algo_kwargs``,
+            ``final_phase``).
+        schedules: Whether ``"lin_<start>"`` schedules are allowed.
     """
     for name, value in algo_kwargs.items():
         check = ALGO_KWARGS_CHECKS.get(str(name))
         if check is None or (value is None and check.null is not None):
             continue
-        where = f"algo_kwargs.{name}"
+        where = f"{section}.{name}"
         if check.kind == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false, got {value!r}.")
             continue
-        schedulable = name in SCHEDULABLE
+        schedulable = schedules and name in SCHEDULABLE
         number: Any = linear_start(value) if schedulable and isinstance(value, str) else value
         if check.kind == "int":
             ok = isinstance(number, int) and not isinstance(number, bool)
@@ -354,7 +363,7 @@ class TrainConfig:
     final_phase: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "The run's last env steps trained with a longer horizon: {steps: 1000000, gamma: 0.999} (null for none; mbm_agent/training/final_phase.py)."
+            "help": "The run's last env steps trained with other values of gamma, ent_coef or a constant learning_rate, e.g. {steps: 1000000, gamma: 0.999} (null for none; mbm_agent/training/final_phase.py)."
         },
     )
     novelty_bonus: float = field(
@@ -458,6 +467,8 @@ class TrainConfig:
             phase = FinalPhase.from_config(self.final_phase)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if phase is not None:
+            check_algo_kwargs(phase.settings(), section="final_phase", schedules=False)
         if phase is not None and phase.ent_coef is not None and ALGORITHMS[self.algo].family == "q":
             raise ConfigError(
                 f"final_phase.ent_coef: {self.algo} has no entropy coefficient to change; drop "
