@@ -51,7 +51,8 @@ class TrainerCallback(BaseCallback):
     rebuilt with the level's arguments (same spaces, same count), every slot starts a
     new episode, and ``curriculum.jsonl`` gets a row (step, level, env arguments).
     With a final phase (``cfg.final_phase``, :mod:`~mbm_agent.training.final_phase`)
-    it sets the discount of each rollout before the rollout starts.
+    it sets the discount, entropy coefficient and learning rate of each rollout and its
+    update before the rollout starts, and gives the run's own back when training ends.
     """
 
     def __init__(
@@ -180,9 +181,14 @@ class TrainerCallback(BaseCallback):
         if self.final_phase is None or self._own is None:
             return
         model = self._algorithm()
-        inside = self.final_phase.active(model.num_timesteps, self.cfg.steps)
-        if inside == self._inside:
+        rollout = model.n_steps * model.n_envs if isinstance(model, OnPolicyAlgorithm) else 1
+        self._set_phase(self.final_phase.active(model.num_timesteps, self.cfg.steps, rollout))
+
+    def _set_phase(self, inside: bool) -> None:
+        """Give the algorithm the final phase's values (``inside``) or the run's own."""
+        if self.final_phase is None or self._own is None or inside == self._inside:
             return
+        model = self._algorithm()
         self._inside = inside
         values: dict[str, Any] = dict(self._own)
         if inside:
@@ -192,9 +198,10 @@ class TrainerCallback(BaseCallback):
             if learning_rate is not None:
                 values["lr_schedule"] = ConstantSchedule(learning_rate)
         model.gamma = values["gamma"]
-        buffer = getattr(model, "rollout_buffer", None)
-        if buffer is not None:
-            buffer.gamma = values["gamma"]
+        for name in ("rollout_buffer", "replay_buffer"):  # those that discount themselves
+            buffer = getattr(model, name, None)
+            if buffer is not None and hasattr(buffer, "gamma"):
+                buffer.gamma = values["gamma"]
         if "ent_coef" in values and isinstance(model, OnPolicyAlgorithm):
             model.ent_coef = values["ent_coef"]
         model.lr_schedule = values["lr_schedule"]
@@ -357,6 +364,7 @@ class TrainerCallback(BaseCallback):
         return save_checkpoint(self.run_dir, self.model, self.cfg, self.vocab, self.state)
 
     def _on_training_end(self) -> None:
+        self._set_phase(False)  # a model saved after training (sb3_zip) holds the run's own
         if self._bar is not None:
             self._bar.n = min(self.model.num_timesteps, self.cfg.steps)
             self._bar.close()

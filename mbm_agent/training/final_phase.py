@@ -12,9 +12,10 @@ missing the object cost what it should (README, "Learning from scratch").
 
 A config section ``final_phase: {steps: N, gamma: G}`` trains the run's last ``N``
 env steps with discount ``G``; ``ent_coef`` and ``learning_rate`` (a constant) may be
-set for the phase too. From step ``max(0, steps - N)`` on, each rollout and the update
-on it use the phase's values (SB3's ``model.gamma`` and its rollout buffer's,
-``model.ent_coef``, ``model.lr_schedule``). The switch is made between rollouts from
+set for the phase too. From the rollout that holds step ``max(0, steps - N)`` on (all
+of a run no longer than ``N``), each rollout and the update on it use the phase's
+values (SB3's ``model.gamma`` and its rollout or replay buffer's, ``model.ent_coef``,
+``model.lr_schedule``); the run's own come back when training ends. The switch is made between rollouts from
 the step count alone, so a resumed run uses the values of the step it resumes at; a
 resume with a larger ``steps`` moves the phase to the new end (as RL Zoo's ``lin_``
 schedules follow the new total).
@@ -49,9 +50,9 @@ class FinalPhase:
         Raises:
             ValueError: Naming the key and the values it takes.
         """
-        if not section:
-            return None
         example = "final_phase: {steps: 1000000, gamma: 0.999}"
+        if section is None or (isinstance(section, Mapping) and not section):
+            return None
         if not isinstance(section, Mapping):
             raise ValueError(f"final_phase must be a mapping, e.g. {example}; got {section!r}.")
         unknown = sorted(set(section) - {"steps", *SETTINGS})
@@ -72,7 +73,9 @@ class FinalPhase:
                 continue
             value = section[name]
             if not is_finite_number(value):
-                raise ValueError(f"final_phase.{name} must be a number, got {value!r}.")
+                raise ValueError(
+                    f"final_phase.{name} must be a number, got {value!r}, e.g. {example}."
+                )
             values[name] = float(value)
         if not values:
             raise ValueError(
@@ -85,9 +88,13 @@ class FinalPhase:
         """The env step from which a run of ``total_steps`` trains with the phase's values."""
         return max(0, int(total_steps) - self.steps)
 
-    def active(self, step: int, total_steps: int) -> bool:
-        """Whether a rollout that starts at env step ``step`` belongs to the phase."""
-        return step >= self.start(total_steps)
+    def active(self, step: int, total_steps: int, rollout_steps: int = 1) -> bool:
+        """Whether the rollout of ``rollout_steps`` env steps from ``step`` belongs to the phase.
+
+        The rollout that holds the phase's first step belongs to it, so the phase covers
+        at least its ``steps`` (rounded up to whole rollouts), however short.
+        """
+        return step + rollout_steps > self.start(total_steps)
 
     def settings(self) -> dict[str, float]:
         """The hyperparameters the phase sets, by name."""

@@ -6,11 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stable_baselines3 import PPO
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.logger import configure
 
+from mbm_agent.training.callback import TrainerCallback
+from mbm_agent.training.checkpoints import TrainState
 from mbm_agent.training.config import ConfigError, merge, resolve_config
+from mbm_agent.training.envs import make_train_env
 from mbm_agent.training.final_phase import FinalPhase
-from mbm_agent.training.trainer import train
+from mbm_agent.training.trainer import build_algorithm, train
 
 ENV = "mbm/ModalityProbe-v0"
 
@@ -83,16 +88,24 @@ def test_q_learning_has_no_entropy_coefficient_to_change() -> None:
 
 
 def _record_updates(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float, float, float]]:
-    """Per update: the algorithm's and its buffer's discount, ent_coef and the learning rate."""
+    """Per update: the algorithm's discount, the one its returns and advantages were
+    computed with (read when the buffer computed them), ent_coef and the learning rate."""
     seen: list[tuple[float, float, float, float]] = []
-    original = PPO.train
+    discounts: list[float] = []
+    compute = RolloutBuffer.compute_returns_and_advantage
+    update = PPO.train
 
-    def spy(self: PPO) -> None:
-        original(self)
+    def compute_spy(self: RolloutBuffer, *args: Any, **kwargs: Any) -> None:
+        discounts.append(self.gamma)
+        compute(self, *args, **kwargs)
+
+    def update_spy(self: PPO) -> None:
+        update(self)
         lr = self.policy.optimizer.param_groups[0]["lr"]
-        seen.append((self.gamma, self.rollout_buffer.gamma, float(self.ent_coef), lr))
+        seen.append((self.gamma, discounts[-1], float(self.ent_coef), lr))
 
-    monkeypatch.setattr(PPO, "train", spy)
+    monkeypatch.setattr(RolloutBuffer, "compute_returns_and_advantage", compute_spy)
+    monkeypatch.setattr(PPO, "train", update_spy)
     return seen
 
 
@@ -120,21 +133,59 @@ def test_the_last_rollouts_use_the_phases_gamma_and_a_resume_follows_the_step_co
 
 
 def test_a_run_resumed_inside_the_phase_keeps_its_gamma(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seen = _record_updates(monkeypatch)
-    first = _overrides(tmp_path, steps=384, final_phase={"steps": 128, "gamma": 0.5})
+    first = _overrides(tmp_path, steps=384)  # the phase from 384 - 256 = 128
     run = train(resolve_config(ENV, overrides=first), progress=False, finalize=False).run_dir
-    assert _gammas(seen) == [0.9, 0.9, 0.5]
+    assert _gammas(seen) == [0.9, 0.5, 0.5]
+    capsys.readouterr()
     seen.clear()
-    # The same total: its checkpoint at 384 is already inside the phase of 512 - 256.
-    more = _overrides(tmp_path, steps=512, final_phase={"steps": 256, "gamma": 0.5})
-    with pytest.raises(ConfigError, match="final_phase"):  # the phase is the run's own
-        train(resolve_config(ENV, overrides=more), resume=run, progress=False)
-    train(resolve_config(ENV, overrides={**first, "steps": 512}), resume=run, progress=False)
-    assert _gammas(seen) == [
-        0.5
-    ]  # the rollout at 384 of a 512-step run with the last 128 in the phase
+    # Resumed at 384 to 512 steps: the phase now starts at 256, so 384 is inside it.
+    train(resolve_config(ENV, overrides=_overrides(tmp_path)), resume=run, progress=False)
+    assert _gammas(seen) == [0.5]
+    assert "final phase: gamma 0.5 from step 384" in capsys.readouterr().err
+    # The phase is the run's own: a resume may not change it.
+    other = _overrides(tmp_path, steps=640, final_phase={"gamma": 0.7})
+    with pytest.raises(ConfigError, match="final_phase"):
+        train(resolve_config(ENV, overrides=other), resume=run, progress=False)
+
+
+def test_a_phase_shorter_than_a_rollout_still_gets_one() -> None:
+    phase = FinalPhase(steps=100, gamma=0.5)  # from step 412 of 512, rollouts of 128
+    assert [phase.active(step, 512, 128) for step in (0, 128, 256, 384)] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+def test_q_learning_trains_its_last_steps_with_the_phases_discount_and_gets_its_own_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[float] = []
+    update = DQN.train
+
+    def spy(self: DQN, *args: Any, **kwargs: Any) -> None:
+        seen.append(self.gamma)
+        update(self, *args, **kwargs)
+
+    monkeypatch.setattr(DQN, "train", spy)
+    dqn = {"learning_starts": 0, "buffer_size": 1000, "batch_size": 8, "gamma": 0.9}
+    overrides = _overrides(tmp_path, algo="dqn", steps=64)
+    overrides["algo_kwargs"] = dqn
+    overrides["final_phase"] = {"steps": 32, "gamma": 0.5}
+    cfg = resolve_config(ENV, overrides=overrides)
+    venv, vocab = make_train_env(cfg, cfg.seed)
+    model = build_algorithm(cfg, venv, None)
+    model.set_logger(configure(str(tmp_path / "log"), []))
+    callback = TrainerCallback(cfg, tmp_path, vocab, TrainState(), None, progress=False)
+    model.learn(64, callback=callback)
+    # Rollouts of 16 steps (train_freq 4 on 4 envs), an update after each; the phase from 32.
+    assert seen == [0.9, 0.9, 0.5, 0.5]
+    assert model.gamma == 0.9  # the run's own again once training ended
+    venv.close()
 
 
 def test_the_phase_sets_the_entropy_coefficient_and_a_constant_learning_rate(
