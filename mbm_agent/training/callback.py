@@ -178,7 +178,7 @@ class TrainerCallback(BaseCallback):
         episodes' bootstrap) and its rollout buffer (returns and advantages), the
         entropy coefficient and the learning rate on the algorithm (its update).
         """
-        if self.final_phase is None or self._own is None:
+        if self.final_phase is None:
             return
         model = self._algorithm()
         rollout = model.n_steps * model.n_envs if isinstance(model, OnPolicyAlgorithm) else 1
@@ -190,23 +190,22 @@ class TrainerCallback(BaseCallback):
             return
         model = self._algorithm()
         self._inside = inside
+        settings = self.final_phase.settings()
         values: dict[str, Any] = dict(self._own)
         if inside:
-            phase = self.final_phase.settings()
-            learning_rate = phase.pop("learning_rate", None)
-            values.update(phase)
-            if learning_rate is not None:
-                values["lr_schedule"] = ConstantSchedule(learning_rate)
+            values.update(settings)
+            if "learning_rate" in settings:
+                values["lr_schedule"] = ConstantSchedule(values.pop("learning_rate"))
         model.gamma = values["gamma"]
         for name in ("rollout_buffer", "replay_buffer"):  # those that discount themselves
-            buffer = getattr(model, name, None)
-            if buffer is not None and hasattr(buffer, "gamma"):
+            buffer: Any = getattr(model, name, None)
+            if hasattr(buffer, "gamma"):
                 buffer.gamma = values["gamma"]
         if "ent_coef" in values and isinstance(model, OnPolicyAlgorithm):
             model.ent_coef = values["ent_coef"]
         model.lr_schedule = values["lr_schedule"]
         if inside:
-            what = ", ".join(f"{k} {v}" for k, v in self.final_phase.settings().items())
+            what = ", ".join(f"{k} {v}" for k, v in settings.items())
             print(
                 f"final phase: {what} from step {model.num_timesteps}",
                 file=sys.stderr,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from runs_helpers import ROLLOUT, TINY
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.logger import configure
@@ -21,18 +22,18 @@ ENV = "mbm/ModalityProbe-v0"
 
 
 def _overrides(runs_dir: Path, **extra: Any) -> dict[str, Any]:
-    base = {
-        "runs_dir": str(runs_dir),
-        "run_name": "phase",
-        "steps": 512,
-        "n_envs": 4,
-        "eval_every": 0,
-        "checkpoint_every": 128,
-        "final_eval_episodes": 2,
-        "gif_episodes": 0,
-        "algo_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "gamma": 0.9},
-        "final_phase": {"steps": 256, "gamma": 0.5},
-    }
+    """The tiny budget (rollouts of ROLLOUT = 128 steps), 512 steps, the phase from 256."""
+    base = merge(
+        TINY,
+        {
+            "runs_dir": str(runs_dir),
+            "run_name": "phase",
+            "steps": 4 * ROLLOUT,
+            "checkpoint_every": ROLLOUT,
+            "algo_kwargs": {"n_epochs": 1, "gamma": 0.9},
+            "final_phase": {"steps": 256, "gamma": 0.5},
+        },
+    )
     return merge(base, extra)
 
 
